@@ -1,0 +1,190 @@
+//! Topic names and topic filters as validated types (MQTT 5.0 section 4.7). A value of either
+//! type is always valid: the only ways in are the checked constructors.
+
+use std::fmt;
+use std::ops::Deref;
+
+use bytestring::ByteString;
+
+use super::DecodeError;
+
+/// The maximum encoded length of any MQTT string, topics included.
+pub const TOPIC_LEN_MAX: usize = u16::MAX as usize;
+
+/// A topic name: no `+` or `#` [MQTT-4.7.0-1]. It is empty only in a 5.0 PUBLISH that carries a
+/// topic alias; the PUBLISH decoder enforces that, so this type admits the empty name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(ByteString);
+
+impl TopicName {
+    pub fn new(name: impl Into<ByteString>) -> Result<Self, DecodeError> {
+        let name = name.into();
+        if name.len() > TOPIC_LEN_MAX || name.contains(['+', '#', '\0']) {
+            return Err(DecodeError::InvalidTopicName);
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> ByteString {
+        self.0
+    }
+
+    /// `$SYS/...` and other `$` topics are not matched by filters starting with a wildcard
+    /// [MQTT-4.7.2-1].
+    pub fn is_dollar(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+/// A topic filter: `+` only as a whole level, `#` only as the whole last level [MQTT-4.7.1-1,
+/// -2], not empty [MQTT-4.7.3-1]. A shared subscription `$share/{group}/{filter}` has a group
+/// name without wildcards or `/` and a non-empty filter after it [MQTT-4.8.2-1, -2].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicFilter(ByteString);
+
+/// The parts of a `$share/{group}/{filter}` subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedFilter<'a> {
+    pub group: &'a str,
+    pub filter: &'a str,
+}
+
+const SHARE_PREFIX: &str = "$share/";
+
+impl TopicFilter {
+    pub fn new(filter: impl Into<ByteString>) -> Result<Self, DecodeError> {
+        let filter = filter.into();
+        if filter.len() > TOPIC_LEN_MAX || filter.contains('\0') {
+            return Err(DecodeError::InvalidTopicFilter);
+        }
+        let pattern = match filter.strip_prefix(SHARE_PREFIX) {
+            Some(rest) => {
+                let (group, pattern) =
+                    rest.split_once('/').ok_or(DecodeError::InvalidTopicFilter)?;
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err(DecodeError::InvalidTopicFilter);
+                }
+                pattern
+            }
+            None => &filter[..],
+        };
+        if !is_valid_pattern(pattern) {
+            return Err(DecodeError::InvalidTopicFilter);
+        }
+        Ok(Self(filter))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn shared(&self) -> Option<SharedFilter<'_>> {
+        let (group, filter) = self.0.strip_prefix(SHARE_PREFIX)?.split_once('/')?;
+        Some(SharedFilter { group, filter })
+    }
+
+    pub fn has_wildcards(&self) -> bool {
+        self.0.contains(['+', '#'])
+    }
+}
+
+fn is_valid_pattern(pattern: &str) -> bool {
+    if pattern.is_empty() {
+        return false;
+    }
+    let mut levels = pattern.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        let valid = match level {
+            "+" => true,
+            "#" => is_last,
+            _ => !level.contains(['+', '#']),
+        };
+        if !valid {
+            return false;
+        }
+    }
+    true
+}
+
+macro_rules! string_newtype_impls {
+    ($t:ty) => {
+        impl Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+string_newtype_impls!(TopicName);
+string_newtype_impls!(TopicFilter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_from_the_spec() {
+        for ok in [
+            "sport/tennis/player1/#",
+            "sport/#",
+            "#",
+            "+",
+            "+/tennis/#",
+            "sport/+/player1",
+            "/+",
+            "+/+",
+            "/finance",
+            "$SYS/#",
+            "$share/g/a/+",
+            "$share/g/#",
+            "a//b",
+        ] {
+            assert!(TopicFilter::new(ok).is_ok(), "{ok} should be valid");
+        }
+        for bad in [
+            "",
+            "sport/tennis#",
+            "sport/tennis/#/ranking",
+            "sport+",
+            "a/#/",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/g/",
+            "a\0b",
+        ] {
+            assert!(TopicFilter::new(bad).is_err(), "{bad:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn names_refuse_wildcards() {
+        assert!(TopicName::new("a/b").is_ok());
+        assert!(TopicName::new("").is_ok());
+        assert!(TopicName::new("a/+").is_err());
+        assert!(TopicName::new("a/#").is_err());
+    }
+
+    #[test]
+    fn shared_parts() {
+        let f = TopicFilter::new("$share/group/a/+/c").unwrap();
+        assert_eq!(f.shared(), Some(SharedFilter { group: "group", filter: "a/+/c" }));
+        assert_eq!(TopicFilter::new("a/b").unwrap().shared(), None);
+    }
+}
