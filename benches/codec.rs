@@ -28,7 +28,7 @@ fn publish(payload_len: usize, version: ProtocolVersion) -> Packet {
     })
 }
 
-fn subscribe(version: ProtocolVersion) -> Packet {
+fn subscribe() -> Packet {
     let filters = ["sensor/+/temperature", "myhouse/room1/#", "$share/g/a/b"]
         .into_iter()
         .map(|f| {
@@ -88,7 +88,7 @@ fn codec(c: &mut Criterion) {
             let name = format!("publish_{payload_len}B_{v}");
             bench_packet(c, &name, &publish(payload_len, version), version);
         }
-        bench_packet(c, &format!("subscribe_{v}"), &subscribe(version), version);
+        bench_packet(c, &format!("subscribe_{v}"), &subscribe(), version);
         bench_packet(c, &format!("connect_{v}"), &connect(version), version);
     }
 }

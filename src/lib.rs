@@ -1,3 +1,5 @@
 //! Culex: a thread-per-core MQTT broker, drop-in for Mosquitto 2.x.
 
+pub mod broker;
+pub mod config;
 pub mod protocol;

@@ -1,1 +1,106 @@
-fn main() {}
+//! The `culex` command: Mosquitto's flags, Mosquitto's configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use culex::config::{Config, Listener};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An MQTT broker, drop-in for Mosquitto 2.x, one shard per core.
+#[derive(Parser, Debug)]
+#[command(name = "culex", version)]
+struct Args {
+    /// Read the configuration from FILE (mosquitto.conf syntax).
+    #[arg(short = 'c', long = "config-file", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Listen on PORT (instead of 1883, or in addition to the configured listeners).
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Verbose logging (all log types), as Mosquitto's -v.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (mut config, warnings) = match &args.config_file {
+        Some(path) => match Config::from_file(path) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                eprintln!("Error: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => (Config::default(), Vec::new()),
+    };
+    config.verbose |= args.verbose;
+    if let Some(port) = args.port {
+        if config.local_only {
+            // Like Mosquitto 2.0: `-p` without a config changes the port, still loopback only.
+            config.listeners = vec![Listener { port, bind_address: None }];
+        } else {
+            config.listeners.push(Listener { port, bind_address: None });
+        }
+    }
+    init_logging(config.verbose);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    if args.daemon {
+        // SAFETY: called before any thread is started; daemon(3) forks and detaches.
+        if unsafe { libc::daemon(1, 0) } != 0 {
+            eprintln!("Error: cannot run in the background: {}", std::io::Error::last_os_error());
+            return ExitCode::FAILURE;
+        }
+    }
+    exit_on_signals();
+    match culex::broker::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("Error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let level = if verbose { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CULEX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+    // glommio reports memlock and placement problems through `log`.
+    let _ = tracing_log::LogTracer::init();
+}
+
+/// SIGINT and SIGTERM end the process at once, as Mosquitto does without persistence: nothing
+/// is held that a restart would need.
+fn exit_on_signals() {
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("Warning: cannot handle signals: {error}");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "shutting down");
+            std::process::exit(0);
+        }
+    });
+}

@@ -1,7 +1,6 @@
 //! Codec tests across modules: byte-exact vectors, a table of malformed packets with their exact
 //! errors, and property tests (round trip per version, every prefix incomplete, arbitrary bytes).
 
-
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use proptest::collection::vec;

@@ -1,0 +1,321 @@
+//! One client connection: the task that owns its socket (the only code that reads or writes it),
+//! and the [`ConnHandle`] through which the shard queues packets for it. Packets are encoded into
+//! the handle's outbox as they are produced; the task writes the whole outbox in one call, so a
+//! burst of deliveries costs one write.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::shard::Shard;
+use super::signal::Signal;
+use crate::protocol::{
+    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, ReasonCode,
+};
+
+/// Unique across shards: the shard id in the top bits, a counter below.
+pub type ConnId = u64;
+
+/// Above this many unwritten bytes, QoS 0 messages to the connection are dropped (and counted)
+/// instead of buffered: a slow subscriber must not grow the broker's memory without bound. QoS
+/// 1 and 2 are bounded by the in-flight window and the session queue instead.
+pub const OUTBOX_BYTES_MAX: usize = 4 << 20;
+
+/// A client that opens a connection must send CONNECT within this time.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Bytes read from the socket per call.
+const READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// Why a connection ends. Decides whether the will is published and what a 5.0 client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client sent DISCONNECT; a 5.0 client may still ask for its will (reason 0x04).
+    ClientDisconnect {
+        publish_will: bool,
+    },
+    /// The socket closed or failed without DISCONNECT.
+    ConnectionLost,
+    KeepAliveTimeout,
+    /// Another connection took the client id; the evicting shard already published the will.
+    TakenOver,
+    /// The client broke the protocol; 5.0 clients are told why.
+    ProtocolError(ReasonCode),
+}
+
+impl Close {
+    pub fn publishes_will(self) -> bool {
+        match self {
+            Close::ClientDisconnect { publish_will } => publish_will,
+            Close::ConnectionLost | Close::KeepAliveTimeout | Close::ProtocolError(_) => true,
+            Close::TakenOver => false,
+        }
+    }
+
+    fn reason_code(self) -> Option<ReasonCode> {
+        match self {
+            Close::ClientDisconnect { .. } | Close::ConnectionLost => None,
+            Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            Close::TakenOver => Some(ReasonCode::SessionTakenOver),
+            Close::ProtocolError(reason) => Some(reason),
+        }
+    }
+}
+
+/// The shard's side of a live connection.
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub version: ProtocolVersion,
+    pub client_id: ByteString,
+    /// 0: the client asked for no keep alive.
+    pub keep_alive: Duration,
+    /// The client's Maximum Packet Size (5.0); larger packets are not sent [MQTT-3.1.2-24].
+    max_packet_size: u32,
+    outbox: RefCell<BytesMut>,
+    wake: Signal,
+    close: Cell<Option<Close>>,
+    pub last_seen: Cell<Instant>,
+    pub dropped_messages: Cell<u64>,
+}
+
+impl ConnHandle {
+    pub fn new(
+        id: ConnId,
+        version: ProtocolVersion,
+        client_id: ByteString,
+        keep_alive_secs: u16,
+        max_packet_size: u32,
+    ) -> Self {
+        ConnHandle {
+            id,
+            version,
+            client_id,
+            keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
+            max_packet_size,
+            outbox: RefCell::new(BytesMut::with_capacity(4096)),
+            wake: Signal::default(),
+            close: Cell::new(None),
+            last_seen: Cell::new(Instant::now()),
+            dropped_messages: Cell::new(0),
+        }
+    }
+
+    /// Queues a control packet.
+    pub fn send(&self, packet: &Packet) {
+        if self.close.get().is_some() {
+            return;
+        }
+        packet.encode(self.version, &mut self.outbox.borrow_mut());
+        self.wake.notify();
+    }
+
+    /// Queues a PUBLISH unless it is larger than the client accepts, or it is QoS 0 and the
+    /// outbox is over its bound. Returns whether it was queued.
+    pub fn publish(&self, publish: &Publish) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        let qos0 = publish.packet_id.is_none();
+        let mut outbox = self.outbox.borrow_mut();
+        if qos0 && outbox.len() > OUTBOX_BYTES_MAX {
+            self.dropped_messages.set(self.dropped_messages.get() + 1);
+            return false;
+        }
+        // Own our copy of the properties only when the version has them on the wire.
+        let packet = if self.version.is_v5() {
+            Packet::Publish(publish.clone())
+        } else {
+            Packet::Publish(Publish { properties: Properties::default(), ..publish.clone() })
+        };
+        if packet.encoded_len(self.version) > self.max_packet_size as usize {
+            self.dropped_messages.set(self.dropped_messages.get() + 1);
+            return false;
+        }
+        packet.encode(self.version, &mut outbox);
+        drop(outbox);
+        self.wake.notify();
+        true
+    }
+
+    /// Asks the connection task to close. A 5.0 client is sent DISCONNECT with the reason.
+    pub fn close(&self, close: Close) {
+        if self.close.get().is_some() {
+            return;
+        }
+        if let (true, Some(reason)) = (self.version.is_v5(), close.reason_code()) {
+            Packet::Disconnect(Disconnect::new(reason))
+                .encode(self.version, &mut self.outbox.borrow_mut());
+        }
+        self.close.set(Some(close));
+        self.wake.notify();
+    }
+
+    pub fn take_outbox(&self) -> BytesMut {
+        self.outbox.borrow_mut().split()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+}
+
+/// Reads packets from a socket into one growing buffer, so decoded PUBLISH payloads are slices
+/// of it.
+struct PacketReader {
+    buf: BytesMut,
+    chunk: Box<[u8]>,
+    max_packet_size: u32,
+}
+
+impl PacketReader {
+    fn new(max_packet_size: u32) -> Self {
+        PacketReader {
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
+            max_packet_size,
+        }
+    }
+
+    fn decode(&mut self, version: ProtocolVersion) -> Result<Option<Packet>, DecodeError> {
+        Packet::decode(&mut self.buf, version, self.max_packet_size)
+    }
+
+    /// Reads once; `Ok(false)` at end of stream.
+    async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        let read = stream.read(&mut self.chunk).await?;
+        let bytes = self.chunk.get(..read).unwrap_or_default();
+        self.buf.extend_from_slice(bytes);
+        Ok(read > 0)
+    }
+
+    /// The next packet, or `Ok(None)` when the stream ends first.
+    async fn next(
+        &mut self,
+        stream: &mut TcpStream,
+        version: ProtocolVersion,
+    ) -> Result<Option<Packet>, DecodeError> {
+        loop {
+            if let Some(packet) = self.decode(version)? {
+                return Ok(Some(packet));
+            }
+            match self.fill(stream).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let max_packet_size = shard.borrow().config().max_packet_size;
+    let mut reader = PacketReader::new(max_packet_size);
+
+    let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        Ok(reader.next(&mut stream, ProtocolVersion::V5).await)
+    })
+    .await;
+    let connect = match first {
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Err(DecodeError::UnsupportedProtocolVersion(level))) => {
+            // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
+            let refused = refusal(ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion);
+            let _ = stream.write_all(&refused).await;
+            tracing::info!(%peer, level, "refused: unsupported protocol version");
+            return;
+        }
+        Ok(Ok(_)) => {
+            tracing::info!(%peer, "closed: first packet was not CONNECT");
+            return;
+        }
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "closed: malformed CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "closed: no CONNECT in time");
+            return;
+        }
+    };
+
+    let begun = shard.borrow_mut().begin_connect(&connect, &peer);
+    let (conn, claim) = match begun {
+        Ok(pending) => pending,
+        Err(refusal) => {
+            let _ = stream.write_all(&refusal).await;
+            return;
+        }
+    };
+    claim.wait().await;
+    shard.borrow_mut().finish_connect(&conn, *connect, &claim);
+
+    let close = run(&shard, &conn, &mut stream, &mut reader).await;
+    let rest = conn.take_outbox();
+    if !rest.is_empty() {
+        let _ = stream.write_all(&rest).await;
+    }
+    shard.borrow_mut().connection_closed(&conn, close);
+    let _ = stream.close().await;
+}
+
+async fn run(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<ConnHandle>,
+    stream: &mut TcpStream,
+    reader: &mut PacketReader,
+) -> Close {
+    loop {
+        let out = conn.take_outbox();
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return Close::ConnectionLost;
+        }
+        if let Some(close) = conn.close.get() {
+            return close;
+        }
+        // Packets already buffered are handled before waiting again.
+        loop {
+            match reader.decode(conn.version) {
+                Ok(Some(packet)) => {
+                    conn.last_seen.set(Instant::now());
+                    if let Err(close) = shard.borrow_mut().handle_packet(conn, packet) {
+                        conn.close(close);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(client_id = %conn.client_id, %error, "malformed packet");
+                    conn.close(Close::ProtocolError(error.reason_code()));
+                    break;
+                }
+            }
+        }
+        if conn.close.get().is_some() || !conn.outbox.borrow().is_empty() {
+            continue;
+        }
+        let readable = async { Some(reader.fill(stream).await) };
+        let woken = async {
+            conn.wake.wait().await;
+            None
+        };
+        match futures_lite::future::or(readable, woken).await {
+            Some(Ok(true)) | None => {}
+            Some(Ok(false)) | Some(Err(_)) => return Close::ConnectionLost,
+        }
+    }
+}
+
+/// The CONNACK bytes that refuse a client, in its own protocol version.
+pub fn refusal(version: ProtocolVersion, reason: ReasonCode) -> BytesMut {
+    let mut out = BytesMut::new();
+    Packet::ConnAck(ConnAck { session_present: false, reason, properties: Properties::default() })
+        .encode(version, &mut out);
+    out
+}

@@ -1,0 +1,146 @@
+//! What shards tell each other, and the two tasks per shard that carry it: one flusher that sends
+//! each shard's batch of pending messages with one wake-up per batch, and one receiver per peer.
+//! The queues are glommio's channel mesh: one bounded SPSC queue per ordered pair of shards, so
+//! the messages from one shard to another keep their order (MQTT 4.6).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::{GlommioError, ResourceType};
+
+use super::connection::ConnId;
+use super::session::{Message, SessionState};
+use super::shard::Shard;
+use super::signal::Signal;
+
+pub type ShardId = usize;
+
+/// Shard sets are bitmasks: at most this many shards.
+pub const SHARDS_MAX: usize = 64;
+
+/// Batches in flight per ordered pair of shards. A full queue makes the flusher wait for that
+/// peer (backpressure), never a connection task: no shard can block on a cycle of full queues
+/// because receivers never wait on flushers.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 256;
+
+pub type Batch = Vec<ShardMsg>;
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Deliver to this shard's matching subscribers.
+    Publish(Arc<Message>),
+    /// Store (or, with an empty payload, delete) in this shard's replica of the retained store.
+    Retain(Arc<Message>),
+    /// `from` gained its first (`added`) or lost its last subscriber on `filter`. With a token,
+    /// the receiver answers `InterestAck` so the SUBACK waits until every shard routes to it.
+    Interest {
+        filter: ByteString,
+        from: ShardId,
+        added: bool,
+        ack_token: Option<u64>,
+    },
+    InterestAck {
+        token: u64,
+    },
+    /// To the shard that owns `client_id`'s registry entry: a connection on `from` wants it.
+    Claim {
+        client_id: ByteString,
+        from: ShardId,
+        conn: ConnId,
+        clean_start: bool,
+    },
+    /// To the shard holding the previous session: close it and hand its state to `to`.
+    Evict {
+        client_id: ByteString,
+        to: ShardId,
+        conn: ConnId,
+        clean_start: bool,
+    },
+    /// The answer to a claim: the previous session's state, if it is to be resumed.
+    Handoff {
+        client_id: ByteString,
+        conn: ConnId,
+        state: Option<Box<SessionState>>,
+    },
+    /// A connection ended together with its session: forget the registry entry if it is still
+    /// that connection's.
+    Release {
+        client_id: ByteString,
+        conn: ConnId,
+    },
+}
+
+/// Messages waiting to leave this shard, one batch per destination.
+pub struct Outbound {
+    batches: Vec<Batch>,
+    ready: Rc<Signal>,
+}
+
+impl Outbound {
+    pub fn new(shard_count: usize) -> Self {
+        Outbound {
+            batches: (0..shard_count).map(|_| Vec::new()).collect(),
+            ready: Rc::new(Signal::default()),
+        }
+    }
+
+    pub fn push(&mut self, to: ShardId, msg: ShardMsg) {
+        if let Some(batch) = self.batches.get_mut(to) {
+            batch.push(msg);
+            self.ready.notify();
+        }
+    }
+
+    pub fn ready(&self) -> Rc<Signal> {
+        self.ready.clone()
+    }
+
+    pub fn take(&mut self) -> Vec<(ShardId, Batch)> {
+        self.batches
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(to, batch)| (to, std::mem::take(batch)))
+            .collect()
+    }
+}
+
+/// Sends pending batches whenever there are some, waiting on a full queue.
+pub async fn run_flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
+    let ready = shard.borrow().outbound.ready();
+    loop {
+        ready.wait().await;
+        let batches = shard.borrow_mut().outbound.take();
+        for (to, batch) in batches {
+            let sent = match senders.try_send_to(to, batch) {
+                Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
+                    senders.send_to(to, batch).await
+                }
+                other => other,
+            };
+            if let Err(error) = sent {
+                tracing::error!(to, %error, "cross-shard queue failed; shard stops sending");
+                return;
+            }
+        }
+    }
+}
+
+/// Applies every batch a peer sends, in order.
+pub fn spawn_receivers(shard: &Rc<RefCell<Shard>>, mut receivers: Receivers<Batch>) {
+    for (_peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = receiver.recv().await {
+                let mut shard = shard.borrow_mut();
+                for msg in batch {
+                    shard.handle_shard_msg(msg);
+                }
+            }
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,372 @@
+//! A client's session: its subscriptions and the QoS state of messages flowing to it (the
+//! in-flight window, the queue behind it, and QoS 2 packet ids awaiting PUBREL). A state machine
+//! without I/O: it writes packets through its connection's handle, never awaits, and its
+//! transferable part ([`SessionState`]) is plain data that can move to another shard on takeover.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ahash::{AHashMap, AHashSet};
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use super::connection::ConnHandle;
+use crate::config::Config;
+use crate::protocol::{
+    Ack, LastWill, Packet, PacketId, Properties, Publish, QoS, SubscriptionOptions, TopicFilter,
+    TopicName,
+};
+
+/// A published message as the broker routes it: one allocation shared by every shard and every
+/// subscriber it reaches.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// 5.0 properties forwarded to subscribers (never a topic alias or subscription id).
+    pub properties: Properties,
+    /// Client id of the publisher, for No Local subscriptions.
+    pub publisher: ByteString,
+}
+
+/// One message on its way to one subscriber, at the QoS and retain flag it is delivered with.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Outgoing {
+    fn size_bytes(&self) -> usize {
+        self.message.topic.len() + self.message.payload.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // Each is named after the packet it waits for.
+enum InflightState {
+    /// QoS 1 PUBLISH sent.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent.
+    AwaitPubRec,
+    /// QoS 2 PUBREL sent: the message itself is delivered; only the release is retried.
+    AwaitPubComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    packet_id: PacketId,
+    outgoing: Outgoing,
+    state: InflightState,
+}
+
+/// The session limits of the configuration, with Mosquitto's "0 means no limit".
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub inflight_max: usize,
+    pub queued_messages_max: usize,
+    pub queued_bytes_max: usize,
+    pub queue_qos0: bool,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Self {
+        let no_limit_if_zero = |n: usize| if n == 0 { usize::MAX } else { n };
+        Limits {
+            inflight_max: match config.max_inflight_messages {
+                0 => usize::from(u16::MAX),
+                n => usize::from(n),
+            },
+            queued_messages_max: no_limit_if_zero(config.max_queued_messages),
+            queued_bytes_max: no_limit_if_zero(config.max_queued_bytes),
+            queue_qos0: config.queue_qos0_messages,
+        }
+    }
+}
+
+/// What happened to a message handed to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    Queued,
+    /// Dropped by the queue limits (or QoS 0 to an offline client): counted by the caller.
+    Dropped,
+}
+
+/// The part of a session that outlives a connection and can move between shards.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    pub subscriptions: AHashMap<TopicFilter, SubscriptionOptions>,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Outgoing>,
+    queued_bytes: usize,
+    /// Incoming QoS 2 packet ids delivered but not yet released [MQTT-4.3.3].
+    awaiting_pubrel: AHashSet<PacketId>,
+    last_packet_id: u16,
+}
+
+pub struct Session {
+    /// Clean session false (3.x): kept while the client is away.
+    pub persistent: bool,
+    pub state: SessionState,
+    pub conn: Option<Rc<ConnHandle>>,
+    pub will: Option<LastWill>,
+}
+
+impl Session {
+    pub fn new(persistent: bool, state: SessionState) -> Self {
+        Session { persistent, state, conn: None, will: None }
+    }
+
+    /// Hands a message to the session: sent at once when connected and the window allows,
+    /// otherwise queued within the limits (QoS 0 only with `queue_qos0_messages`).
+    pub fn deliver(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
+        if let Some(conn) = &self.conn {
+            if outgoing.qos == QoS::AtMostOnce {
+                return if conn.publish(&publish_packet(&outgoing, None, false)) {
+                    Delivery::Sent
+                } else {
+                    Delivery::Dropped
+                };
+            }
+            if self.state.queue.is_empty() && self.state.inflight.len() < limits.inflight_max {
+                self.send_new(outgoing);
+                return Delivery::Sent;
+            }
+        } else if outgoing.qos == QoS::AtMostOnce && !limits.queue_qos0 {
+            return Delivery::Dropped;
+        }
+        let state = &mut self.state;
+        let size = outgoing.size_bytes();
+        if state.queue.len() >= limits.queued_messages_max
+            || state.queued_bytes.saturating_add(size) > limits.queued_bytes_max
+        {
+            return Delivery::Dropped;
+        }
+        state.queued_bytes += size;
+        state.queue.push_back(outgoing);
+        Delivery::Queued
+    }
+
+    fn send_new(&mut self, outgoing: Outgoing) {
+        let Some(conn) = &self.conn else { return };
+        if outgoing.qos == QoS::AtMostOnce {
+            conn.publish(&publish_packet(&outgoing, None, false));
+            return;
+        }
+        let packet_id = self.state.next_packet_id();
+        conn.publish(&publish_packet(&outgoing, Some(packet_id), false));
+        let state = match outgoing.qos {
+            QoS::ExactlyOnce => InflightState::AwaitPubRec,
+            QoS::AtLeastOnce | QoS::AtMostOnce => InflightState::AwaitPubAck,
+        };
+        self.state.inflight.push_back(Inflight { packet_id, outgoing, state });
+    }
+
+    /// Moves queued messages into the window while it has room.
+    fn fill_window(&mut self, limits: &Limits) {
+        while self.conn.is_some() && self.state.inflight.len() < limits.inflight_max {
+            let Some(outgoing) = self.state.queue.pop_front() else { break };
+            self.state.queued_bytes -= outgoing.size_bytes();
+            self.send_new(outgoing);
+        }
+    }
+
+    /// A connection took over this session: resend what is in flight (PUBLISH with DUP, or
+    /// PUBREL where PUBREC already came) in order, then what is queued [MQTT-4.4.0-1].
+    pub fn resume(&mut self, conn: Rc<ConnHandle>, limits: &Limits) {
+        for inflight in &self.state.inflight {
+            match inflight.state {
+                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                    conn.publish(&publish_packet(
+                        &inflight.outgoing,
+                        Some(inflight.packet_id),
+                        true,
+                    ));
+                }
+                InflightState::AwaitPubComp => {
+                    conn.send(&Packet::PubRel(Ack::new(inflight.packet_id)))
+                }
+            }
+        }
+        self.conn = Some(conn);
+        self.fill_window(limits);
+    }
+
+    /// PUBACK: a QoS 1 delivery is complete.
+    pub fn on_puback(&mut self, packet_id: PacketId, limits: &Limits) {
+        if self.state.take_inflight(packet_id, InflightState::AwaitPubAck) {
+            self.fill_window(limits);
+        }
+    }
+
+    /// PUBREC: the message arrived; answer with PUBREL and wait for PUBCOMP.
+    pub fn on_pubrec(&mut self, packet_id: PacketId) {
+        let found = self.state.inflight.iter_mut().find(|i| i.packet_id == packet_id);
+        if let Some(inflight) = found {
+            if inflight.state == InflightState::AwaitPubRec {
+                inflight.state = InflightState::AwaitPubComp;
+            }
+        }
+        // A PUBREC for an unknown id still gets its PUBREL, so the client can finish.
+        if let Some(conn) = &self.conn {
+            conn.send(&Packet::PubRel(Ack::new(packet_id)));
+        }
+    }
+
+    /// PUBCOMP: a QoS 2 delivery is complete.
+    pub fn on_pubcomp(&mut self, packet_id: PacketId, limits: &Limits) {
+        if self.state.take_inflight(packet_id, InflightState::AwaitPubComp) {
+            self.fill_window(limits);
+        }
+    }
+
+    /// An incoming QoS 2 PUBLISH: true when it is new and must be routed, false for a
+    /// retransmission of one already routed but not yet released.
+    pub fn receive_qos2(&mut self, packet_id: PacketId) -> bool {
+        self.state.awaiting_pubrel.insert(packet_id)
+    }
+
+    /// PUBREL: forget the packet id so it can be reused.
+    pub fn release_qos2(&mut self, packet_id: PacketId) {
+        self.state.awaiting_pubrel.remove(&packet_id);
+    }
+}
+
+impl SessionState {
+    fn take_inflight(&mut self, packet_id: PacketId, expected: InflightState) -> bool {
+        let position =
+            self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == expected);
+        position.and_then(|index| self.inflight.remove(index)).is_some()
+    }
+
+    /// The next packet id not in flight. Invariant: the window is at most 65,535 messages
+    /// (`Limits::inflight_max`), so a free id exists.
+    fn next_packet_id(&mut self) -> PacketId {
+        debug_assert!(self.inflight.len() < usize::from(u16::MAX));
+        loop {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            if let Some(id) = PacketId::new(self.last_packet_id) {
+                if !self.inflight.iter().any(|i| i.packet_id == id) {
+                    return id;
+                }
+            }
+        }
+    }
+}
+
+fn publish_packet(outgoing: &Outgoing, packet_id: Option<PacketId>, dup: bool) -> Publish {
+    let message = &outgoing.message;
+    Publish {
+        dup,
+        qos: outgoing.qos,
+        retain: outgoing.retain,
+        topic: message.topic.clone(),
+        packet_id,
+        properties: message.properties.clone(),
+        payload: message.payload.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolVersion;
+    use bytes::BytesMut;
+
+    fn message(qos: QoS) -> Outgoing {
+        let message = Arc::new(Message {
+            topic: TopicName::new("t").unwrap(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: Properties::default(),
+            publisher: "p".into(),
+        });
+        Outgoing { message, qos, retain: false }
+    }
+
+    fn limits(inflight_max: usize, queued_messages_max: usize) -> Limits {
+        Limits {
+            inflight_max,
+            queued_messages_max,
+            queued_bytes_max: usize::MAX,
+            queue_qos0: false,
+        }
+    }
+
+    fn drain(conn: &ConnHandle) -> Vec<Packet> {
+        let mut bytes: BytesMut = conn.take_outbox();
+        let mut packets = Vec::new();
+        while let Some(p) = Packet::decode(&mut bytes, ProtocolVersion::V311, u32::MAX).unwrap() {
+            packets.push(p);
+        }
+        packets
+    }
+
+    fn connected() -> (Session, Rc<ConnHandle>) {
+        let conn = Rc::new(ConnHandle::new(1, ProtocolVersion::V311, "s".into(), 0, u32::MAX));
+        let mut session = Session::new(true, SessionState::default());
+        session.resume(conn.clone(), &limits(2, 10));
+        (session, conn)
+    }
+
+    #[test]
+    fn window_then_queue_then_drop() {
+        let (mut session, conn) = connected();
+        let limits = limits(2, 1);
+        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Sent);
+        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Sent);
+        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Queued);
+        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Dropped);
+        assert_eq!(drain(&conn).len(), 2);
+        session.on_puback(PacketId::new(1).unwrap(), &limits);
+        let sent = drain(&conn);
+        assert!(matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == PacketId::new(3)));
+        assert_eq!((session.state.inflight.len(), session.state.queue.len()), (2, 0));
+    }
+
+    #[test]
+    fn qos2_handshake_and_resume_sends_pubrel_not_publish() {
+        let (mut session, conn) = connected();
+        let limits = limits(2, 10);
+        session.deliver(message(QoS::ExactlyOnce), &limits);
+        session.deliver(message(QoS::ExactlyOnce), &limits);
+        drain(&conn);
+        session.on_pubrec(PacketId::new(1).unwrap());
+        assert!(matches!(&drain(&conn)[..], [Packet::PubRel(_)]));
+        // The connection drops; a new one resumes the session.
+        session.conn = None;
+        let conn2 = Rc::new(ConnHandle::new(2, ProtocolVersion::V311, "s".into(), 0, u32::MAX));
+        session.resume(conn2.clone(), &limits);
+        let resent = drain(&conn2);
+        assert!(matches!(&resent[0], Packet::PubRel(a) if a.packet_id.get() == 1));
+        assert!(
+            matches!(&resent[1], Packet::Publish(p) if p.dup && p.packet_id.map(|i| i.get()) == Some(2))
+        );
+        session.on_pubcomp(PacketId::new(1).unwrap(), &limits);
+        assert_eq!(session.state.inflight.len(), 1);
+    }
+
+    #[test]
+    fn offline_sessions_queue_qos1_and_drop_qos0() {
+        let mut session = Session::new(true, SessionState::default());
+        let limits = limits(2, 10);
+        assert_eq!(session.deliver(message(QoS::AtMostOnce), &limits), Delivery::Dropped);
+        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Queued);
+    }
+
+    #[test]
+    fn duplicate_qos2_publish_is_routed_once() {
+        let mut session = Session::new(true, SessionState::default());
+        let id = PacketId::new(9).unwrap();
+        assert!(session.receive_qos2(id));
+        assert!(!session.receive_qos2(id));
+        session.release_qos2(id);
+        assert!(session.receive_qos2(id));
+    }
+}

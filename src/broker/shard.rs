@@ -1,0 +1,692 @@
+//! One shard's state and every decision made on it: the sessions of its connections, its
+//! subscription trie, its replicas of the interest map and the retained store, the client-id
+//! registry entries it owns, and the routing of each message (locally, and once to each other
+//! shard with interest). Runs on its own executor; never awaits and never touches a socket:
+//! connection tasks and mesh receivers call it, and it answers by writing into connection
+//! handles and the outbound batches.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ahash::AHashMap;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+
+use super::connection::{refusal, Close, ConnHandle, ConnId};
+use super::mesh::{Outbound, ShardId, ShardMsg};
+use super::session::{Delivery, Limits, Message, Outgoing, Session, SessionState};
+use super::signal::Signal;
+use super::topic::{filter_matches, TopicTrie};
+use crate::config::Config;
+use crate::protocol::{
+    Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe,
+};
+
+/// Local subscribers of one filter: client id and options. Most filters have one or two.
+type Subscribers = SmallVec<[(ByteString, SubscriptionOptions); 2]>;
+
+/// A set of shards as a bitmask (see `SHARDS_MAX`).
+type ShardSet = u64;
+
+/// Where a client id's session lives, kept by the shard that owns the id.
+#[derive(Debug, Clone, Copy)]
+struct RegistryEntry {
+    shard: ShardId,
+    conn: ConnId,
+}
+
+/// A CONNECT waiting for its claim to come back from the registry.
+#[derive(Default)]
+pub struct PendingClaim {
+    answered: Signal,
+    state: RefCell<Option<Option<Box<SessionState>>>>,
+}
+
+impl PendingClaim {
+    pub async fn wait(&self) {
+        while self.state.borrow().is_none() {
+            self.answered.wait().await;
+        }
+    }
+}
+
+/// A SUBACK held back until every other shard confirmed it routes the new filters here, so a
+/// message published anywhere after the SUBACK reaches the subscriber.
+struct PendingSubAck {
+    client_id: ByteString,
+    conn: ConnId,
+    suback: Packet,
+    retained: Vec<Outgoing>,
+    acks_missing: usize,
+}
+
+/// Counters for `$SYS` and logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub messages_received: u64,
+    pub messages_dropped: u64,
+}
+
+pub struct Shard {
+    id: ShardId,
+    shard_count: usize,
+    config: Rc<Config>,
+    limits: Limits,
+    sessions: AHashMap<ByteString, Session>,
+    subscribers: TopicTrie<Subscribers>,
+    /// Replica of the cluster-wide interest map: filter -> other shards with a subscriber.
+    interest: TopicTrie<ShardSet>,
+    /// Replica of the retained store (every shard holds all of it; see docs/ARCHITECTURE.md).
+    retained: AHashMap<TopicName, Arc<Message>>,
+    registry: AHashMap<ByteString, RegistryEntry>,
+    claims: AHashMap<ConnId, Rc<PendingClaim>>,
+    subacks: AHashMap<u64, PendingSubAck>,
+    next_token: u64,
+    next_conn: u64,
+    pub outbound: Outbound,
+    pub stats: Stats,
+    /// Fixed per process so every shard agrees on which shard owns a client id.
+    registry_hasher: ahash::RandomState,
+}
+
+impl Shard {
+    pub fn new(id: ShardId, shard_count: usize, config: Rc<Config>) -> Self {
+        Shard {
+            id,
+            shard_count,
+            limits: Limits::from_config(&config),
+            config,
+            sessions: AHashMap::new(),
+            subscribers: TopicTrie::default(),
+            interest: TopicTrie::default(),
+            retained: AHashMap::new(),
+            registry: AHashMap::new(),
+            claims: AHashMap::new(),
+            subacks: AHashMap::new(),
+            next_token: 0,
+            next_conn: 0,
+            outbound: Outbound::new(shard_count),
+            stats: Stats::default(),
+            registry_hasher: ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn owner_of(&self, client_id: &str) -> ShardId {
+        // Invariant: shard_count <= SHARDS_MAX, so the remainder fits usize.
+        (self.registry_hasher.hash_one(client_id) % self.shard_count as u64) as usize
+    }
+
+    /// Sends to a shard; to this shard, handles it at once.
+    fn dispatch(&mut self, to: ShardId, msg: ShardMsg) {
+        if to == self.id {
+            self.handle_shard_msg(msg);
+        } else {
+            self.outbound.push(to, msg);
+        }
+    }
+
+    fn other_shards(&self) -> impl Iterator<Item = ShardId> {
+        let me = self.id;
+        (0..self.shard_count).filter(move |s| *s != me)
+    }
+
+    // ---- Connecting -------------------------------------------------------------------------
+
+    /// Checks a CONNECT and claims its client id. `Err` holds the CONNACK that refuses it.
+    pub fn begin_connect(
+        &mut self,
+        connect: &Connect,
+        peer: &str,
+    ) -> Result<(Rc<ConnHandle>, Rc<PendingClaim>), BytesMut> {
+        let version = connect.protocol;
+        let refuse = |reason| Err(refusal(version, reason));
+        if !self.config.allow_anonymous && connect.username.is_none() {
+            tracing::info!(%peer, client_id = %connect.client_id, "refused: anonymous");
+            return refuse(ReasonCode::NotAuthorized);
+        }
+        let client_id = if connect.client_id.is_empty() {
+            // Mosquitto: an empty id is refused in 3.1, and with a persistent session.
+            let persistent = !connect.clean_start && !version.is_v5();
+            if version == crate::protocol::ProtocolVersion::V31
+                || persistent
+                || !self.config.allow_zero_length_clientid
+            {
+                return refuse(ReasonCode::ClientIdentifierNotValid);
+            }
+            self.assign_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+        self.next_conn += 1;
+        let conn_id = ((self.id as u64) << 48) | self.next_conn;
+        let max_packet_size =
+            connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
+        let conn = Rc::new(ConnHandle::new(
+            conn_id,
+            version,
+            client_id.clone(),
+            connect.keep_alive_secs,
+            max_packet_size,
+        ));
+        let claim = Rc::new(PendingClaim::default());
+        self.claims.insert(conn_id, claim.clone());
+        tracing::info!(%peer, %client_id, ?version, "new client connecting");
+        let owner = self.owner_of(&client_id);
+        self.dispatch(
+            owner,
+            ShardMsg::Claim {
+                client_id,
+                from: self.id,
+                conn: conn_id,
+                clean_start: connect.clean_start,
+            },
+        );
+        Ok((conn, claim))
+    }
+
+    fn assign_client_id(&self) -> ByteString {
+        let random = ahash::RandomState::new();
+        let a = random.hash_one(Instant::now());
+        let b = random.hash_one(self.next_conn);
+        format!("{}{a:016x}{b:016x}", self.config.auto_id_prefix).into()
+    }
+
+    /// The claim came back: create or resume the session, answer CONNACK, resend what was in
+    /// flight.
+    pub fn finish_connect(
+        &mut self,
+        conn: &Rc<ConnHandle>,
+        connect: Connect,
+        claim: &PendingClaim,
+    ) {
+        let previous = claim.state.borrow_mut().take().flatten();
+        let session_present = previous.is_some();
+        let persistent = if connect.protocol.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0) > 0
+        } else {
+            !connect.clean_start
+        };
+        let state = previous.map(|s| *s).unwrap_or_default();
+        let filters: Vec<(TopicFilter, SubscriptionOptions)> =
+            state.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect();
+        let client_id = conn.client_id.clone();
+        let mut session = Session::new(persistent, state);
+        session.will = connect.will;
+        for (filter, options) in &filters {
+            self.add_local_subscriber(&client_id, filter, *options, None);
+        }
+        let mut properties = Properties::default();
+        if connect.protocol.is_v5() && connect.client_id.is_empty() {
+            properties.assigned_client_identifier = Some(client_id.clone());
+        }
+        conn.send(&Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        }));
+        session.resume(conn.clone(), &self.limits);
+        self.sessions.insert(client_id, session);
+    }
+
+    /// The connection task ended: publish the will if due, then keep or end the session.
+    pub fn connection_closed(&mut self, conn: &ConnHandle, close: Close) {
+        tracing::info!(client_id = %conn.client_id, ?close, "client disconnected");
+        let owns_session = self
+            .sessions
+            .get(&conn.client_id)
+            .is_some_and(|s| s.conn.as_ref().is_some_and(|c| c.id == conn.id));
+        if !owns_session {
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
+        session.conn = None;
+        let will = session.will.take();
+        let persistent = session.persistent;
+        if close.publishes_will() {
+            if let Some(will) = will {
+                self.publish_will(&conn.client_id, will);
+            }
+        }
+        if !persistent {
+            self.end_session(&conn.client_id);
+            let owner = self.owner_of(&conn.client_id);
+            self.dispatch(
+                owner,
+                ShardMsg::Release { client_id: conn.client_id.clone(), conn: conn.id },
+            );
+        }
+    }
+
+    /// Removes a session and its subscriptions from this shard, returning its state.
+    fn end_session(&mut self, client_id: &ByteString) -> Option<Session> {
+        let session = self.sessions.remove(client_id)?;
+        for filter in session.state.subscriptions.keys() {
+            self.remove_local_subscriber(client_id, filter);
+        }
+        Some(session)
+    }
+
+    fn publish_will(&mut self, client_id: &ByteString, will: crate::protocol::LastWill) {
+        let message = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            publisher: client_id.clone(),
+        };
+        self.route(Arc::new(message));
+    }
+
+    /// Closes connections whose keep alive ran out: 1.5 times the interval without a packet
+    /// [MQTT-3.1.2-24 (3.1.1)].
+    pub fn expire_keep_alives(&mut self, now: Instant) {
+        for session in self.sessions.values() {
+            let Some(conn) = &session.conn else { continue };
+            if conn.keep_alive.is_zero() || conn.is_closing() {
+                continue;
+            }
+            if now.duration_since(conn.last_seen.get()) > conn.keep_alive.mul_f32(1.5) {
+                tracing::info!(client_id = %conn.client_id, "keep alive timed out");
+                conn.close(Close::KeepAliveTimeout);
+            }
+        }
+    }
+
+    // ---- Packets from a connected client ----------------------------------------------------
+
+    pub fn handle_packet(&mut self, conn: &Rc<ConnHandle>, packet: Packet) -> Result<(), Close> {
+        let protocol_error = Close::ProtocolError(ReasonCode::ProtocolError);
+        match packet {
+            Packet::Publish(publish) => self.client_publish(conn, publish),
+            Packet::PubAck(ack) => {
+                let limits = self.limits;
+                if let Some(session) = self.session_of(conn) {
+                    session.on_puback(ack.packet_id, &limits);
+                }
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                if let Some(session) = self.session_of(conn) {
+                    session.on_pubrec(ack.packet_id);
+                }
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                let limits = self.limits;
+                if let Some(session) = self.session_of(conn) {
+                    session.on_pubcomp(ack.packet_id, &limits);
+                }
+                Ok(())
+            }
+            Packet::PubRel(ack) => {
+                if let Some(session) = self.session_of(conn) {
+                    session.release_qos2(ack.packet_id);
+                }
+                conn.send(&Packet::PubComp(Ack::new(ack.packet_id)));
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.subscribe(conn, subscribe);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.unsubscribe(conn, unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                conn.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => Err(Close::ClientDisconnect {
+                publish_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
+            }),
+            // A second CONNECT is a protocol violation [MQTT-3.1.0-2]; the rest are sent only by
+            // servers. AUTH is refused until an authentication method is supported.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp
+            | Packet::Auth(_) => Err(protocol_error),
+        }
+    }
+
+    fn session_of(&mut self, conn: &ConnHandle) -> Option<&mut Session> {
+        self.sessions
+            .get_mut(&conn.client_id)
+            .filter(|s| s.conn.as_ref().is_some_and(|c| c.id == conn.id))
+    }
+
+    fn client_publish(&mut self, conn: &Rc<ConnHandle>, publish: Publish) -> Result<(), Close> {
+        self.stats.messages_received += 1;
+        if publish.topic.is_empty() {
+            // Topic aliases are not granted (Topic Alias Maximum 0), so one is a protocol error.
+            return Err(Close::ProtocolError(ReasonCode::TopicAliasInvalid));
+        }
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let message = Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain && self.config.retain_available,
+            properties,
+            publisher: conn.client_id.clone(),
+        });
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtLeastOnce, Some(packet_id)) => {
+                self.route(message);
+                conn.send(&Packet::PubAck(Ack::new(packet_id)));
+            }
+            (QoS::ExactlyOnce, Some(packet_id)) => {
+                let is_new = self.session_of(conn).is_none_or(|s| s.receive_qos2(packet_id));
+                if is_new {
+                    self.route(message);
+                }
+                conn.send(&Packet::PubRec(Ack::new(packet_id)));
+            }
+            _ => self.route(message),
+        }
+        Ok(())
+    }
+
+    // ---- Routing ----------------------------------------------------------------------------
+
+    /// Routes a message published on this shard: retained store (all replicas), local
+    /// subscribers, and once to each other shard with a matching subscription.
+    fn route(&mut self, message: Arc<Message>) {
+        if message.retain {
+            self.store_retained(&message);
+            for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
+                self.outbound.push(shard, ShardMsg::Retain(message.clone()));
+            }
+        }
+        self.deliver_local(&message);
+        let mut shards: ShardSet = 0;
+        self.interest.matches(&message.topic, |set| shards |= *set);
+        while shards != 0 {
+            let shard = shards.trailing_zeros() as usize;
+            shards &= shards - 1;
+            self.outbound.push(shard, ShardMsg::Publish(message.clone()));
+        }
+    }
+
+    fn store_retained(&mut self, message: &Arc<Message>) {
+        if message.payload.is_empty() {
+            self.retained.remove(&message.topic);
+        } else {
+            self.retained.insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
+    /// matching subscriptions (as Mosquitto does for overlapping filters).
+    fn deliver_local(&mut self, message: &Arc<Message>) {
+        let Shard { subscribers, sessions, limits, stats, .. } = self;
+        let mut targets: SmallVec<[(&ByteString, SubscriptionOptions); 8]> = SmallVec::new();
+        subscribers.matches(&message.topic, |subs| {
+            for (client_id, options) in subs {
+                if options.no_local && *client_id == message.publisher {
+                    continue;
+                }
+                match targets.iter_mut().find(|(c, _)| *c == client_id) {
+                    Some((_, best)) => {
+                        best.qos = best.qos.max(options.qos);
+                        best.retain_as_published |= options.retain_as_published;
+                    }
+                    None => targets.push((client_id, *options)),
+                }
+            }
+        });
+        for (client_id, options) in targets {
+            let Some(session) = sessions.get_mut(client_id) else { continue };
+            let outgoing = Outgoing {
+                message: message.clone(),
+                qos: message.qos.min(options.qos),
+                // Retained messages reach existing subscriptions with retain 0 [MQTT-3.3.1-9].
+                retain: options.retain_as_published && message.retain,
+            };
+            if session.deliver(outgoing, limits) == Delivery::Dropped {
+                stats.messages_dropped += 1;
+            }
+        }
+    }
+
+    // ---- Subscriptions ----------------------------------------------------------------------
+
+    fn subscribe(&mut self, conn: &Rc<ConnHandle>, subscribe: Subscribe) {
+        let client_id = conn.client_id.clone();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        let mut new_filters = Vec::new();
+        for (filter, options) in subscribe.filters {
+            if filter.shared().is_some() {
+                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            let Some(session) = self.session_of(conn) else { return };
+            let existed = session.state.subscriptions.insert(filter.clone(), options).is_some();
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                retained.extend(
+                    self.retained.values().filter(|m| filter_matches(&filter, &m.topic)).map(
+                        |message| Outgoing {
+                            qos: message.qos.min(options.qos),
+                            message: message.clone(),
+                            retain: true,
+                        },
+                    ),
+                );
+            }
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+            });
+            new_filters.push((filter, options));
+        }
+        let suback = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Properties::default(),
+            reasons,
+        });
+        let token = self.next_token;
+        self.next_token += 1;
+        let mut acks_missing = 0;
+        for (filter, options) in &new_filters {
+            acks_missing += self.add_local_subscriber(&client_id, filter, *options, Some(token));
+        }
+        let pending = PendingSubAck { client_id, conn: conn.id, suback, retained, acks_missing };
+        if acks_missing == 0 {
+            self.complete_suback(pending);
+        } else {
+            self.subacks.insert(token, pending);
+        }
+    }
+
+    fn complete_suback(&mut self, pending: PendingSubAck) {
+        let limits = self.limits;
+        let Some(session) = self.sessions.get_mut(&pending.client_id) else { return };
+        let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
+        conn.send(&pending.suback);
+        for outgoing in pending.retained {
+            if session.deliver(outgoing, &limits) == Delivery::Dropped {
+                self.stats.messages_dropped += 1;
+            }
+        }
+    }
+
+    /// Adds a subscriber to the local trie; when the filter is new on this shard, tells every
+    /// other shard. Returns how many acknowledgements `ack_token` will collect.
+    fn add_local_subscriber(
+        &mut self,
+        client_id: &ByteString,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        ack_token: Option<u64>,
+    ) -> usize {
+        let subscribers = self.subscribers.entry(filter, SmallVec::new);
+        let first = subscribers.is_empty();
+        match subscribers.iter_mut().find(|(c, _)| c == client_id) {
+            Some((_, existing)) => *existing = options,
+            None => subscribers.push((client_id.clone(), options)),
+        }
+        if !first {
+            return 0;
+        }
+        let filter: ByteString = filter.as_str().into();
+        let mut sent = 0;
+        for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
+            let msg = ShardMsg::Interest {
+                filter: filter.clone(),
+                from: self.id,
+                added: true,
+                ack_token,
+            };
+            self.outbound.push(shard, msg);
+            sent += 1;
+        }
+        if ack_token.is_some() {
+            sent
+        } else {
+            0
+        }
+    }
+
+    fn remove_local_subscriber(&mut self, client_id: &ByteString, filter: &TopicFilter) -> bool {
+        let Some(subscribers) = self.subscribers.get_mut(filter) else { return false };
+        let before = subscribers.len();
+        subscribers.retain(|(c, _)| c != client_id);
+        let removed = subscribers.len() < before;
+        if subscribers.is_empty() {
+            self.subscribers.remove(filter);
+            let filter: ByteString = filter.as_str().into();
+            for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
+                let msg = ShardMsg::Interest {
+                    filter: filter.clone(),
+                    from: self.id,
+                    added: false,
+                    ack_token: None,
+                };
+                self.outbound.push(shard, msg);
+            }
+        }
+        removed
+    }
+
+    fn unsubscribe(&mut self, conn: &Rc<ConnHandle>, unsubscribe: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = self
+                .session_of(conn)
+                .is_some_and(|s| s.state.subscriptions.remove(filter).is_some());
+            if existed {
+                self.remove_local_subscriber(&conn.client_id, filter);
+            }
+            reasons.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        conn.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Properties::default(),
+            reasons: if conn.version.is_v5() { reasons } else { Vec::new() },
+        }));
+    }
+
+    // ---- Messages from other shards ---------------------------------------------------------
+
+    pub fn handle_shard_msg(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(message) => self.deliver_local(&message),
+            ShardMsg::Retain(message) => self.store_retained(&message),
+            ShardMsg::Interest { filter, from, added, ack_token } => {
+                let bit: ShardSet = 1 << from;
+                if added {
+                    *self.interest.entry(&filter, || 0) |= bit;
+                } else if let Some(set) = self.interest.get_mut(&filter) {
+                    *set &= !bit;
+                    if *set == 0 {
+                        self.interest.remove(&filter);
+                    }
+                }
+                if let Some(token) = ack_token {
+                    self.dispatch(from, ShardMsg::InterestAck { token });
+                }
+            }
+            ShardMsg::InterestAck { token } => {
+                let done = self.subacks.get_mut(&token).is_some_and(|pending| {
+                    pending.acks_missing -= 1;
+                    pending.acks_missing == 0
+                });
+                if done {
+                    if let Some(pending) = self.subacks.remove(&token) {
+                        self.complete_suback(pending);
+                    }
+                }
+            }
+            ShardMsg::Claim { client_id, from, conn, clean_start } => {
+                let entry = RegistryEntry { shard: from, conn };
+                match self.registry.insert(client_id.clone(), entry) {
+                    Some(previous) => self.dispatch(
+                        previous.shard,
+                        ShardMsg::Evict { client_id, to: from, conn, clean_start },
+                    ),
+                    None => self.dispatch(from, ShardMsg::Handoff { client_id, conn, state: None }),
+                }
+            }
+            ShardMsg::Evict { client_id, to, conn, clean_start } => {
+                let state = self.evict(&client_id, clean_start);
+                self.dispatch(to, ShardMsg::Handoff { client_id, conn, state });
+            }
+            ShardMsg::Handoff { client_id, conn, state } => match self.claims.remove(&conn) {
+                Some(claim) => {
+                    *claim.state.borrow_mut() = Some(state);
+                    claim.answered.notify();
+                }
+                None => {
+                    // The connection went away while claiming: keep a resumable session here,
+                    // where the registry now points.
+                    if let Some(state) = state {
+                        self.sessions.insert(client_id, Session::new(true, *state));
+                    }
+                }
+            },
+            ShardMsg::Release { client_id, conn } => {
+                if self.registry.get(&client_id).is_some_and(|e| e.conn == conn) {
+                    self.registry.remove(&client_id);
+                }
+            }
+        }
+    }
+
+    /// Takes a session away from its current connection (closing it, publishing its will) and
+    /// returns its state if the new connection resumes it.
+    fn evict(&mut self, client_id: &ByteString, clean_start: bool) -> Option<Box<SessionState>> {
+        let mut session = self.end_session(client_id)?;
+        if let Some(conn) = session.conn.take() {
+            tracing::info!(%client_id, "client already connected, closing old connection");
+            conn.close(Close::TakenOver);
+            if let Some(will) = session.will.take() {
+                self.publish_will(client_id, will);
+            }
+        }
+        (!clean_start && session.persistent).then(|| Box::new(session.state))
+    }
+}

@@ -1,0 +1,365 @@
+//! mosquitto.conf and the command line turned into a validated [`Config`]. Reads files; never
+//! opens sockets. An unknown option or a bad value is an error naming file, line and option; a
+//! Mosquitto option Culex does not implement yet is a warning naming file and line.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// One `listener` (or the default one from `port`, `-p`, or no configuration at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    /// `None`: every address (`listener 1883` with no address binds all interfaces).
+    pub bind_address: Option<IpAddr>,
+}
+
+impl Listener {
+    /// The addresses to bind: Mosquitto's default listener binds loopback only (IPv4 and IPv6).
+    pub fn socket_addrs(&self, loopback_only: bool) -> Vec<SocketAddr> {
+        match self.bind_address {
+            Some(address) => vec![SocketAddr::new(address, self.port)],
+            None if loopback_only => vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), self.port),
+            ],
+            None => vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port)],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    /// True when no listener was configured: Mosquitto 2.0 then listens on loopback only and
+    /// allows anonymous clients.
+    pub local_only: bool,
+    pub allow_anonymous: bool,
+    /// Worker shards (one per core by default).
+    pub shards: Option<usize>,
+    pub max_inflight_messages: u16,
+    pub max_queued_messages: usize,
+    /// 0: no limit (Mosquitto's default).
+    pub max_queued_bytes: usize,
+    pub queue_qos0_messages: bool,
+    pub max_packet_size: u32,
+    /// 0: no limit on the keep alive a client asks for.
+    pub max_keepalive: u16,
+    pub allow_zero_length_clientid: bool,
+    pub auto_id_prefix: String,
+    pub retain_available: bool,
+    pub verbose: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![Listener { port: 1883, bind_address: None }],
+            local_only: true,
+            allow_anonymous: true,
+            shards: None,
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_qos0_messages: false,
+            max_packet_size: crate::protocol::PACKET_SIZE_MAX,
+            max_keepalive: 0,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".to_string(),
+            retain_available: true,
+            verbose: false,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {reason}")]
+    Unreadable { file: PathBuf, reason: String },
+    #[error("{file}:{line}: unknown option `{option}`")]
+    UnknownOption { file: PathBuf, line: usize, option: String },
+    #[error("{file}:{line}: invalid value for `{option}`: {reason}")]
+    InvalidValue { file: PathBuf, line: usize, option: String, reason: String },
+}
+
+/// Options of Mosquitto 2.0's mosquitto.conf(5) that Culex recognises but does not apply yet:
+/// each gets a warning naming file and line, never silence.
+const NOT_YET_IMPLEMENTED: &[&str] = &[
+    "acl_file",
+    "address",
+    "addresses",
+    "allow_duplicate_messages",
+    "auth_plugin_deny_special_chars",
+    "auto_id_prefix_listener",
+    "autosave_interval",
+    "autosave_on_changes",
+    "bind_interface",
+    "bridge_attempt_unsubscribe",
+    "bridge_bind_address",
+    "bridge_cafile",
+    "bridge_capath",
+    "bridge_certfile",
+    "bridge_identity",
+    "bridge_insecure",
+    "bridge_keyfile",
+    "bridge_max_packet_size",
+    "bridge_outgoing_retain",
+    "bridge_protocol_version",
+    "bridge_psk",
+    "bridge_require_ocsp",
+    "bridge_tls_version",
+    "bridge_alpn",
+    "cafile",
+    "capath",
+    "certfile",
+    "check_retain_source",
+    "ciphers",
+    "ciphers_tls1.3",
+    "cleansession",
+    "clientid_prefixes",
+    "connection",
+    "connection_messages",
+    "crlfile",
+    "dhparamfile",
+    "enable_control_api",
+    "http_dir",
+    "idle_timeout",
+    "include_dir",
+    "keepalive_interval",
+    "keyfile",
+    "local_cleansession",
+    "local_clientid",
+    "local_password",
+    "local_username",
+    "log_dest",
+    "log_facility",
+    "log_timestamp",
+    "log_timestamp_format",
+    "log_type",
+    "max_connections",
+    "memory_limit",
+    "message_size_limit",
+    "mount_point",
+    "notification_topic",
+    "notifications",
+    "notifications_local_only",
+    "ocsp_stapling",
+    "password_file",
+    "per_listener_settings",
+    "persistence",
+    "persistence_file",
+    "persistence_location",
+    "persistent_client_expiration",
+    "pid_file",
+    "plugin",
+    "plugin_opt",
+    "psk_file",
+    "psk_hint",
+    "remote_clientid",
+    "remote_password",
+    "remote_username",
+    "require_certificate",
+    "restart_timeout",
+    "round_robin",
+    "set_tcp_nodelay",
+    "socket_domain",
+    "start_type",
+    "sys_interval",
+    "threshold",
+    "tls_engine",
+    "tls_engine_kpass_sha1",
+    "tls_keyform",
+    "tls_version",
+    "topic",
+    "try_private",
+    "upgrade_outgoing_qos",
+    "use_identity_as_username",
+    "use_subject_as_username",
+    "use_username_as_clientid",
+    "user",
+    "websockets_headers_size",
+    "websockets_log_level",
+    "protocol",
+    "max_qos",
+    "auth_plugin",
+    "auth_opt_",
+    "listener_allow_anonymous",
+];
+
+impl Config {
+    /// Parses a mosquitto.conf file.
+    pub fn from_file(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `file` names it in errors. Returns warnings beside the config.
+    pub fn parse(text: &str, file: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut config = Config::default();
+        let mut warnings = Vec::new();
+        let mut explicit_listeners = Vec::new();
+        let mut default_port = None;
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let (option, value) = match trimmed.split_once(char::is_whitespace) {
+                Some((option, value)) => (option, value.trim()),
+                None => (trimmed, ""),
+            };
+            let invalid = |reason: &str| ConfigError::InvalidValue {
+                file: file.to_path_buf(),
+                line,
+                option: option.to_string(),
+                reason: reason.to_string(),
+            };
+            match option {
+                "listener" => {
+                    let mut parts = value.split_whitespace();
+                    let port = parse_port(parts.next().unwrap_or(""), &invalid)?;
+                    let bind_address = parts
+                        .next()
+                        .map(|a| a.parse::<IpAddr>().map_err(|_| invalid("not an IP address")))
+                        .transpose()?;
+                    explicit_listeners.push(Listener { port, bind_address });
+                }
+                "port" => default_port = Some(parse_port(value, &invalid)?),
+                "allow_anonymous" => config.allow_anonymous = parse_bool(value, &invalid)?,
+                "shards" => {
+                    let shards: usize = parse_number(value, &invalid)?;
+                    if shards == 0 {
+                        return Err(invalid("must be at least 1"));
+                    }
+                    config.shards = Some(shards);
+                }
+                "max_inflight_messages" => {
+                    config.max_inflight_messages = parse_number(value, &invalid)?
+                }
+                "max_queued_messages" => {
+                    config.max_queued_messages = parse_number(value, &invalid)?
+                }
+                "max_queued_bytes" => config.max_queued_bytes = parse_number(value, &invalid)?,
+                "queue_qos0_messages" => config.queue_qos0_messages = parse_bool(value, &invalid)?,
+                "max_packet_size" => {
+                    let size: u32 = parse_number(value, &invalid)?;
+                    // Mosquitto: 0 means no limit; a limit below 20 bytes cannot carry CONNECT.
+                    config.max_packet_size = match size {
+                        0 => crate::protocol::PACKET_SIZE_MAX,
+                        1..=19 => return Err(invalid("must be 0 or at least 20")),
+                        size => size,
+                    };
+                }
+                "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
+                "allow_zero_length_clientid" => {
+                    config.allow_zero_length_clientid = parse_bool(value, &invalid)?
+                }
+                "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
+                "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
+                known if NOT_YET_IMPLEMENTED.contains(&known) || known.starts_with("auth_opt_") => {
+                    warnings.push(format!(
+                        "{}:{line}: option `{option}` is not implemented yet and is ignored",
+                        file.display()
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::UnknownOption {
+                        file: file.to_path_buf(),
+                        line,
+                        option: option.to_string(),
+                    })
+                }
+            }
+        }
+        config.local_only = explicit_listeners.is_empty() && default_port.is_none();
+        if !config.local_only {
+            // Mosquitto 2.0: once a listener is configured, anonymous access must be granted.
+            if !text.lines().any(|l| l.trim_start().starts_with("allow_anonymous")) {
+                config.allow_anonymous = false;
+            }
+            let mut listeners = Vec::new();
+            if let Some(port) = default_port {
+                listeners.push(Listener { port, bind_address: None });
+            }
+            listeners.extend(explicit_listeners);
+            config.listeners = listeners;
+        }
+        Ok((config, warnings))
+    }
+}
+
+fn parse_port(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<u16, ConfigError> {
+    value.parse::<u16>().map_err(|_| invalid("not a port number (0-65535)"))
+}
+
+fn parse_bool(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<bool, ConfigError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid("expected `true` or `false`")),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(
+    value: &str,
+    invalid: &impl Fn(&str) -> ConfigError,
+) -> Result<T, ConfigError> {
+    value.parse::<T>().map_err(|_| invalid("not a number in the allowed range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.conf")).map(|(config, _)| config)
+    }
+
+    #[test]
+    fn no_listener_means_loopback_and_anonymous() {
+        let config = parse("# nothing\n").unwrap();
+        assert!(config.local_only && config.allow_anonymous);
+        assert_eq!(config.listeners, vec![Listener { port: 1883, bind_address: None }]);
+    }
+
+    #[test]
+    fn a_listener_denies_anonymous_unless_allowed() {
+        let config = parse("listener 1884 127.0.0.53\n").unwrap();
+        assert!(!config.local_only && !config.allow_anonymous);
+        assert_eq!(config.listeners[0].bind_address, Some("127.0.0.53".parse().unwrap()));
+        let config = parse("port 1885\nallow_anonymous true\nlistener 1886\n").unwrap();
+        assert!(config.allow_anonymous);
+        assert_eq!(config.listeners.iter().map(|l| l.port).collect::<Vec<_>>(), [1885, 1886]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_option() {
+        assert_eq!(
+            parse("listener 1883\nbogus_option 1\n").unwrap_err().to_string(),
+            "test.conf:2: unknown option `bogus_option`"
+        );
+        assert_eq!(
+            parse("\nmax_inflight_messages lots\n").unwrap_err().to_string(),
+            "test.conf:2: invalid value for `max_inflight_messages`: not a number in the allowed range"
+        );
+        assert_eq!(
+            parse("listener 70000\n").unwrap_err().to_string(),
+            "test.conf:1: invalid value for `listener`: not a port number (0-65535)"
+        );
+    }
+
+    #[test]
+    fn unimplemented_mosquitto_options_warn_with_file_and_line() {
+        let (_, warnings) =
+            Config::parse("listener 1883\npersistence true\n", Path::new("m.conf")).unwrap();
+        assert_eq!(
+            warnings,
+            ["m.conf:2: option `persistence` is not implemented yet and is ignored"]
+        );
+    }
+}
