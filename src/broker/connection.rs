@@ -73,6 +73,8 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub version: ProtocolVersion,
     pub client_id: ByteString,
+    /// The client sent an empty id and the broker assigned `client_id`.
+    pub assigned_client_id: bool,
     /// 0: the client asked for no keep alive.
     pub keep_alive: Duration,
     /// The client's Maximum Packet Size (5.0); larger packets are not sent [MQTT-3.1.2-24].
@@ -96,6 +98,7 @@ impl ConnHandle {
             id,
             version,
             client_id,
+            assigned_client_id: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
             max_packet_size,
             outbox: RefCell::new(BytesMut::with_capacity(4096)),
@@ -253,8 +256,9 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
             return;
         }
     };
-    claim.wait().await;
-    shard.borrow_mut().finish_connect(&conn, *connect, &claim);
+    claim.answered().await;
+    shard.borrow_mut().finish_connect(&conn, *connect, claim.clone());
+    claim.connected().await;
 
     let close = run(&shard, &conn, &mut stream, &mut reader).await;
     let rest = conn.take_outbox();

@@ -34,15 +34,18 @@ pub enum ShardMsg {
     Publish(Arc<Message>),
     /// Store (or, with an empty payload, delete) in this shard's replica of the retained store.
     Retain(Arc<Message>),
-    /// `from` gained its first (`added`) or lost its last subscriber on `filter`. With a token,
-    /// the receiver answers `InterestAck` so the SUBACK waits until every shard routes to it.
+    /// `from` gained its first (`added`) or lost its last subscriber on `filter`.
     Interest {
         filter: ByteString,
         from: ShardId,
         added: bool,
-        ack_token: Option<u64>,
     },
-    InterestAck {
+    /// Answered with `BarrierAck` once everything `from` sent before it has been applied here.
+    Barrier {
+        from: ShardId,
+        token: u64,
+    },
+    BarrierAck {
         token: u64,
     },
     /// To the shard that owns `client_id`'s registry entry: a connection on `from` wants it.

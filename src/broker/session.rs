@@ -126,16 +126,20 @@ impl Session {
     /// otherwise queued within the limits (QoS 0 only with `queue_qos0_messages`).
     pub fn deliver(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
         if let Some(conn) = &self.conn {
-            if outgoing.qos == QoS::AtMostOnce {
-                return if conn.publish(&publish_packet(&outgoing, None, false)) {
-                    Delivery::Sent
-                } else {
-                    Delivery::Dropped
-                };
-            }
-            if self.state.queue.is_empty() && self.state.inflight.len() < limits.inflight_max {
-                self.send_new(outgoing);
-                return Delivery::Sent;
+            // Anything queued goes first, QoS 0 included: one publisher's messages reach a
+            // subscriber in order whatever their QoS (stricter than MQTT 4.6's per-QoS order).
+            if self.state.queue.is_empty() {
+                if outgoing.qos == QoS::AtMostOnce {
+                    return if conn.publish(&publish_packet(&outgoing, None, false)) {
+                        Delivery::Sent
+                    } else {
+                        Delivery::Dropped
+                    };
+                }
+                if self.state.inflight.len() < limits.inflight_max {
+                    self.send_new(outgoing);
+                    return Delivery::Sent;
+                }
             }
         } else if outgoing.qos == QoS::AtMostOnce && !limits.queue_qos0 {
             return Delivery::Dropped;
@@ -167,9 +171,13 @@ impl Session {
         self.state.inflight.push_back(Inflight { packet_id, outgoing, state });
     }
 
-    /// Moves queued messages into the window while it has room.
+    /// Sends queued messages in order while the window has room (QoS 0 takes no room).
     fn fill_window(&mut self, limits: &Limits) {
-        while self.conn.is_some() && self.state.inflight.len() < limits.inflight_max {
+        while self.conn.is_some() {
+            let Some(next) = self.state.queue.front() else { break };
+            if next.qos != QoS::AtMostOnce && self.state.inflight.len() >= limits.inflight_max {
+                break;
+            }
             let Some(outgoing) = self.state.queue.pop_front() else { break };
             self.state.queued_bytes -= outgoing.size_bytes();
             self.send_new(outgoing);
@@ -328,6 +336,26 @@ mod tests {
         let sent = drain(&conn);
         assert!(matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == PacketId::new(3)));
         assert_eq!((session.state.inflight.len(), session.state.queue.len()), (2, 0));
+    }
+
+    #[test]
+    fn qos0_waits_behind_queued_messages() {
+        let (mut session, conn) = connected();
+        let limits = limits(1, 10);
+        session.deliver(message(QoS::AtLeastOnce), &limits);
+        session.deliver(message(QoS::AtLeastOnce), &limits);
+        assert_eq!(session.deliver(message(QoS::AtMostOnce), &limits), Delivery::Queued);
+        assert_eq!(drain(&conn).len(), 1);
+        session.on_puback(PacketId::new(1).unwrap(), &limits);
+        let sent = drain(&conn);
+        let qos: Vec<QoS> = sent
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.qos,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(qos, [QoS::AtLeastOnce, QoS::AtMostOnce]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! connection tasks and mesh receivers call it, and it answers by writing into connection
 //! handles and the outbound batches.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,29 +39,44 @@ struct RegistryEntry {
     conn: ConnId,
 }
 
-/// A CONNECT waiting for its claim to come back from the registry.
+/// A CONNECT on its way: first its claim comes back from the registry (with the previous
+/// session's state, if resumed), then its CONNACK is sent once every shard routes the session's
+/// subscriptions here.
 #[derive(Default)]
 pub struct PendingClaim {
-    answered: Signal,
+    progressed: Signal,
     state: RefCell<Option<Option<Box<SessionState>>>>,
+    connected: Cell<bool>,
 }
 
 impl PendingClaim {
-    pub async fn wait(&self) {
+    pub async fn answered(&self) {
         while self.state.borrow().is_none() {
-            self.answered.wait().await;
+            self.progressed.wait().await;
+        }
+    }
+
+    pub async fn connected(&self) {
+        while !self.connected.get() {
+            self.progressed.wait().await;
         }
     }
 }
 
-/// A SUBACK held back until every other shard confirmed it routes the new filters here, so a
-/// message published anywhere after the SUBACK reaches the subscriber.
+/// A reply held until every other shard has acknowledged a barrier sent after this shard's
+/// interest updates (see `barrier`).
+enum HeldReply {
+    ConnAck { conn: Rc<ConnHandle>, session_present: bool, claim: Rc<PendingClaim> },
+    SubAck(PendingSubAck),
+}
+
+/// A SUBACK held back until every other shard acknowledged the barrier (see `subscribe`).
 struct PendingSubAck {
     client_id: ByteString,
     conn: ConnId,
     suback: Packet,
-    retained: Vec<Outgoing>,
-    acks_missing: usize,
+    /// Filters whose retained messages follow the SUBACK, with the QoS granted on each.
+    retained_for: Vec<(TopicFilter, QoS)>,
 }
 
 /// Counters for `$SYS` and logs.
@@ -84,7 +99,8 @@ pub struct Shard {
     retained: AHashMap<TopicName, Arc<Message>>,
     registry: AHashMap<ByteString, RegistryEntry>,
     claims: AHashMap<ConnId, Rc<PendingClaim>>,
-    subacks: AHashMap<u64, PendingSubAck>,
+    /// Replies waiting for barrier acknowledgements: token -> (acks missing, reply).
+    held: AHashMap<u64, (usize, HeldReply)>,
     next_token: u64,
     next_conn: u64,
     pub outbound: Outbound,
@@ -106,7 +122,7 @@ impl Shard {
             retained: AHashMap::new(),
             registry: AHashMap::new(),
             claims: AHashMap::new(),
-            subacks: AHashMap::new(),
+            held: AHashMap::new(),
             next_token: 0,
             next_conn: 0,
             outbound: Outbound::new(shard_count),
@@ -169,16 +185,18 @@ impl Shard {
         let conn_id = ((self.id as u64) << 48) | self.next_conn;
         let max_packet_size =
             connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
-        let conn = Rc::new(ConnHandle::new(
+        let mut conn = ConnHandle::new(
             conn_id,
             version,
             client_id.clone(),
             connect.keep_alive_secs,
             max_packet_size,
-        ));
+        );
+        conn.assigned_client_id = connect.client_id.is_empty();
+        let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());
-        tracing::info!(%peer, %client_id, ?version, "new client connecting");
+        tracing::info!(shard = self.id, %peer, %client_id, ?version, "new client connecting");
         let owner = self.owner_of(&client_id);
         self.dispatch(
             owner,
@@ -199,13 +217,14 @@ impl Shard {
         format!("{}{a:016x}{b:016x}", self.config.auto_id_prefix).into()
     }
 
-    /// The claim came back: create or resume the session, answer CONNACK, resend what was in
-    /// flight.
+    /// The claim came back: install the session (resumed or new) without its connection yet,
+    /// so what arrives for it is queued, and hold the CONNACK behind a barrier so that every
+    /// shard routes its subscriptions here before the client can act on the CONNACK.
     pub fn finish_connect(
         &mut self,
         conn: &Rc<ConnHandle>,
         connect: Connect,
-        claim: &PendingClaim,
+        claim: Rc<PendingClaim>,
     ) {
         let previous = claim.state.borrow_mut().take().flatten();
         let session_present = previous.is_some();
@@ -220,20 +239,53 @@ impl Shard {
         let client_id = conn.client_id.clone();
         let mut session = Session::new(persistent, state);
         session.will = connect.will;
+        self.sessions.insert(client_id.clone(), session);
         for (filter, options) in &filters {
-            self.add_local_subscriber(&client_id, filter, *options, None);
+            self.add_local_subscriber(&client_id, filter, *options);
         }
-        let mut properties = Properties::default();
-        if connect.protocol.is_v5() && connect.client_id.is_empty() {
-            properties.assigned_client_identifier = Some(client_id.clone());
+        self.barrier(HeldReply::ConnAck { conn: conn.clone(), session_present, claim });
+    }
+
+    /// Sends a barrier to every other shard; `reply` goes out when all have answered.
+    fn barrier(&mut self, reply: HeldReply) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let others: SmallVec<[ShardId; 16]> = self.other_shards().collect();
+        for shard in &others {
+            self.outbound.push(*shard, ShardMsg::Barrier { from: self.id, token });
         }
-        conn.send(&Packet::ConnAck(ConnAck {
-            session_present,
-            reason: ReasonCode::Success,
-            properties,
-        }));
-        session.resume(conn.clone(), &self.limits);
-        self.sessions.insert(client_id, session);
+        if others.is_empty() {
+            self.release(reply);
+        } else {
+            self.held.insert(token, (others.len(), reply));
+        }
+    }
+
+    fn release(&mut self, reply: HeldReply) {
+        match reply {
+            HeldReply::ConnAck { conn, session_present, claim } => {
+                claim.connected.set(true);
+                claim.progressed.notify();
+                let limits = self.limits;
+                let session = self.sessions.get_mut(&conn.client_id).filter(|s| s.conn.is_none());
+                let Some(session) = session else {
+                    // Taken over by a newer connection while the barrier was out.
+                    conn.close(Close::TakenOver);
+                    return;
+                };
+                let mut properties = Properties::default();
+                if conn.version.is_v5() && conn.assigned_client_id {
+                    properties.assigned_client_identifier = Some(conn.client_id.clone());
+                }
+                conn.send(&Packet::ConnAck(ConnAck {
+                    session_present,
+                    reason: ReasonCode::Success,
+                    properties,
+                }));
+                session.resume(conn, &limits);
+            }
+            HeldReply::SubAck(pending) => self.complete_suback(pending),
+        }
     }
 
     /// The connection task ended: publish the will if due, then keep or end the session.
@@ -383,17 +435,18 @@ impl Shard {
             properties,
             publisher: conn.client_id.clone(),
         });
+        // The acknowledgement goes out before any delivery, as Mosquitto orders them: a client
+        // subscribed to its own topic sees PUBACK/PUBREC first.
         match (publish.qos, publish.packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => {
-                self.route(message);
                 conn.send(&Packet::PubAck(Ack::new(packet_id)));
+                self.route(message);
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
-                let is_new = self.session_of(conn).is_none_or(|s| s.receive_qos2(packet_id));
-                if is_new {
+                conn.send(&Packet::PubRec(Ack::new(packet_id)));
+                if self.session_of(conn).is_none_or(|s| s.receive_qos2(packet_id)) {
                     self.route(message);
                 }
-                conn.send(&Packet::PubRec(Ack::new(packet_id)));
             }
             _ => self.route(message),
         }
@@ -464,11 +517,15 @@ impl Shard {
 
     // ---- Subscriptions ----------------------------------------------------------------------
 
+    /// Applies a SUBSCRIBE and holds its SUBACK until every other shard has acknowledged a
+    /// barrier sent after the interest updates. Each shard-to-shard queue is FIFO, so by then
+    /// every other shard routes the new filters here, and this shard's retained replica holds
+    /// every retained message other shards acknowledged before: retained messages are collected
+    /// only then.
     fn subscribe(&mut self, conn: &Rc<ConnHandle>, subscribe: Subscribe) {
         let client_id = conn.client_id.clone();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
-        let mut retained = Vec::new();
-        let mut new_filters = Vec::new();
+        let mut retained_for = Vec::new();
         for (filter, options) in subscribe.filters {
             if filter.shared().is_some() {
                 reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
@@ -476,116 +533,85 @@ impl Shard {
             }
             let Some(session) = self.session_of(conn) else { return };
             let existed = session.state.subscriptions.insert(filter.clone(), options).is_some();
+            self.add_local_subscriber(&client_id, &filter, options);
             let send_retained = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
                 RetainHandling::SendAtSubscribeIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
             if send_retained {
-                retained.extend(
-                    self.retained.values().filter(|m| filter_matches(&filter, &m.topic)).map(
-                        |message| Outgoing {
-                            qos: message.qos.min(options.qos),
-                            message: message.clone(),
-                            retain: true,
-                        },
-                    ),
-                );
+                retained_for.push((filter, options.qos));
             }
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQos1,
                 QoS::ExactlyOnce => ReasonCode::GrantedQos2,
             });
-            new_filters.push((filter, options));
         }
         let suback = Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             properties: Properties::default(),
             reasons,
         });
-        let token = self.next_token;
-        self.next_token += 1;
-        let mut acks_missing = 0;
-        for (filter, options) in &new_filters {
-            acks_missing += self.add_local_subscriber(&client_id, filter, *options, Some(token));
-        }
-        let pending = PendingSubAck { client_id, conn: conn.id, suback, retained, acks_missing };
-        if acks_missing == 0 {
-            self.complete_suback(pending);
-        } else {
-            self.subacks.insert(token, pending);
-        }
+        self.barrier(HeldReply::SubAck(PendingSubAck {
+            client_id,
+            conn: conn.id,
+            suback,
+            retained_for,
+        }));
     }
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
         let limits = self.limits;
-        let Some(session) = self.sessions.get_mut(&pending.client_id) else { return };
+        let Shard { sessions, retained, stats, .. } = self;
+        let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
-        for outgoing in pending.retained {
-            if session.deliver(outgoing, &limits) == Delivery::Dropped {
-                self.stats.messages_dropped += 1;
+        for (filter, granted) in &pending.retained_for {
+            for message in retained.values().filter(|m| filter_matches(filter, &m.topic)) {
+                let qos = message.qos.min(*granted);
+                let outgoing = Outgoing { message: message.clone(), qos, retain: true };
+                if session.deliver(outgoing, &limits) == Delivery::Dropped {
+                    stats.messages_dropped += 1;
+                }
             }
         }
     }
 
     /// Adds a subscriber to the local trie; when the filter is new on this shard, tells every
-    /// other shard. Returns how many acknowledgements `ack_token` will collect.
+    /// other shard to route it here.
     fn add_local_subscriber(
         &mut self,
         client_id: &ByteString,
         filter: &TopicFilter,
         options: SubscriptionOptions,
-        ack_token: Option<u64>,
-    ) -> usize {
+    ) {
         let subscribers = self.subscribers.entry(filter, SmallVec::new);
         let first = subscribers.is_empty();
         match subscribers.iter_mut().find(|(c, _)| c == client_id) {
             Some((_, existing)) => *existing = options,
             None => subscribers.push((client_id.clone(), options)),
         }
-        if !first {
-            return 0;
-        }
-        let filter: ByteString = filter.as_str().into();
-        let mut sent = 0;
-        for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
-            let msg = ShardMsg::Interest {
-                filter: filter.clone(),
-                from: self.id,
-                added: true,
-                ack_token,
-            };
-            self.outbound.push(shard, msg);
-            sent += 1;
-        }
-        if ack_token.is_some() {
-            sent
-        } else {
-            0
+        if first {
+            self.broadcast_interest(filter, true);
         }
     }
 
-    fn remove_local_subscriber(&mut self, client_id: &ByteString, filter: &TopicFilter) -> bool {
-        let Some(subscribers) = self.subscribers.get_mut(filter) else { return false };
-        let before = subscribers.len();
+    fn remove_local_subscriber(&mut self, client_id: &ByteString, filter: &TopicFilter) {
+        let Some(subscribers) = self.subscribers.get_mut(filter) else { return };
         subscribers.retain(|(c, _)| c != client_id);
-        let removed = subscribers.len() < before;
         if subscribers.is_empty() {
             self.subscribers.remove(filter);
-            let filter: ByteString = filter.as_str().into();
-            for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
-                let msg = ShardMsg::Interest {
-                    filter: filter.clone(),
-                    from: self.id,
-                    added: false,
-                    ack_token: None,
-                };
-                self.outbound.push(shard, msg);
-            }
+            self.broadcast_interest(filter, false);
         }
-        removed
+    }
+
+    fn broadcast_interest(&mut self, filter: &TopicFilter, added: bool) {
+        let filter: ByteString = filter.as_str().into();
+        for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
+            let msg = ShardMsg::Interest { filter: filter.clone(), from: self.id, added };
+            self.outbound.push(shard, msg);
+        }
     }
 
     fn unsubscribe(&mut self, conn: &Rc<ConnHandle>, unsubscribe: Unsubscribe) {
@@ -616,7 +642,7 @@ impl Shard {
         match msg {
             ShardMsg::Publish(message) => self.deliver_local(&message),
             ShardMsg::Retain(message) => self.store_retained(&message),
-            ShardMsg::Interest { filter, from, added, ack_token } => {
+            ShardMsg::Interest { filter, from, added } => {
                 let bit: ShardSet = 1 << from;
                 if added {
                     *self.interest.entry(&filter, || 0) |= bit;
@@ -626,18 +652,18 @@ impl Shard {
                         self.interest.remove(&filter);
                     }
                 }
-                if let Some(token) = ack_token {
-                    self.dispatch(from, ShardMsg::InterestAck { token });
-                }
             }
-            ShardMsg::InterestAck { token } => {
-                let done = self.subacks.get_mut(&token).is_some_and(|pending| {
-                    pending.acks_missing -= 1;
-                    pending.acks_missing == 0
+            ShardMsg::Barrier { from, token } => {
+                self.dispatch(from, ShardMsg::BarrierAck { token })
+            }
+            ShardMsg::BarrierAck { token } => {
+                let done = self.held.get_mut(&token).is_some_and(|(acks_missing, _)| {
+                    *acks_missing -= 1;
+                    *acks_missing == 0
                 });
                 if done {
-                    if let Some(pending) = self.subacks.remove(&token) {
-                        self.complete_suback(pending);
+                    if let Some((_, reply)) = self.held.remove(&token) {
+                        self.release(reply);
                     }
                 }
             }
@@ -658,7 +684,7 @@ impl Shard {
             ShardMsg::Handoff { client_id, conn, state } => match self.claims.remove(&conn) {
                 Some(claim) => {
                     *claim.state.borrow_mut() = Some(state);
-                    claim.answered.notify();
+                    claim.progressed.notify();
                 }
                 None => {
                     // The connection went away while claiming: keep a resumable session here,

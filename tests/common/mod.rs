@@ -1,0 +1,394 @@
+//! Test harness: the real `culex` binary on a free loopback port, a raw MQTT client built on our
+//! codec (for exact packets and malformed input), and the Mosquitto tools when present. Every
+//! wait has a timeout.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use culex::protocol::{
+    Ack, Connect, LastWill, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscriptionOptions, TopicFilter, TopicName, PACKET_SIZE_MAX,
+};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A running broker, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "culex-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Broker {
+    /// Starts `culex` with a listener on a free loopback port, anonymous access, two shards, and
+    /// the extra config lines given.
+    pub fn start(extra_config: &str) -> Broker {
+        let port = free_port();
+        let config =
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nshards 2\n{extra_config}\n");
+        Self::start_with_config(port, &config)
+    }
+
+    pub fn start_with_config(port: u16, config: &str) -> Broker {
+        let dir = TempDir::new();
+        let conf = dir.0.join("culex.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = dir.0.join("culex.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_culex"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-v")
+            .env("CULEX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("culex binary runs");
+        let broker = Broker { port, child, log, _dir: dir };
+        broker.wait_listening();
+        broker
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(self.addr()).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The shard a client was placed on, read from the broker's connect log line.
+    pub fn shard_of(&self, client_id: &str) -> usize {
+        let needle = format!("client_id={client_id} ");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.log_text();
+            let line = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("new client connecting") && l.contains(&needle));
+            if let Some(line) = line {
+                let shard = line.split("shard=").nth(1).and_then(|r| r.split(' ').next()).unwrap();
+                return shard.parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no connect line for {client_id}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking MQTT client that speaks exact packets through our codec.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Packets that arrived while a handshake waited for another one, returned first.
+    stash: std::collections::VecDeque<Packet>,
+    pub version: ProtocolVersion,
+    next_id: u16,
+}
+
+pub struct ConnectOptions {
+    pub version: ProtocolVersion,
+    pub clean_start: bool,
+    pub keep_alive_secs: u16,
+    pub will: Option<LastWill>,
+    pub properties: Properties,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            version: ProtocolVersion::V311,
+            clean_start: true,
+            keep_alive_secs: 60,
+            will: None,
+            properties: Properties::default(),
+        }
+    }
+}
+
+pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
+    LastWill {
+        topic: TopicName::new(topic.to_string()).unwrap(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain,
+        properties: Properties::default(),
+    }
+}
+
+impl RawClient {
+    pub fn open(broker: &Broker) -> RawClient {
+        let stream = TcpStream::connect(broker.addr()).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            stash: Default::default(),
+            version: ProtocolVersion::V311,
+            next_id: 0,
+        }
+    }
+
+    /// Opens a connection and completes CONNECT/CONNACK, asserting success.
+    pub fn connect(broker: &Broker, client_id: &str, options: ConnectOptions) -> (RawClient, bool) {
+        let mut client = RawClient::open(broker);
+        match client.handshake(client_id, options) {
+            Packet::ConnAck(ack) if !ack.reason.is_error() => (client, ack.session_present),
+            other => panic!("CONNECT of {client_id} refused: {other:?}"),
+        }
+    }
+
+    pub fn handshake(&mut self, client_id: &str, options: ConnectOptions) -> Packet {
+        self.version = options.version;
+        self.send(&Packet::Connect(Box::new(Connect {
+            protocol: options.version,
+            bridge: false,
+            clean_start: options.clean_start,
+            keep_alive_secs: options.keep_alive_secs,
+            properties: options.properties,
+            client_id: client_id.into(),
+            will: options.will,
+            username: None,
+            password: None,
+        })));
+        self.recv().expect("CONNACK")
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out);
+        self.write_raw(&out);
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next packet, or `None` if the broker closed the connection (or nothing came in time).
+    pub fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(WAIT)
+    }
+
+    pub fn recv_within(&mut self, timeout: Duration) -> Option<Packet> {
+        if let Some(packet) = self.stash.pop_front() {
+            return Some(packet);
+        }
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        loop {
+            if let Some(packet) =
+                Packet::decode(&mut self.buf, self.version, PACKET_SIZE_MAX).unwrap()
+            {
+                return Some(packet);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives for a short while.
+    pub fn expect_silence(&mut self) {
+        if let Some(packet) = self.recv_within(Duration::from_millis(300)) {
+            panic!("expected nothing, got {packet:?}");
+        }
+    }
+
+    /// Whether the broker closed the connection (reading gives EOF within the wait).
+    pub fn is_closed_by_broker(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut chunk = [0u8; 64];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    pub fn packet_id(&mut self) -> PacketId {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        PacketId::new(self.next_id).unwrap()
+    }
+
+    /// Subscribes and waits for the SUBACK, returning its reason codes.
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<culex::protocol::ReasonCode> {
+        let packet_id = self.packet_id();
+        let options = SubscriptionOptions { qos, ..Default::default() };
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: vec![(TopicFilter::new(filter.to_string()).unwrap(), options)],
+        }));
+        match self.recv() {
+            Some(Packet::SubAck(suback)) if suback.packet_id == packet_id => suback.reasons,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes and completes the QoS handshake.
+    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.packet_id());
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: TopicName::new(topic.to_string()).unwrap(),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::copy_from_slice(payload),
+        }));
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                assert!(
+                    matches!(self.recv(), Some(Packet::PubAck(a)) if Some(a.packet_id) == packet_id)
+                );
+            }
+            QoS::ExactlyOnce => {
+                let id = packet_id.unwrap();
+                assert!(matches!(self.recv(), Some(Packet::PubRec(a)) if a.packet_id == id));
+                self.send(&Packet::PubRel(Ack::new(id)));
+                assert!(matches!(self.recv(), Some(Packet::PubComp(a)) if a.packet_id == id));
+            }
+        }
+    }
+
+    /// Receives one PUBLISH and acknowledges it as its QoS requires.
+    pub fn receive(&mut self) -> Publish {
+        match self.recv() {
+            Some(Packet::Publish(publish)) => {
+                self.acknowledge(&publish);
+                publish
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    pub fn acknowledge(&mut self, publish: &Publish) {
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(Ack::new(id))),
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.send(&Packet::PubRec(Ack::new(id)));
+                self.await_packet(|p| matches!(p, Packet::PubRel(a) if a.packet_id == id));
+                self.send(&Packet::PubComp(Ack::new(id)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits for a packet `wanted` accepts; others that arrive meanwhile are kept for `recv`.
+    fn await_packet(&mut self, wanted: impl Fn(&Packet) -> bool) {
+        let mut others = Vec::new();
+        loop {
+            match self.recv() {
+                Some(packet) if wanted(&packet) => break,
+                Some(packet) => others.push(packet),
+                None => panic!("connection ended while waiting; got {others:?}"),
+            }
+        }
+        self.stash.extend(others);
+    }
+
+    pub fn disconnect(mut self) {
+        self.send(&Packet::Disconnect(Default::default()));
+    }
+
+    /// Drops the connection without DISCONNECT (an abnormal close).
+    pub fn drop_connection(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Finds a Mosquitto tool. Missing: a loud skip locally, a failure under CI.
+pub fn mosquitto_tool(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|path| path.exists());
+    if found.is_none() {
+        let message =
+            format!("{name} is not installed: apt-get install mosquitto mosquitto-clients");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!!! SKIPPED: {message} !!!!!!\n");
+    }
+    found
+}
+
+/// Connects clients with the given ids until two are on different shards; returns their ids'
+/// indexes as (a, b). With SO_REUSEPORT the kernel picks the shard, so the test asks the log.
+pub fn clients_on_different_shards(
+    broker: &Broker,
+    prefix: &str,
+    options: impl Fn() -> ConnectOptions,
+) -> (RawClient, String, RawClient, String) {
+    let (first, _) = RawClient::connect(broker, &format!("{prefix}-0"), options());
+    let first_shard = broker.shard_of(&format!("{prefix}-0"));
+    for attempt in 1..64 {
+        let id = format!("{prefix}-{attempt}");
+        let (client, _) = RawClient::connect(broker, &id, options());
+        if broker.shard_of(&id) != first_shard {
+            return (first, format!("{prefix}-0"), client, id);
+        }
+        client.disconnect();
+    }
+    panic!("64 connections all landed on one shard");
+}
