@@ -67,7 +67,7 @@ impl PendingClaim {
 /// interest updates (see `barrier`).
 enum HeldReply {
     ConnAck { conn: Rc<ConnHandle>, session_present: bool, claim: Rc<PendingClaim> },
-    SubAck(PendingSubAck),
+    SubAck(Box<PendingSubAck>),
 }
 
 /// A SUBACK held back until every other shard acknowledged the barrier (see `subscribe`).
@@ -284,7 +284,7 @@ impl Shard {
                 }));
                 session.resume(conn, &limits);
             }
-            HeldReply::SubAck(pending) => self.complete_suback(pending),
+            HeldReply::SubAck(pending) => self.complete_suback(*pending),
         }
     }
 
@@ -553,12 +553,12 @@ impl Shard {
             properties: Properties::default(),
             reasons,
         });
-        self.barrier(HeldReply::SubAck(PendingSubAck {
+        self.barrier(HeldReply::SubAck(Box::new(PendingSubAck {
             client_id,
             conn: conn.id,
             suback,
             retained_for,
-        }));
+        })));
     }
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
