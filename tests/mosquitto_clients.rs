@@ -1,0 +1,209 @@
+//! Unmodified `mosquitto_pub` and `mosquitto_sub` against the real `culex` binary.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, mosquitto_tool, Broker};
+
+struct Tools {
+    publish: PathBuf,
+    subscribe: PathBuf,
+}
+
+fn tools() -> Option<Tools> {
+    Some(Tools {
+        publish: mosquitto_tool("mosquitto_pub")?,
+        subscribe: mosquitto_tool("mosquitto_sub")?,
+    })
+}
+
+/// Starts `mosquitto_sub` and returns once the broker has seen it connect and subscribe.
+fn subscriber(tools: &Tools, broker: &Broker, client_id: &str, args: &[&str]) -> Child {
+    let child = Command::new(&tools.subscribe)
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-i", client_id, "-W", "10"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    broker.shard_of(client_id);
+    // mosquitto_sub subscribes right after CONNACK; give the SUBACK a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+fn publish(tools: &Tools, port: u16, args: &[&str]) {
+    let status = Command::new(&tools.publish)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub {args:?} failed");
+}
+
+fn finish(child: Child) -> String {
+    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    assert!(status.success(), "mosquitto_sub failed: {}", String::from_utf8_lossy(&stderr));
+    String::from_utf8(stdout).unwrap()
+}
+
+#[test]
+fn pub_and_sub_at_every_qos() {
+    let Some(tools) = tools() else { return };
+    let broker = Broker::start("");
+    let sub =
+        subscriber(&tools, &broker, "sub-qos", &["-t", "sensor/#", "-q", "2", "-C", "3", "-v"]);
+    for qos in ["0", "1", "2"] {
+        publish(&tools, broker.port, &["-t", &format!("sensor/q{qos}"), "-m", "26.3", "-q", qos]);
+    }
+    let out = finish(sub);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["sensor/q0 26.3", "sensor/q1 26.3", "sensor/q2 26.3"]);
+}
+
+#[test]
+fn retained_message_reaches_a_later_subscriber_and_is_cleared() {
+    let Some(tools) = tools() else { return };
+    let broker = Broker::start("");
+    publish(&tools, broker.port, &["-t", "house/temp", "-m", "21", "-r", "-q", "1"]);
+    let sub = subscriber(&tools, &broker, "sub-ret", &["-t", "house/#", "-C", "1", "-v", "-R"]);
+    // -R ignores stale (retained) messages: prove the flag is set by seeing it filtered out.
+    publish(&tools, broker.port, &["-t", "house/live", "-m", "x"]);
+    assert_eq!(finish(sub).trim(), "house/live x");
+
+    let out = Command::new(&tools.subscribe)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "house/#",
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-v",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "house/temp 21");
+
+    publish(&tools, broker.port, &["-t", "house/temp", "-n", "-r"]);
+    let out = Command::new(&tools.subscribe)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "house/#",
+            "-C",
+            "1",
+            "-W",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "retained message was not deleted");
+}
+
+#[test]
+fn will_of_a_killed_client_is_published() {
+    let Some(tools) = tools() else { return };
+    let broker = Broker::start("");
+    let watcher = subscriber(&tools, &broker, "watch", &["-t", "status/#", "-C", "1", "-v"]);
+    let mut doomed = subscriber(
+        &tools,
+        &broker,
+        "doomed",
+        &[
+            "-t",
+            "ignored",
+            "--will-topic",
+            "status/doomed",
+            "--will-payload",
+            "offline",
+            "--will-qos",
+            "1",
+        ],
+    );
+    doomed.kill().unwrap(); // SIGKILL: no DISCONNECT
+    doomed.wait().unwrap();
+    assert_eq!(finish(watcher).trim(), "status/doomed offline");
+}
+
+#[test]
+fn persistent_subscriber_gets_what_was_published_while_away() {
+    let Some(tools) = tools() else { return };
+    let broker = Broker::start("");
+    // -c: clean session false; -C 0 exits right after subscribing.
+    let mut first = subscriber(&tools, &broker, "away", &["-t", "queue/#", "-q", "1", "-c"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for i in 0..3 {
+        publish(&tools, broker.port, &["-t", "queue/x", "-m", &format!("m{i}"), "-q", "1"]);
+    }
+    let back = Command::new(&tools.subscribe)
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-i", "away", "-c", "-q", "1"])
+        .args(["-t", "queue/#", "-C", "3", "-W", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&back.stdout).lines().collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
+}
+
+#[test]
+fn mqtt_v31_and_v5_tools_interoperate() {
+    let Some(tools) = tools() else { return };
+    let broker = Broker::start("");
+    let sub = subscriber(
+        &tools,
+        &broker,
+        "sub-31",
+        &["-V", "mqttv31", "-t", "mix", "-C", "2", "-q", "1"],
+    );
+    publish(&tools, broker.port, &["-V", "mqttv311", "-t", "mix", "-m", "from311", "-q", "1"]);
+    publish(&tools, broker.port, &["-V", "mqttv5", "-t", "mix", "-m", "from5", "-q", "2"]);
+    assert_eq!(finish(sub).lines().collect::<Vec<_>>(), ["from311", "from5"]);
+}
+
+/// The README's first command: `culex` with no configuration listens on localhost only and
+/// lets anonymous clients in, like Mosquitto 2.0 (`-p` moves it off 1883 for the test).
+#[test]
+fn no_config_listens_on_loopback_v4_and_v6_with_anonymous_access() {
+    let Some(tools) = tools() else { return };
+    let port = free_port();
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_culex"))
+        .args(["-p", &port.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "culex did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for host in ["127.0.0.1", "::1"] {
+        let sub = Command::new(&tools.subscribe)
+            .args(["-h", host, "-p", &port.to_string(), "-t", "hello", "-C", "1", "-W", "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Command::new(&tools.publish)
+            .args(["-h", host, "-p", &port.to_string(), "-t", "hello", "-m", host])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(finish(sub).trim(), host);
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}

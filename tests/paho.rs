@@ -1,0 +1,43 @@
+//! paho-mqtt (Python), a third-party client, against the real `culex` binary: runs the unittest
+//! suites in tests/paho/ with the broker's port in CULEX_PORT.
+
+mod common;
+
+use std::process::Command;
+
+use common::Broker;
+
+fn paho_available() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let message = "python3 with paho-mqtt is not installed: pip install paho-mqtt";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!!! SKIPPED: {message} !!!!!!\n");
+    }
+    found
+}
+
+fn run_suite(script: &str) {
+    if !paho_available() {
+        return;
+    }
+    let broker = Broker::start("");
+    let output = Command::new("python3")
+        .arg(format!("{}/tests/paho/{script}", env!("CARGO_MANIFEST_DIR")))
+        .env("CULEX_PORT", broker.port.to_string())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{report}");
+    assert!(output.status.success(), "paho suite {script} failed:\n{report}");
+}
+
+#[test]
+fn paho_mqtt_v311_suite() {
+    run_suite("test_v311.py");
+}
