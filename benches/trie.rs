@@ -1,0 +1,43 @@
+//! Subscription-trie matching with many filters. Run: `cargo bench --bench trie`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use culex::broker::topic::TopicTrie;
+
+/// A mix shaped like a device fleet: mostly exact topics, some `+` and `#` filters.
+fn filters(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match i % 10 {
+            0 => format!("fleet/{}/+/status", i % 1000),
+            1 => format!("fleet/{}/#", i % 5000),
+            _ => format!("fleet/{}/device/{i}/telemetry", i % 1000),
+        })
+        .collect()
+}
+
+fn matching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("trie_match");
+    group.throughput(Throughput::Elements(1));
+    for count in [10_000, 100_000] {
+        let mut trie = TopicTrie::default();
+        for (i, filter) in filters(count).iter().enumerate() {
+            *trie.entry(filter, || 0usize) = i;
+        }
+        let topics: Vec<String> =
+            (0..1024).map(|i| format!("fleet/{}/device/{}/telemetry", i % 1000, i * 7)).collect();
+        group.bench_with_input(BenchmarkId::from_parameter(count), &topics, |b, topics| {
+            let mut next = 0;
+            b.iter(|| {
+                next = (next + 1) % topics.len();
+                let mut hits = 0;
+                trie.matches(&topics[next], |_| hits += 1);
+                black_box(hits)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matching);
+criterion_main!(benches);
