@@ -423,6 +423,22 @@ fn inflight_window_holds_back_until_acknowledged() {
 }
 
 #[test]
+fn a_restarted_broker_binds_its_port_again_at_once() {
+    let port = common::free_port();
+    let config = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+    let broker = Broker::start_with_config(port, &config);
+    // Connections the broker closes leave TIME_WAIT sockets on its port.
+    for _ in 0..3 {
+        let (mut client, _) = RawClient::connect(&broker, "restart", Default::default());
+        client.write_raw(b"\x00\x00");
+        assert!(client.is_closed_by_broker());
+    }
+    drop(broker);
+    let mut again = Broker::start_with_config(port, &config);
+    assert!(again.is_running());
+}
+
+#[test]
 fn a_port_in_use_and_a_bad_config_stop_the_broker_with_a_clear_error() {
     let broker = Broker::start("");
     let dir = common::TempDir::new();

@@ -13,8 +13,9 @@ use bytestring::ByteString;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
 use super::shard::Shard;
-use super::signal::Signal;
+use super::signal::{Event, Signal};
 use crate::protocol::{
     ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, ReasonCode,
 };
@@ -82,6 +83,12 @@ pub struct ConnHandle {
     outbox: RefCell<BytesMut>,
     wake: Signal,
     close: Cell<Option<Close>>,
+    /// Notified each time the connection task has written the outbox.
+    drained: Rc<Event>,
+    /// Listed in the shard's congested connections (so it is listed once).
+    pub listed_congested: Cell<bool>,
+    /// Did not drain within `flow::STALL_MAX`: publishers no longer wait for it until it does.
+    pub stuck: Cell<bool>,
     pub last_seen: Cell<Instant>,
     pub dropped_messages: Cell<u64>,
 }
@@ -104,6 +111,9 @@ impl ConnHandle {
             outbox: RefCell::new(BytesMut::with_capacity(4096)),
             wake: Signal::default(),
             close: Cell::new(None),
+            drained: Rc::new(Event::default()),
+            listed_congested: Cell::new(false),
+            stuck: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             dropped_messages: Cell::new(0),
         }
@@ -165,6 +175,26 @@ impl ConnHandle {
 
     pub fn is_closing(&self) -> bool {
         self.close.get().is_some()
+    }
+
+    pub fn drained(&self) -> Rc<Event> {
+        self.drained.clone()
+    }
+
+    /// Whether publishers should wait for this subscriber, given its session's queue length.
+    pub fn is_congested(&self, queued: usize) -> bool {
+        !self.stuck.get()
+            && !self.is_closing()
+            && (self.outbox.borrow().len() > OUTBOX_HIGH_WATER_BYTES || queued > QUEUE_HIGH_WATER)
+    }
+
+    /// The connection task wrote the outbox: wake waiting publishers, and a stuck subscriber
+    /// that caught up is waited for again.
+    fn wrote(&self) {
+        if self.outbox.borrow().len() <= OUTBOX_HIGH_WATER_BYTES {
+            self.stuck.set(false);
+        }
+        self.drained.notify_all();
     }
 }
 
@@ -277,12 +307,17 @@ async fn run(
 ) -> Close {
     loop {
         let out = conn.take_outbox();
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-            return Close::ConnectionLost;
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return Close::ConnectionLost;
+            }
+            conn.wrote();
         }
         if let Some(close) = conn.close.get() {
             return close;
         }
+        // What this connection published last turn must have room before it reads more.
+        flow::wait_for_room(shard, Some(conn.id)).await;
         // Packets already buffered are handled before waiting again.
         loop {
             match reader.decode(conn.version) {

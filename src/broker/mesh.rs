@@ -12,9 +12,10 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::{GlommioError, ResourceType};
 
 use super::connection::ConnId;
+use super::flow;
 use super::session::{Message, SessionState};
 use super::shard::Shard;
-use super::signal::Signal;
+use super::signal::{Event, Signal};
 
 pub type ShardId = usize;
 
@@ -24,7 +25,7 @@ pub const SHARDS_MAX: usize = 64;
 /// Batches in flight per ordered pair of shards. A full queue makes the flusher wait for that
 /// peer (backpressure), never a connection task: no shard can block on a cycle of full queues
 /// because receivers never wait on flushers.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 256;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 32;
 
 pub type Batch = Vec<ShardMsg>;
 
@@ -80,6 +81,8 @@ pub enum ShardMsg {
 pub struct Outbound {
     batches: Vec<Batch>,
     ready: Rc<Signal>,
+    /// Notified after every round of sends.
+    sent: Rc<Event>,
 }
 
 impl Outbound {
@@ -87,6 +90,7 @@ impl Outbound {
         Outbound {
             batches: (0..shard_count).map(|_| Vec::new()).collect(),
             ready: Rc::new(Signal::default()),
+            sent: Rc::new(Event::default()),
         }
     }
 
@@ -101,6 +105,15 @@ impl Outbound {
         self.ready.clone()
     }
 
+    pub fn sent(&self) -> Rc<Event> {
+        self.sent.clone()
+    }
+
+    /// Whether some shard has more messages waiting than `flow::OUTBOUND_HIGH_WATER`.
+    pub fn is_congested(&self) -> bool {
+        self.batches.iter().any(|b| b.len() > flow::OUTBOUND_HIGH_WATER)
+    }
+
     pub fn take(&mut self) -> Vec<(ShardId, Batch)> {
         self.batches
             .iter_mut()
@@ -113,22 +126,26 @@ impl Outbound {
 
 /// Sends pending batches whenever there are some, waiting on a full queue.
 pub async fn run_flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
-    let ready = shard.borrow().outbound.ready();
+    let (ready, sent) = {
+        let shard = shard.borrow();
+        (shard.outbound.ready(), shard.outbound.sent())
+    };
     loop {
         ready.wait().await;
         let batches = shard.borrow_mut().outbound.take();
         for (to, batch) in batches {
-            let sent = match senders.try_send_to(to, batch) {
+            let result = match senders.try_send_to(to, batch) {
                 Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
                     senders.send_to(to, batch).await
                 }
                 other => other,
             };
-            if let Err(error) = sent {
+            if let Err(error) = result {
                 tracing::error!(to, %error, "cross-shard queue failed; shard stops sending");
                 return;
             }
         }
+        sent.notify_all();
     }
 }
 
@@ -138,10 +155,14 @@ pub fn spawn_receivers(shard: &Rc<RefCell<Shard>>, mut receivers: Receivers<Batc
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(batch) = receiver.recv().await {
-                let mut shard = shard.borrow_mut();
-                for msg in batch {
-                    shard.handle_shard_msg(msg);
+                {
+                    let mut shard = shard.borrow_mut();
+                    for msg in batch {
+                        shard.handle_shard_msg(msg);
+                    }
                 }
+                // Subscribers that could not take this batch slow the sending shard down.
+                flow::wait_for_room(&shard, None).await;
             }
         })
         .detach();

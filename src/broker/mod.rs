@@ -3,6 +3,7 @@
 //! queues. This module only starts and wires shards; what a shard decides is in `shard`.
 
 mod connection;
+mod flow;
 mod mesh;
 mod session;
 mod shard;
@@ -10,13 +11,15 @@ mod signal;
 pub mod topic;
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use thiserror::Error;
 
 use crate::config::Config;
@@ -29,6 +32,14 @@ use shard::Shard;
 /// started 48 executors in 16 processes on our machines (docs/ARCHITECTURE.md, glommio).
 const IO_MEMORY_BYTES: usize = 64 << 10;
 const RING_DEPTH: usize = 128;
+
+/// The start-up check for a broker already on a port: how long each attempt waits, and how many
+/// attempts must all be answered.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+const PROBE_ATTEMPTS: usize = 10;
+
+/// Pending connections per listener per shard (glommio's own default).
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// How often each shard checks keep-alive deadlines.
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(500);
@@ -57,6 +68,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     for addr in &addrs {
         probe_free(*addr)?;
     }
+    // Without a configuration Mosquitto listens on IPv4 and IPv6 loopback, and carries on with
+    // IPv4 alone on a host without IPv6; so does Culex.
+    let optional_ipv6 = config.local_only;
     let pin = shard_count <= cpus.len();
     if !pin {
         tracing::warn!(shard_count, cpus = cpus.len(), "more shards than usable CPUs: not pinning");
@@ -82,7 +96,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .name(&format!("culex-shard-{index}"))
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(config, addrs, mesh, shard_count))
+            .spawn(move || run_shard(config, addrs, optional_ipv6, mesh, shard_count))
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
@@ -97,6 +111,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 async fn run_shard(
     config: Config,
     addrs: Vec<SocketAddr>,
+    optional_ipv6: bool,
     mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     shard_count: usize,
 ) -> Result<(), StartError> {
@@ -110,14 +125,39 @@ async fn run_shard(
     glommio::spawn_local(sweep_keep_alives(shard.clone())).detach();
     let mut accepting = Vec::new();
     for addr in addrs {
-        let listener =
-            TcpListener::bind(addr).map_err(|e| StartError::Listen { addr, source: e.into() })?;
+        let listener = match listen(addr) {
+            Ok(listener) => listener,
+            Err(error) if optional_ipv6 && addr.is_ipv6() => {
+                if id == 0 {
+                    tracing::warn!(%addr, %error, "IPv6 loopback unavailable; listening on IPv4 only");
+                }
+                continue;
+            }
+            Err(error) => return Err(StartError::Listen { addr, source: error }),
+        };
         accepting.push(glommio::spawn_local(accept(shard.clone(), listener)));
     }
     for task in accepting {
         task.await;
     }
     Ok(())
+}
+
+/// Binds a listener for this shard. glommio's own `bind` sets SO_REUSEPORT only; without
+/// SO_REUSEADDR too, the TIME_WAIT sockets Culex leaves behind would stop a Mosquitto (or any
+/// SO_REUSEADDR server) started on the same port right after it, which is what a migration does.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
@@ -142,14 +182,33 @@ async fn sweep_keep_alives(shard: Rc<RefCell<Shard>>) {
     }
 }
 
-/// glommio binds every listener with SO_REUSEPORT, so a second broker would silently share the
-/// port. A plain bind first (no SO_REUSEPORT) refuses a port that is taken, as Mosquitto does.
+/// glommio binds every listener with SO_REUSEPORT, so a second broker of the same user would
+/// silently share the port. Refuse to start when something keeps accepting connections there,
+/// as Mosquitto does. Two things that are not a live broker are let through: TIME_WAIT sockets
+/// of a broker just restarted (a plain probe bind trips over those an older glommio listener
+/// left without SO_REUSEADDR), and the listener of a broker just killed, which lives on for a
+/// moment while the kernel tears its io_uring rings down.
 fn probe_free(addr: SocketAddr) -> Result<(), StartError> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::AddressInUse(addr)),
-        Err(source) => Err(StartError::Listen { addr, source }),
+    for _ in 0..PROBE_ATTEMPTS {
+        if !accepts_connections(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(PROBE_TIMEOUT);
     }
+    Err(StartError::AddressInUse(addr))
+}
+
+fn accepts_connections(addr: SocketAddr) -> bool {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok()
 }
 
 /// CPUs this process may run on. `Placement::Fixed` panics for a CPU outside the affinity mask

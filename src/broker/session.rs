@@ -246,6 +246,10 @@ impl Session {
 }
 
 impl SessionState {
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
     fn take_inflight(&mut self, packet_id: PacketId, expected: InflightState) -> bool {
         let position =
             self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == expected);

@@ -16,6 +16,7 @@ use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::connection::{refusal, Close, ConnHandle, ConnId};
+use super::flow::Congestion;
 use super::mesh::{Outbound, ShardId, ShardMsg};
 use super::session::{Delivery, Limits, Message, Outgoing, Session, SessionState};
 use super::signal::Signal;
@@ -104,6 +105,8 @@ pub struct Shard {
     next_token: u64,
     next_conn: u64,
     pub outbound: Outbound,
+    /// Connections that took deliveries beyond their high-water mark this turn.
+    congested: Vec<Rc<ConnHandle>>,
     pub stats: Stats,
     /// Fixed per process so every shard agrees on which shard owns a client id.
     registry_hasher: ahash::RandomState,
@@ -126,6 +129,7 @@ impl Shard {
             next_token: 0,
             next_conn: 0,
             outbound: Outbound::new(shard_count),
+            congested: Vec::new(),
             stats: Stats::default(),
             registry_hasher: ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021),
         }
@@ -485,7 +489,7 @@ impl Shard {
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
     /// matching subscriptions (as Mosquitto does for overlapping filters).
     fn deliver_local(&mut self, message: &Arc<Message>) {
-        let Shard { subscribers, sessions, limits, stats, .. } = self;
+        let Shard { subscribers, sessions, limits, stats, congested, .. } = self;
         let mut targets: SmallVec<[(&ByteString, SubscriptionOptions); 8]> = SmallVec::new();
         subscribers.matches(&message.topic, |subs| {
             for (client_id, options) in subs {
@@ -512,7 +516,28 @@ impl Shard {
             if session.deliver(outgoing, limits) == Delivery::Dropped {
                 stats.messages_dropped += 1;
             }
+            note_congestion(congested, session);
         }
+    }
+
+    /// The first congested hop of what this shard produced, skipping the connection `own`.
+    pub fn congestion(&mut self, own: Option<ConnId>) -> Option<Congestion> {
+        if self.outbound.is_congested() {
+            return Some(Congestion::Outbound(self.outbound.sent()));
+        }
+        while let Some(conn) = self.congested.last() {
+            let queued = self.sessions.get(&conn.client_id).map_or(0, |s| s.state.queued_len());
+            if Some(conn.id) != own && conn.is_congested(queued) {
+                return Some(Congestion::Subscriber(conn.clone()));
+            }
+            conn.listed_congested.set(false);
+            self.congested.pop();
+        }
+        None
+    }
+
+    pub fn mark_stuck(&mut self, conn: &ConnHandle) {
+        conn.stuck.set(true);
     }
 
     // ---- Subscriptions ----------------------------------------------------------------------
@@ -714,5 +739,14 @@ impl Shard {
             }
         }
         (!clean_start && session.persistent).then(|| Box::new(session.state))
+    }
+}
+
+/// Lists a session's connection as congested if the delivery took it past its high-water mark.
+fn note_congestion(congested: &mut Vec<Rc<ConnHandle>>, session: &Session) {
+    let Some(conn) = &session.conn else { return };
+    if !conn.listed_congested.get() && conn.is_congested(session.state.queued_len()) {
+        conn.listed_congested.set(true);
+        congested.push(conn.clone());
     }
 }

@@ -1,4 +1,4 @@
-//! A wake-up flag for one waiting task on the same shard: `notify` sets it, `wait` resolves once
+//! Wake-ups between tasks of one shard. [`Signal`]: a flag for one waiting task: `notify` sets it, `wait` resolves once
 //! it is set and clears it. Many notifies before a wait collapse into one wake-up, which is what
 //! batches outgoing writes and cross-shard sends. Single-threaded by construction (`Cell`).
 
@@ -26,6 +26,36 @@ impl Signal {
                 Poll::Ready(())
             } else {
                 self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A wake-up for any number of waiting tasks on the same shard: `wait` resolves at the next
+/// `notify_all` after it started waiting.
+#[derive(Default)]
+pub struct Event {
+    generation: Cell<u64>,
+    waiters: std::cell::RefCell<Vec<Waker>>,
+}
+
+impl Event {
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        let started = self.generation.get();
+        poll_fn(|cx| {
+            if self.generation.get() != started {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
             }
         })

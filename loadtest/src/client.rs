@@ -1,0 +1,158 @@
+//! A blocking MQTT connection for load generation, built on Culex's codec: publishers write in
+//! batches and keep a window of unacknowledged messages; subscribers acknowledge as their QoS
+//! requires. One thread per connection.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use culex::protocol::{
+    Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscriptionOptions, TopicFilter, TopicName, PACKET_SIZE_MAX,
+};
+
+pub struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    pub write_buf: BytesMut,
+    pub version: ProtocolVersion,
+    last_packet_id: u16,
+}
+
+impl Connection {
+    pub fn open(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+    ) -> anyhow::Result<Connection> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut connection = Connection {
+            stream,
+            read_buf: BytesMut::with_capacity(64 << 10),
+            write_buf: BytesMut::with_capacity(64 << 10),
+            version,
+            last_packet_id: 0,
+        };
+        connection.queue(&Packet::Connect(Box::new(Connect {
+            protocol: version,
+            bridge: false,
+            clean_start: true,
+            keep_alive_secs: 60,
+            properties: Properties::default(),
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })));
+        connection.flush()?;
+        connection.set_read_timeout(Some(Duration::from_secs(10)))?;
+        match connection.read_packet()? {
+            Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => Ok(connection),
+            other => bail!("{client_id}: CONNECT refused: {other:?}"),
+        }
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
+        let packet_id = self.next_packet_id();
+        let options = SubscriptionOptions { qos, ..Default::default() };
+        self.queue(&Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: vec![(TopicFilter::new(filter.to_string())?, options)],
+        }));
+        self.flush()?;
+        loop {
+            match self.read_packet()? {
+                Some(Packet::SubAck(ack)) if ack.packet_id == packet_id => {
+                    if ack.reasons.iter().any(|r| r.is_error()) {
+                        bail!("subscription to {filter} refused: {:?}", ack.reasons);
+                    }
+                    return Ok(());
+                }
+                Some(_) => continue,
+                None => bail!("connection closed before SUBACK"),
+            }
+        }
+    }
+
+    pub fn next_packet_id(&mut self) -> PacketId {
+        self.last_packet_id = self.last_packet_id.wrapping_add(1);
+        if self.last_packet_id == 0 {
+            self.last_packet_id = 1;
+        }
+        NonZeroU16::new(self.last_packet_id).unwrap_or(NonZeroU16::MIN)
+    }
+
+    pub fn queue(&mut self, packet: &Packet) {
+        packet.encode(self.version, &mut self.write_buf);
+    }
+
+    pub fn queue_publish(
+        &mut self,
+        topic: &TopicName,
+        payload: Bytes,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+    ) {
+        self.queue(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload,
+        }));
+    }
+
+    pub fn queue_ack(&mut self, packet: fn(Ack) -> Packet, packet_id: PacketId) {
+        self.queue(&packet(Ack::new(packet_id)));
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.write_buf.is_empty() {
+            self.stream.write_all(&self.write_buf)?;
+            self.write_buf.clear();
+        }
+        Ok(())
+    }
+
+    /// The next packet; `Ok(None)` at end of stream; a timeout is an `Err` of kind WouldBlock.
+    pub fn read_packet(&mut self) -> io::Result<Option<Packet>> {
+        loop {
+            if let Some(packet) = self.decode()? {
+                return Ok(Some(packet));
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Decodes a packet already buffered.
+    pub fn decode(&mut self) -> io::Result<Option<Packet>> {
+        Packet::decode(&mut self.read_buf, self.version, PACKET_SIZE_MAX)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Reads once into the buffer; false at end of stream.
+    pub fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 64 << 10];
+        let read = self.stream.read(&mut chunk)?;
+        self.read_buf.extend_from_slice(&chunk[..read]);
+        Ok(read > 0)
+    }
+
+    pub fn disconnect(mut self) {
+        self.queue(&Packet::Disconnect(Default::default()));
+        let _ = self.flush();
+    }
+}
