@@ -458,3 +458,67 @@ fn a_port_in_use_and_a_bad_config_stop_the_broker_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn offline_queue_is_bounded_by_max_queued_bytes() {
+    // Each queued message counts its topic and payload: "bytes/t" (7) + 10 = 17 bytes.
+    let broker = Broker::start("max_queued_bytes 40");
+    let (mut sub, _) = RawClient::connect(&broker, "byte-bound", persistent());
+    sub.subscribe("bytes/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    let (mut publisher, _) = RawClient::connect(&broker, "byte-pub", Default::default());
+    for i in 0..4u8 {
+        publisher.publish("bytes/t", &[i; 10], QoS::AtLeastOnce, false);
+    }
+    let (mut sub, _) = RawClient::connect(&broker, "byte-bound", persistent());
+    assert_eq!(&sub.receive().payload[..], &[0; 10]);
+    assert_eq!(&sub.receive().payload[..], &[1; 10]);
+    sub.expect_silence();
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_broker() {
+    for signal in ["-TERM", "-INT"] {
+        let mut broker = Broker::start("");
+        let (_client, _) = RawClient::connect(&broker, "bystander", Default::default());
+        let status =
+            Command::new("kill").arg(signal).arg(broker.pid().to_string()).status().unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + common::WAIT;
+        while broker.is_running() {
+            assert!(std::time::Instant::now() < deadline, "still running after kill {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(broker.log_text().contains("shutting down"));
+    }
+}
+
+#[test]
+fn daemon_mode_detaches_and_serves() {
+    let port = common::free_port();
+    let dir = common::TempDir::new();
+    let conf = dir.0.join("daemon.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
+    // -d returns at once: the broker lives on in the background.
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).arg("-d").status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("daemon did not listen: {e}"),
+        }
+    };
+    drop(stream);
+    // Find the daemon by its config path and stop it.
+    let pids = Command::new("pgrep").arg("-f").arg(conf.to_str().unwrap()).output().unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    assert!(!pids.trim().is_empty(), "no daemon process found");
+    for pid in pids.split_whitespace() {
+        Command::new("kill").arg(pid).status().unwrap();
+    }
+}

@@ -13,11 +13,11 @@ use super::shard::Shard;
 use super::signal::Event;
 
 /// Unwritten bytes in a subscriber's outbox above which its publishers wait.
-pub const OUTBOX_HIGH_WATER_BYTES: usize = 256 << 10;
+pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
 /// Messages queued for an online subscriber (behind its window) above which publishers wait.
-pub const QUEUE_HIGH_WATER: usize = 256;
+pub const QUEUE_HIGH_WATER: usize = 64;
 /// Messages waiting for one other shard above which this shard's connections stop reading.
-pub const OUTBOUND_HIGH_WATER: usize = 4096;
+pub const OUTBOUND_HIGH_WATER: usize = 1024;
 /// The longest a publisher waits for one subscriber. A subscriber that does not drain within it
 /// is marked stuck: publishers stop waiting for it and its own limits (outbox cap, queue limits)
 /// drop what it cannot take, so one stuck client cannot stall the others for long.

@@ -25,7 +25,7 @@ pub const SHARDS_MAX: usize = 64;
 /// Batches in flight per ordered pair of shards. A full queue makes the flusher wait for that
 /// peer (backpressure), never a connection task: no shard can block on a cycle of full queues
 /// because receivers never wait on flushers.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 32;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
 
 pub type Batch = Vec<ShardMsg>;
 
@@ -163,6 +163,7 @@ pub fn spawn_receivers(shard: &Rc<RefCell<Shard>>, mut receivers: Receivers<Batc
                 }
                 // Subscribers that could not take this batch slow the sending shard down.
                 flow::wait_for_room(&shard, None).await;
+                glommio::yield_if_needed().await;
             }
         })
         .detach();
