@@ -44,6 +44,16 @@ fn publish(tools: &Tools, port: u16, args: &[&str]) {
     assert!(status.success(), "mosquitto_pub {args:?} failed");
 }
 
+/// Runs `mosquitto_sub` to completion against `host:port` and returns what it printed.
+fn subscribe_once(tools: &Tools, host: &str, port: u16, args: &[&str]) -> String {
+    let out = Command::new(&tools.subscribe)
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn finish(child: Child) -> String {
     let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
     assert!(status.success(), "mosquitto_sub failed: {}", String::from_utf8_lossy(&stderr));
@@ -75,41 +85,18 @@ fn retained_message_reaches_a_later_subscriber_and_is_cleared() {
     publish(&tools, broker.port, &["-t", "house/live", "-m", "x"]);
     assert_eq!(finish(sub).trim(), "house/live x");
 
-    let out = Command::new(&tools.subscribe)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "house/#",
-            "-C",
-            "1",
-            "-W",
-            "5",
-            "-v",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "house/temp 21");
+    let retained = subscribe_once(
+        &tools,
+        "127.0.0.1",
+        broker.port,
+        &["-t", "house/#", "-C", "1", "-W", "5", "-v"],
+    );
+    assert_eq!(retained.trim(), "house/temp 21");
 
     publish(&tools, broker.port, &["-t", "house/temp", "-n", "-r"]);
-    let out = Command::new(&tools.subscribe)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "house/#",
-            "-C",
-            "1",
-            "-W",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.stdout.is_empty(), "retained message was not deleted");
+    let after_delete =
+        subscribe_once(&tools, "127.0.0.1", broker.port, &["-t", "house/#", "-C", "1", "-W", "1"]);
+    assert!(after_delete.is_empty(), "retained message was not deleted");
 }
 
 #[test]
@@ -148,15 +135,13 @@ fn persistent_subscriber_gets_what_was_published_while_away() {
     for i in 0..3 {
         publish(&tools, broker.port, &["-t", "queue/x", "-m", &format!("m{i}"), "-q", "1"]);
     }
-    let back = Command::new(&tools.subscribe)
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-i", "away", "-c", "-q", "1"])
-        .args(["-t", "queue/#", "-C", "3", "-W", "5"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&back.stdout).lines().collect::<Vec<_>>(),
-        ["m0", "m1", "m2"]
+    let back = subscribe_once(
+        &tools,
+        "127.0.0.1",
+        broker.port,
+        &["-i", "away", "-c", "-q", "1", "-t", "queue/#", "-C", "3", "-W", "5"],
     );
+    assert_eq!(back.lines().collect::<Vec<_>>(), ["m0", "m1", "m2"]);
 }
 
 #[test]

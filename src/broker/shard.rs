@@ -364,29 +364,23 @@ impl Shard {
         match packet {
             Packet::Publish(publish) => self.client_publish(conn, publish),
             Packet::PubAck(ack) => {
-                let limits = self.limits;
-                if let Some(session) = self.session_of(conn) {
-                    session.on_puback(ack.packet_id, &limits);
-                }
+                self.update_session(conn, |session, limits| {
+                    session.on_puback(ack.packet_id, limits)
+                });
                 Ok(())
             }
             Packet::PubRec(ack) => {
-                if let Some(session) = self.session_of(conn) {
-                    session.on_pubrec(ack.packet_id);
-                }
+                self.update_session(conn, |session, _| session.on_pubrec(ack.packet_id));
                 Ok(())
             }
             Packet::PubComp(ack) => {
-                let limits = self.limits;
-                if let Some(session) = self.session_of(conn) {
-                    session.on_pubcomp(ack.packet_id, &limits);
-                }
+                self.update_session(conn, |session, limits| {
+                    session.on_pubcomp(ack.packet_id, limits)
+                });
                 Ok(())
             }
             Packet::PubRel(ack) => {
-                if let Some(session) = self.session_of(conn) {
-                    session.release_qos2(ack.packet_id);
-                }
+                self.update_session(conn, |session, _| session.release_qos2(ack.packet_id));
                 conn.send(&Packet::PubComp(Ack::new(ack.packet_id)));
                 Ok(())
             }
@@ -413,6 +407,14 @@ impl Shard {
             | Packet::UnsubAck(_)
             | Packet::PingResp
             | Packet::Auth(_) => Err(protocol_error),
+        }
+    }
+
+    /// Applies `update` to the connection's session, if it still has one.
+    fn update_session(&mut self, conn: &ConnHandle, update: impl FnOnce(&mut Session, &Limits)) {
+        let limits = self.limits;
+        if let Some(session) = self.session_of(conn) {
+            update(session, &limits);
         }
     }
 
