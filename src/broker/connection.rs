@@ -28,6 +28,10 @@ pub type ConnId = u64;
 /// 1 and 2 are bounded by the in-flight window and the session queue instead.
 pub const OUTBOX_BYTES_MAX: usize = 4 << 20;
 
+/// Topic aliases a 5.0 client may set on this broker (announced in CONNACK; Mosquitto's default
+/// `max_topic_alias`).
+pub const TOPIC_ALIAS_MAXIMUM: u16 = 10;
+
 /// A client that opens a connection must send CONNECT within this time.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -80,6 +84,10 @@ pub struct ConnHandle {
     pub keep_alive: Duration,
     /// The client's Maximum Packet Size (5.0); larger packets are not sent [MQTT-3.1.2-24].
     max_packet_size: u32,
+    /// The client's Receive Maximum (5.0): our in-flight window toward it never exceeds it.
+    pub receive_maximum: usize,
+    /// Topic aliases the client set on its PUBLISHes (5.0), up to `TOPIC_ALIAS_MAXIMUM`.
+    pub topic_aliases: RefCell<ahash::AHashMap<u16, crate::protocol::TopicName>>,
     outbox: RefCell<BytesMut>,
     wake: Signal,
     close: Cell<Option<Close>>,
@@ -108,6 +116,8 @@ impl ConnHandle {
             assigned_client_id: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
             max_packet_size,
+            receive_maximum: usize::from(u16::MAX),
+            topic_aliases: RefCell::new(ahash::AHashMap::new()),
             outbox: RefCell::new(BytesMut::with_capacity(4096)),
             wake: Signal::default(),
             close: Cell::new(None),

@@ -178,7 +178,10 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
 async fn sweep_keep_alives(shard: Rc<RefCell<Shard>>) {
     loop {
         glommio::timer::sleep(KEEP_ALIVE_SWEEP).await;
-        shard.borrow_mut().expire_keep_alives(Instant::now());
+        let mut shard = shard.borrow_mut();
+        let now = Instant::now();
+        shard.expire_keep_alives(now);
+        shard.expire_sessions(now);
     }
 }
 

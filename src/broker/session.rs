@@ -6,16 +6,18 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 use bytestring::ByteString;
+use smallvec::SmallVec;
 
-use super::connection::ConnHandle;
+use super::connection::{ConnHandle, ConnId};
 use crate::config::Config;
 use crate::protocol::{
-    Ack, LastWill, Packet, PacketId, Properties, Publish, QoS, SubscriptionOptions, TopicFilter,
-    TopicName,
+    Ack, LastWill, Packet, PacketId, Properties, Publish, QoS, SubscriptionId, SubscriptionOptions,
+    TopicFilter, TopicName,
 };
 
 /// A published message as the broker routes it: one allocation shared by every shard and every
@@ -30,6 +32,41 @@ pub struct Message {
     pub properties: Properties,
     /// Client id of the publisher, for No Local subscriptions.
     pub publisher: ByteString,
+    /// From the 5.0 Message Expiry Interval: undelivered after this, it is dropped.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// One subscription of a session: its options and, in 5.0, its identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub id: Option<SubscriptionId>,
+}
+
+/// How long a session outlives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionExpiry {
+    /// 3.x clean session, 5.0 Session Expiry Interval 0.
+    OnDisconnect,
+    After(Duration),
+    /// 3.x persistent session, 5.0 interval 0xFFFFFFFF [MQTT-3.1.2-23].
+    Never,
+}
+
+impl SessionExpiry {
+    pub fn from_interval_secs(secs: u32) -> Self {
+        match secs {
+            0 => SessionExpiry::OnDisconnect,
+            u32::MAX => SessionExpiry::Never,
+            secs => SessionExpiry::After(Duration::from_secs(u64::from(secs))),
+        }
+    }
 }
 
 /// One message on its way to one subscriber, at the QoS and retain flag it is delivered with.
@@ -38,6 +75,8 @@ pub struct Outgoing {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
+    /// Identifiers of the subscriptions it matched (5.0) [MQTT-3.3.4-3].
+    pub subscription_ids: SmallVec<[SubscriptionId; 1]>,
 }
 
 impl Outgoing {
@@ -100,7 +139,7 @@ pub enum Delivery {
 /// The part of a session that outlives a connection and can move between shards.
 #[derive(Debug, Default)]
 pub struct SessionState {
-    pub subscriptions: AHashMap<TopicFilter, SubscriptionOptions>,
+    pub subscriptions: AHashMap<TopicFilter, Subscription>,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
@@ -110,21 +149,48 @@ pub struct SessionState {
 }
 
 pub struct Session {
-    /// Clean session false (3.x): kept while the client is away.
-    pub persistent: bool,
+    pub expiry: SessionExpiry,
+    /// When the last connection ended (`None` while connected).
+    pub offline_since: Option<Instant>,
+    /// The connection the session was last installed for: the registry entry names it.
+    pub conn_id: ConnId,
     pub state: SessionState,
     pub conn: Option<Rc<ConnHandle>>,
     pub will: Option<LastWill>,
 }
 
 impl Session {
-    pub fn new(persistent: bool, state: SessionState) -> Self {
-        Session { persistent, state, conn: None, will: None }
+    pub fn new(expiry: SessionExpiry, conn_id: ConnId, state: SessionState) -> Self {
+        Session { expiry, offline_since: None, conn_id, state, conn: None, will: None }
+    }
+
+    /// Whether the session outlives its connection at all.
+    pub fn is_persistent(&self) -> bool {
+        self.expiry != SessionExpiry::OnDisconnect
+    }
+
+    pub fn has_expired(&self, now: Instant) -> bool {
+        match (self.expiry, self.offline_since) {
+            (SessionExpiry::After(interval), Some(since)) => now.duration_since(since) >= interval,
+            _ => false,
+        }
+    }
+
+    /// The in-flight window: the configured maximum, and never more than the client's Receive
+    /// Maximum [MQTT-3.3.4-9].
+    fn window(&self, limits: &Limits) -> usize {
+        self.conn
+            .as_ref()
+            .map_or(limits.inflight_max, |c| limits.inflight_max.min(c.receive_maximum))
     }
 
     /// Hands a message to the session: sent at once when connected and the window allows,
     /// otherwise queued within the limits (QoS 0 only with `queue_qos0_messages`).
     pub fn deliver(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
+        if outgoing.message.expires_at.is_some() && outgoing.message.is_expired(Instant::now()) {
+            return Delivery::Dropped;
+        }
+        let window = self.window(limits);
         if let Some(conn) = &self.conn {
             // Anything queued goes first, QoS 0 included: one publisher's messages reach a
             // subscriber in order whatever their QoS (stricter than MQTT 4.6's per-QoS order).
@@ -136,7 +202,7 @@ impl Session {
                         Delivery::Dropped
                     };
                 }
-                if self.state.inflight.len() < limits.inflight_max {
+                if self.state.inflight.len() < window {
                     self.send_new(outgoing);
                     return Delivery::Sent;
                 }
@@ -173,14 +239,19 @@ impl Session {
 
     /// Sends queued messages in order while the window has room (QoS 0 takes no room).
     fn fill_window(&mut self, limits: &Limits) {
+        let window = self.window(limits);
+        let now = Instant::now();
         while self.conn.is_some() {
             let Some(next) = self.state.queue.front() else { break };
-            if next.qos != QoS::AtMostOnce && self.state.inflight.len() >= limits.inflight_max {
+            if next.qos != QoS::AtMostOnce && self.state.inflight.len() >= window {
                 break;
             }
             let Some(outgoing) = self.state.queue.pop_front() else { break };
             self.state.queued_bytes -= outgoing.size_bytes();
-            self.send_new(outgoing);
+            // Expired while queued: dropped [MQTT-3.3.2-5].
+            if !outgoing.message.is_expired(now) {
+                self.send_new(outgoing);
+            }
         }
     }
 
@@ -271,15 +342,24 @@ impl SessionState {
     }
 }
 
+/// The PUBLISH for one subscriber: its QoS, retain flag and packet id, its subscription ids, and
+/// what is left of the message's expiry interval [MQTT-3.3.2-6].
 fn publish_packet(outgoing: &Outgoing, packet_id: Option<PacketId>, dup: bool) -> Publish {
     let message = &outgoing.message;
+    let mut properties = message.properties.clone();
+    if let Some(expires_at) = message.expires_at {
+        let left = expires_at.saturating_duration_since(Instant::now());
+        properties.message_expiry_interval =
+            Some(u32::try_from(left.as_secs()).unwrap_or(u32::MAX));
+    }
+    properties.subscription_identifiers = outgoing.subscription_ids.to_vec();
     Publish {
         dup,
         qos: outgoing.qos,
         retain: outgoing.retain,
         topic: message.topic.clone(),
         packet_id,
-        properties: message.properties.clone(),
+        properties,
         payload: message.payload.clone(),
     }
 }
@@ -298,8 +378,9 @@ mod tests {
             retain: false,
             properties: Properties::default(),
             publisher: "p".into(),
+            expires_at: None,
         });
-        Outgoing { message, qos, retain: false }
+        Outgoing { message, qos, retain: false, subscription_ids: SmallVec::new() }
     }
 
     fn limits(inflight_max: usize, queued_messages_max: usize) -> Limits {
@@ -322,7 +403,7 @@ mod tests {
 
     fn connected() -> (Session, Rc<ConnHandle>) {
         let conn = Rc::new(ConnHandle::new(1, ProtocolVersion::V311, "s".into(), 0, u32::MAX));
-        let mut session = Session::new(true, SessionState::default());
+        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
         session.resume(conn.clone(), &limits(2, 10));
         (session, conn)
     }
@@ -386,7 +467,7 @@ mod tests {
 
     #[test]
     fn offline_sessions_queue_qos1_and_drop_qos0() {
-        let mut session = Session::new(true, SessionState::default());
+        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
         let limits = limits(2, 10);
         assert_eq!(session.deliver(message(QoS::AtMostOnce), &limits), Delivery::Dropped);
         assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Queued);
@@ -394,7 +475,7 @@ mod tests {
 
     #[test]
     fn duplicate_qos2_publish_is_routed_once() {
-        let mut session = Session::new(true, SessionState::default());
+        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
         let id = PacketId::new(9).unwrap();
         assert!(session.receive_qos2(id));
         assert!(!session.receive_qos2(id));

@@ -15,10 +15,12 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use super::connection::{refusal, Close, ConnHandle, ConnId};
+use super::connection::{refusal, Close, ConnHandle, ConnId, TOPIC_ALIAS_MAXIMUM};
 use super::flow::Congestion;
 use super::mesh::{Outbound, ShardId, ShardMsg};
-use super::session::{Delivery, Limits, Message, Outgoing, Session, SessionState};
+use super::session::{
+    Delivery, Limits, Message, Outgoing, Session, SessionExpiry, SessionState, Subscription,
+};
 use super::signal::Signal;
 use super::topic::{filter_matches, TopicTrie};
 use crate::config::Config;
@@ -28,7 +30,7 @@ use crate::protocol::{
 };
 
 /// Local subscribers of one filter: client id and options. Most filters have one or two.
-type Subscribers = SmallVec<[(ByteString, SubscriptionOptions); 2]>;
+type Subscribers = SmallVec<[(ByteString, Subscription); 2]>;
 
 /// A set of shards as a bitmask (see `SHARDS_MAX`).
 type ShardSet = u64;
@@ -76,8 +78,8 @@ struct PendingSubAck {
     client_id: ByteString,
     conn: ConnId,
     suback: Packet,
-    /// Filters whose retained messages follow the SUBACK, with the QoS granted on each.
-    retained_for: Vec<(TopicFilter, QoS)>,
+    /// Filters whose retained messages follow the SUBACK, with their subscriptions.
+    retained_for: Vec<(TopicFilter, Subscription)>,
 }
 
 /// Counters for `$SYS` and logs.
@@ -172,6 +174,10 @@ impl Shard {
             tracing::info!(%peer, client_id = %connect.client_id, "refused: anonymous");
             return refuse(ReasonCode::NotAuthorized);
         }
+        if connect.properties.authentication_method.is_some() {
+            // No enhanced authentication method is supported (Mosquitto without plugins).
+            return refuse(ReasonCode::BadAuthenticationMethod);
+        }
         let client_id = if connect.client_id.is_empty() {
             // Mosquitto: an empty id is refused in 3.1, and with a persistent session.
             let persistent = !connect.clean_start && !version.is_v5();
@@ -197,6 +203,9 @@ impl Shard {
             max_packet_size,
         );
         conn.assigned_client_id = connect.client_id.is_empty();
+        if let Some(receive_maximum) = connect.properties.receive_maximum {
+            conn.receive_maximum = usize::from(receive_maximum.get());
+        }
         let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());
@@ -232,20 +241,24 @@ impl Shard {
     ) {
         let previous = claim.state.borrow_mut().take().flatten();
         let session_present = previous.is_some();
-        let persistent = if connect.protocol.is_v5() {
-            connect.properties.session_expiry_interval.unwrap_or(0) > 0
+        let expiry = if connect.protocol.is_v5() {
+            SessionExpiry::from_interval_secs(
+                connect.properties.session_expiry_interval.unwrap_or(0),
+            )
+        } else if connect.clean_start {
+            SessionExpiry::OnDisconnect
         } else {
-            !connect.clean_start
+            SessionExpiry::Never
         };
         let state = previous.map(|s| *s).unwrap_or_default();
-        let filters: Vec<(TopicFilter, SubscriptionOptions)> =
-            state.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect();
+        let filters: Vec<(TopicFilter, Subscription)> =
+            state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
         let client_id = conn.client_id.clone();
-        let mut session = Session::new(persistent, state);
+        let mut session = Session::new(expiry, conn.id, state);
         session.will = connect.will;
         self.sessions.insert(client_id.clone(), session);
-        for (filter, options) in &filters {
-            self.add_local_subscriber(&client_id, filter, *options);
+        for (filter, subscription) in &filters {
+            self.add_local_subscriber(&client_id, filter, *subscription);
         }
         self.barrier(HeldReply::ConnAck { conn: conn.clone(), session_present, claim });
     }
@@ -271,16 +284,14 @@ impl Shard {
                 claim.connected.set(true);
                 claim.progressed.notify();
                 let limits = self.limits;
-                let session = self.sessions.get_mut(&conn.client_id).filter(|s| s.conn.is_none());
+                let properties = self.connack_properties(&conn);
+                let session =
+                    self.sessions.get_mut(&conn.client_id).filter(|s| s.conn_id == conn.id);
                 let Some(session) = session else {
                     // Taken over by a newer connection while the barrier was out.
                     conn.close(Close::TakenOver);
                     return;
                 };
-                let mut properties = Properties::default();
-                if conn.version.is_v5() && conn.assigned_client_id {
-                    properties.assigned_client_identifier = Some(conn.client_id.clone());
-                }
                 conn.send(&Packet::ConnAck(ConnAck {
                     session_present,
                     reason: ReasonCode::Success,
@@ -290,6 +301,26 @@ impl Shard {
             }
             HeldReply::SubAck(pending) => self.complete_suback(*pending),
         }
+    }
+
+    /// What a 5.0 CONNACK tells the client about this broker (3.x: nothing).
+    fn connack_properties(&self, conn: &ConnHandle) -> Properties {
+        let mut properties = Properties::default();
+        if !conn.version.is_v5() {
+            return properties;
+        }
+        if conn.assigned_client_id {
+            properties.assigned_client_identifier = Some(conn.client_id.clone());
+        }
+        properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
+        if !self.config.retain_available {
+            properties.retain_available = Some(false);
+        }
+        properties.shared_subscription_available = Some(false);
+        if self.config.max_packet_size < crate::protocol::PACKET_SIZE_MAX {
+            properties.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size);
+        }
+        properties
     }
 
     /// The connection task ended: publish the will if due, then keep or end the session.
@@ -305,7 +336,8 @@ impl Shard {
         let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
         session.conn = None;
         let will = session.will.take();
-        let persistent = session.persistent;
+        let persistent = session.is_persistent();
+        session.offline_since = Some(Instant::now());
         if close.publishes_will() {
             if let Some(will) = will {
                 self.publish_will(&conn.client_id, will);
@@ -332,6 +364,7 @@ impl Shard {
 
     fn publish_will(&mut self, client_id: &ByteString, will: crate::protocol::LastWill) {
         let message = Message {
+            expires_at: expiry_deadline(&will.properties),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
@@ -340,6 +373,22 @@ impl Shard {
             publisher: client_id.clone(),
         };
         self.route(Arc::new(message));
+    }
+
+    /// Ends offline sessions whose expiry interval has passed [MQTT-3.1.2-23].
+    pub fn expire_sessions(&mut self, now: Instant) {
+        let expired: Vec<(ByteString, ConnId)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.conn.is_none() && s.has_expired(now))
+            .map(|(client_id, s)| (client_id.clone(), s.conn_id))
+            .collect();
+        for (client_id, conn) in expired {
+            tracing::info!(%client_id, "session expired");
+            self.end_session(&client_id);
+            let owner = self.owner_of(&client_id);
+            self.dispatch(owner, ShardMsg::Release { client_id, conn });
+        }
     }
 
     /// Closes connections whose keep alive ran out: 1.5 times the interval without a packet
@@ -396,9 +445,19 @@ impl Shard {
                 conn.send(&Packet::PingResp);
                 Ok(())
             }
-            Packet::Disconnect(disconnect) => Err(Close::ClientDisconnect {
-                publish_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
-            }),
+            Packet::Disconnect(disconnect) => {
+                if let Some(secs) = disconnect.properties.session_expiry_interval {
+                    let Some(session) = self.session_of(conn) else { return Err(protocol_error) };
+                    // A session that ends at disconnect cannot be extended now [MQTT-3.14.2-2].
+                    if session.expiry == SessionExpiry::OnDisconnect && secs != 0 {
+                        return Err(protocol_error);
+                    }
+                    session.expiry = SessionExpiry::from_interval_secs(secs);
+                }
+                Err(Close::ClientDisconnect {
+                    publish_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
+                })
+            }
             // A second CONNECT is a protocol violation [MQTT-3.1.0-2]; the rest are sent only by
             // servers. AUTH is refused until an authentication method is supported.
             Packet::Connect(_)
@@ -426,15 +485,15 @@ impl Shard {
 
     fn client_publish(&mut self, conn: &Rc<ConnHandle>, publish: Publish) -> Result<(), Close> {
         self.stats.messages_received += 1;
-        if publish.topic.is_empty() {
-            // Topic aliases are not granted (Topic Alias Maximum 0), so one is a protocol error.
-            return Err(Close::ProtocolError(ReasonCode::TopicAliasInvalid));
-        }
+        let topic = resolve_topic_alias(conn, &publish)?;
         let mut properties = publish.properties;
         properties.topic_alias = None;
+        // Subscription ids are the broker's to set on delivery [MQTT-3.3.4-6].
         properties.subscription_identifiers.clear();
+        let expires_at = expiry_deadline(&properties);
         let message = Arc::new(Message {
-            topic: publish.topic,
+            expires_at,
+            topic,
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain && self.config.retain_available,
@@ -492,28 +551,33 @@ impl Shard {
     /// matching subscriptions (as Mosquitto does for overlapping filters).
     fn deliver_local(&mut self, message: &Arc<Message>) {
         let Shard { subscribers, sessions, limits, stats, congested, .. } = self;
-        let mut targets: SmallVec<[(&ByteString, SubscriptionOptions); 8]> = SmallVec::new();
+        let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
+            SmallVec::new();
         subscribers.matches(&message.topic, |subs| {
-            for (client_id, options) in subs {
+            for (client_id, subscription) in subs {
+                let options = subscription.options;
                 if options.no_local && *client_id == message.publisher {
                     continue;
                 }
-                match targets.iter_mut().find(|(c, _)| *c == client_id) {
-                    Some((_, best)) => {
+                let ids = subscription.id.into_iter();
+                match targets.iter_mut().find(|(c, _, _)| *c == client_id) {
+                    Some((_, best, all_ids)) => {
                         best.qos = best.qos.max(options.qos);
                         best.retain_as_published |= options.retain_as_published;
+                        all_ids.extend(ids);
                     }
-                    None => targets.push((client_id, *options)),
+                    None => targets.push((client_id, options, ids.collect())),
                 }
             }
         });
-        for (client_id, options) in targets {
+        for (client_id, options, subscription_ids) in targets {
             let Some(session) = sessions.get_mut(client_id) else { continue };
             let outgoing = Outgoing {
                 message: message.clone(),
                 qos: message.qos.min(options.qos),
                 // Retained messages reach existing subscriptions with retain 0 [MQTT-3.3.1-9].
                 retain: options.retain_as_published && message.retain,
+                subscription_ids,
             };
             if session.deliver(outgoing, limits) == Delivery::Dropped {
                 stats.messages_dropped += 1;
@@ -553,21 +617,24 @@ impl Shard {
         let client_id = conn.client_id.clone();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
+        let id = subscribe.properties.subscription_identifiers.first().copied();
         for (filter, options) in subscribe.filters {
             if filter.shared().is_some() {
                 reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
                 continue;
             }
             let Some(session) = self.session_of(conn) else { return };
-            let existed = session.state.subscriptions.insert(filter.clone(), options).is_some();
-            self.add_local_subscriber(&client_id, &filter, options);
+            let subscription = Subscription { options, id };
+            let existed =
+                session.state.subscriptions.insert(filter.clone(), subscription).is_some();
+            self.add_local_subscriber(&client_id, &filter, subscription);
             let send_retained = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
                 RetainHandling::SendAtSubscribeIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
             if send_retained {
-                retained_for.push((filter, options.qos));
+                retained_for.push((filter, subscription));
             }
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
@@ -594,10 +661,14 @@ impl Shard {
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
-        for (filter, granted) in &pending.retained_for {
+        for (filter, subscription) in &pending.retained_for {
             for message in retained.values().filter(|m| filter_matches(filter, &m.topic)) {
-                let qos = message.qos.min(*granted);
-                let outgoing = Outgoing { message: message.clone(), qos, retain: true };
+                let outgoing = Outgoing {
+                    message: message.clone(),
+                    qos: message.qos.min(subscription.options.qos),
+                    retain: true,
+                    subscription_ids: subscription.id.into_iter().collect(),
+                };
                 if session.deliver(outgoing, &limits) == Delivery::Dropped {
                     stats.messages_dropped += 1;
                 }
@@ -611,13 +682,13 @@ impl Shard {
         &mut self,
         client_id: &ByteString,
         filter: &TopicFilter,
-        options: SubscriptionOptions,
+        subscription: Subscription,
     ) {
         let subscribers = self.subscribers.entry(filter, SmallVec::new);
         let first = subscribers.is_empty();
         match subscribers.iter_mut().find(|(c, _)| c == client_id) {
-            Some((_, existing)) => *existing = options,
-            None => subscribers.push((client_id.clone(), options)),
+            Some((_, existing)) => *existing = subscription,
+            None => subscribers.push((client_id.clone(), subscription)),
         }
         if first {
             self.broadcast_interest(filter, true);
@@ -708,19 +779,18 @@ impl Shard {
                 let state = self.evict(&client_id, clean_start);
                 self.dispatch(to, ShardMsg::Handoff { client_id, conn, state });
             }
-            ShardMsg::Handoff { client_id, conn, state } => match self.claims.remove(&conn) {
-                Some(claim) => {
+            ShardMsg::Handoff { client_id, conn, state } => {
+                // Invariant: a connection task waits for its claim's answer before anything
+                // else, so the claim is always here.
+                debug_assert!(
+                    self.claims.contains_key(&conn),
+                    "handoff without claim: {client_id}"
+                );
+                if let Some(claim) = self.claims.remove(&conn) {
                     *claim.state.borrow_mut() = Some(state);
                     claim.progressed.notify();
                 }
-                None => {
-                    // The connection went away while claiming: keep a resumable session here,
-                    // where the registry now points.
-                    if let Some(state) = state {
-                        self.sessions.insert(client_id, Session::new(true, *state));
-                    }
-                }
-            },
+            }
             ShardMsg::Release { client_id, conn } => {
                 if self.registry.get(&client_id).is_some_and(|e| e.conn == conn) {
                     self.registry.remove(&client_id);
@@ -740,7 +810,34 @@ impl Shard {
                 self.publish_will(client_id, will);
             }
         }
-        (!clean_start && session.persistent).then(|| Box::new(session.state))
+        (!clean_start && session.is_persistent()).then(|| Box::new(session.state))
+    }
+}
+
+/// When a message with these properties expires (5.0 Message Expiry Interval).
+fn expiry_deadline(properties: &Properties) -> Option<Instant> {
+    let secs = properties.message_expiry_interval?;
+    Some(Instant::now() + std::time::Duration::from_secs(u64::from(secs)))
+}
+
+/// The subscription ids of one delivery; usually none or one.
+type SubscriptionIds = SmallVec<[crate::protocol::SubscriptionId; 1]>;
+
+/// The topic of a client's PUBLISH, resolving or recording a 5.0 Topic Alias [MQTT-3.3.2.3.4].
+fn resolve_topic_alias(conn: &ConnHandle, publish: &Publish) -> Result<TopicName, Close> {
+    let Some(alias) = publish.properties.topic_alias.filter(|_| conn.version.is_v5()) else {
+        return Ok(publish.topic.clone());
+    };
+    if alias.get() > TOPIC_ALIAS_MAXIMUM {
+        return Err(Close::ProtocolError(ReasonCode::TopicAliasInvalid));
+    }
+    let mut aliases = conn.topic_aliases.borrow_mut();
+    if publish.topic.is_empty() {
+        // An alias never set on this connection is a protocol error [MQTT-3.3.2-8 context].
+        aliases.get(&alias.get()).cloned().ok_or(Close::ProtocolError(ReasonCode::ProtocolError))
+    } else {
+        aliases.insert(alias.get(), publish.topic.clone());
+        Ok(publish.topic.clone())
     }
 }
 

@@ -1,0 +1,297 @@
+//! MQTT 5.0 behaviour of the real `culex` binary (two shards), driven by exact packets.
+
+// Properties are built one field at a time so each test shows exactly what it sets.
+#![allow(clippy::field_reassign_with_default)]
+
+mod common;
+
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{clients_on_different_shards, Broker, ConnectOptions, RawClient};
+use culex::protocol::{
+    Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionId,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+
+fn v5() -> ConnectOptions {
+    ConnectOptions { version: ProtocolVersion::V5, ..Default::default() }
+}
+
+fn v5_session(expiry_secs: u32) -> ConnectOptions {
+    let mut properties = Properties::default();
+    properties.session_expiry_interval = Some(expiry_secs);
+    ConnectOptions {
+        version: ProtocolVersion::V5,
+        clean_start: false,
+        properties,
+        ..Default::default()
+    }
+}
+
+fn publish_with(client: &mut RawClient, topic: &str, properties: Properties, qos: QoS) {
+    let packet_id = (qos != QoS::AtMostOnce).then(|| client.packet_id());
+    client.send(&Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: TopicName::new(topic.to_string()).unwrap(),
+        packet_id,
+        properties,
+        payload: Bytes::from_static(b"v5"),
+    }));
+    if qos == QoS::AtLeastOnce {
+        assert!(matches!(client.recv(), Some(Packet::PubAck(_))));
+    }
+}
+
+fn subscribe_with(
+    client: &mut RawClient,
+    filter: &str,
+    options: SubscriptionOptions,
+    id: Option<u32>,
+) {
+    let packet_id = client.packet_id();
+    let mut properties = Properties::default();
+    properties.subscription_identifiers = id.and_then(SubscriptionId::new).into_iter().collect();
+    client.send(&Packet::Subscribe(Subscribe {
+        packet_id,
+        properties,
+        filters: vec![(TopicFilter::new(filter.to_string()).unwrap(), options)],
+    }));
+    assert!(matches!(client.recv(), Some(Packet::SubAck(a)) if a.packet_id == packet_id));
+}
+
+fn expect_disconnect(client: &mut RawClient, reason: ReasonCode) {
+    match client.recv() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason),
+        other => panic!("expected DISCONNECT {reason:?}, got {other:?}"),
+    }
+    assert!(client.is_closed_by_broker());
+}
+
+#[test]
+fn connack_announces_what_the_broker_supports() {
+    let broker = Broker::start("");
+    let mut client = RawClient::open(&broker);
+    let Packet::ConnAck(connack) = client.handshake("", v5()) else { panic!("no CONNACK") };
+    assert_eq!(connack.reason, ReasonCode::Success);
+    let p = &connack.properties;
+    assert_eq!(p.topic_alias_maximum, Some(10));
+    assert_eq!(p.shared_subscription_available, Some(false));
+    let assigned = p.assigned_client_identifier.as_ref().expect("an assigned client id");
+    assert!(assigned.starts_with("auto-"));
+}
+
+#[test]
+fn session_expiry_keeps_a_session_for_its_interval_only() {
+    let broker = Broker::start("");
+    let (mut sub, present) = RawClient::connect(&broker, "expiring", v5_session(1));
+    assert!(!present);
+    sub.subscribe("exp/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    let (mut publisher, _) = RawClient::connect(&broker, "exp-pub", v5());
+    publisher.publish("exp/t", b"kept", QoS::AtLeastOnce, false);
+    let (mut sub, present) = RawClient::connect(&broker, "expiring", v5_session(1));
+    assert!(present, "resumed within the interval");
+    assert_eq!(&sub.receive().payload[..], b"kept");
+    sub.disconnect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, present) = RawClient::connect(&broker, "expiring", v5_session(1));
+    assert!(!present, "the session expired after its interval");
+}
+
+#[test]
+fn expiry_zero_ends_the_session_at_disconnect_even_without_clean_start() {
+    let broker = Broker::start("");
+    let (mut sub, _) = RawClient::connect(&broker, "zero", v5_session(0));
+    sub.subscribe("zero/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    let (_, present) = RawClient::connect(&broker, "zero", v5_session(0));
+    assert!(!present);
+}
+
+#[test]
+fn disconnect_cannot_extend_a_session_that_ends_at_disconnect() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "extend", v5_session(0));
+    let mut properties = Properties::default();
+    properties.session_expiry_interval = Some(60);
+    client.send(&Packet::Disconnect(culex::protocol::Disconnect {
+        reason: ReasonCode::Success,
+        properties,
+    }));
+    expect_disconnect(&mut client, ReasonCode::ProtocolError);
+}
+
+#[test]
+fn disconnect_can_shorten_the_session_expiry() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "shorten", v5_session(600));
+    client.subscribe("short/#", QoS::AtLeastOnce);
+    let mut properties = Properties::default();
+    properties.session_expiry_interval = Some(0);
+    client.send(&Packet::Disconnect(culex::protocol::Disconnect {
+        reason: ReasonCode::Success,
+        properties,
+    }));
+    assert!(client.is_closed_by_broker());
+    let (_, present) = RawClient::connect(&broker, "shorten", v5_session(600));
+    assert!(!present);
+}
+
+#[test]
+fn the_client_receive_maximum_caps_messages_in_flight() {
+    let broker = Broker::start("");
+    let mut options = v5();
+    options.properties.receive_maximum = NonZeroU16::new(2);
+    let (mut sub, _) = RawClient::connect(&broker, "small-window", options);
+    sub.subscribe("rm/#", QoS::AtLeastOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "rm-pub", v5());
+    for i in 0..4u8 {
+        publisher.publish("rm/t", &[i], QoS::AtLeastOnce, false);
+    }
+    let Some(Packet::Publish(first)) = sub.recv() else { panic!() };
+    let Some(Packet::Publish(_second)) = sub.recv() else { panic!() };
+    sub.expect_silence();
+    sub.acknowledge(&first);
+    assert_eq!(&sub.receive().payload[..], &[2]);
+}
+
+#[test]
+fn topic_aliases_from_the_client_are_resolved() {
+    let broker = Broker::start("");
+    let (mut sub, _, mut publisher, _) = clients_on_different_shards(&broker, "alias", v5);
+    sub.subscribe("alias/#", QoS::AtMostOnce);
+    let mut properties = Properties::default();
+    properties.topic_alias = NonZeroU16::new(3);
+    publish_with(&mut publisher, "alias/long/topic", properties.clone(), QoS::AtLeastOnce);
+    publish_with(&mut publisher, "", properties, QoS::AtLeastOnce);
+    for _ in 0..2 {
+        let got = sub.receive();
+        assert_eq!(got.topic.as_str(), "alias/long/topic");
+        assert_eq!(got.properties.topic_alias, None, "the broker does not forward aliases");
+    }
+}
+
+#[test]
+fn invalid_topic_aliases_close_the_connection_with_their_reason() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "bad-alias", v5());
+    let mut properties = Properties::default();
+    properties.topic_alias = NonZeroU16::new(11);
+    publish_with(&mut client, "a", properties, QoS::AtMostOnce);
+    expect_disconnect(&mut client, ReasonCode::TopicAliasInvalid);
+
+    let (mut client, _) = RawClient::connect(&broker, "unknown-alias", v5());
+    let mut properties = Properties::default();
+    properties.topic_alias = NonZeroU16::new(1);
+    publish_with(&mut client, "", properties, QoS::AtMostOnce);
+    expect_disconnect(&mut client, ReasonCode::ProtocolError);
+}
+
+#[test]
+fn every_matching_subscription_identifier_is_delivered() {
+    let broker = Broker::start("");
+    let (mut sub, _) = RawClient::connect(&broker, "ids", v5());
+    let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+    subscribe_with(&mut sub, "ids/#", options, Some(5));
+    subscribe_with(&mut sub, "ids/+", options, Some(7));
+    subscribe_with(&mut sub, "ids/x", options, None);
+    let (mut publisher, _) = RawClient::connect(&broker, "ids-pub", v5());
+    publisher.publish("ids/x", b"m", QoS::AtLeastOnce, false);
+    let got = sub.receive();
+    let mut ids: Vec<u32> =
+        got.properties.subscription_identifiers.iter().map(|i| i.get()).collect();
+    ids.sort();
+    assert_eq!(ids, [5, 7]);
+    sub.expect_silence();
+}
+
+#[test]
+fn message_expiry_counts_down_and_drops_expired_messages() {
+    let broker = Broker::start("");
+    let (mut sub, _) = RawClient::connect(&broker, "expiry-sub", v5_session(600));
+    sub.subscribe("mexp/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    let (mut publisher, _) = RawClient::connect(&broker, "expiry-pub", v5());
+    let mut short = Properties::default();
+    short.message_expiry_interval = Some(1);
+    publish_with(&mut publisher, "mexp/short", short, QoS::AtLeastOnce);
+    let mut long = Properties::default();
+    long.message_expiry_interval = Some(60);
+    publish_with(&mut publisher, "mexp/long", long, QoS::AtLeastOnce);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (mut sub, present) = RawClient::connect(&broker, "expiry-sub", v5_session(600));
+    assert!(present);
+    let got = sub.receive();
+    assert_eq!(got.topic.as_str(), "mexp/long", "the expired message was dropped");
+    let left = got.properties.message_expiry_interval.expect("remaining interval");
+    assert!(left <= 58, "interval counted down while queued: {left}");
+    sub.expect_silence();
+}
+
+#[test]
+fn publish_properties_pass_through_and_3x_subscribers_get_plain_messages() {
+    let broker = Broker::start("");
+    let (mut sub5, _) = RawClient::connect(&broker, "pp-v5", v5());
+    sub5.subscribe("pp/#", QoS::AtMostOnce);
+    let (mut sub3, _) = RawClient::connect(&broker, "pp-v3", Default::default());
+    sub3.subscribe("pp/#", QoS::AtMostOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "pp-pub", v5());
+    let mut properties = Properties::default();
+    properties.payload_format_indicator = Some(true);
+    properties.content_type = Some("text/plain".into());
+    properties.response_topic = Some(TopicName::new("pp/reply").unwrap());
+    properties.correlation_data = Some(Bytes::from_static(b"c-1"));
+    properties.user_properties = vec![("z".into(), "1".into()), ("a".into(), "2".into())];
+    publish_with(&mut publisher, "pp/t", properties.clone(), QoS::AtMostOnce);
+    assert_eq!(sub5.receive().properties, properties);
+    assert_eq!(sub3.receive().topic.as_str(), "pp/t");
+}
+
+#[test]
+fn no_local_and_retain_as_published() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "self", v5());
+    let no_local =
+        SubscriptionOptions { qos: QoS::AtMostOnce, no_local: true, ..Default::default() };
+    subscribe_with(&mut client, "nl/#", no_local, None);
+    let rap = SubscriptionOptions { retain_as_published: true, ..Default::default() };
+    subscribe_with(&mut client, "rap/#", rap, None);
+    client.publish("nl/t", b"mine", QoS::AtMostOnce, false);
+    client.expect_silence();
+    let (mut other, _) = RawClient::connect(&broker, "other", v5());
+    other.publish("rap/t", b"r", QoS::AtMostOnce, true);
+    assert!(client.receive().retain, "retain as published keeps the flag");
+}
+
+#[test]
+fn an_authentication_method_is_refused_with_0x8c() {
+    let broker = Broker::start("");
+    let mut options = v5();
+    options.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let mut client = RawClient::open(&broker);
+    let refused = client.handshake("auth", options);
+    assert!(
+        matches!(refused, Packet::ConnAck(a) if a.reason == ReasonCode::BadAuthenticationMethod)
+    );
+}
+
+#[test]
+fn a_taken_over_v5_client_is_told_0x8e() {
+    let broker = Broker::start("");
+    let (mut old, _) = RawClient::connect(&broker, "twice", v5());
+    let (_new, _) = RawClient::connect(&broker, "twice", v5());
+    expect_disconnect(&mut old, ReasonCode::SessionTakenOver);
+}
+
+#[test]
+fn a_malformed_packet_from_a_v5_client_gets_0x81() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "garbled", v5());
+    // A PUBLISH whose property length runs past the packet.
+    client.write_raw(b"\x30\x05\x00\x01a\x09\x01");
+    expect_disconnect(&mut client, ReasonCode::MalformedPacket);
+}
