@@ -84,8 +84,8 @@ fn init_logging(verbose: bool) {
     let _ = tracing_log::LogTracer::init();
 }
 
-/// SIGINT and SIGTERM end the process at once, as Mosquitto does without persistence: nothing
-/// is held that a restart would need.
+/// SIGINT and SIGTERM tell clients the server is shutting down (5.0: DISCONNECT 0x8B), then end
+/// the process. Nothing is held that a restart would need (no persistence yet).
 fn exit_on_signals() {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -100,6 +100,8 @@ fn exit_on_signals() {
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             tracing::info!(signal, "shutting down");
+            culex::broker::request_shutdown();
+            std::thread::sleep(culex::broker::SHUTDOWN_GRACE);
             std::process::exit(0);
         }
     });

@@ -295,3 +295,83 @@ fn a_malformed_packet_from_a_v5_client_gets_0x81() {
     client.write_raw(b"\x30\x05\x00\x01a\x09\x01");
     expect_disconnect(&mut client, ReasonCode::MalformedPacket);
 }
+
+fn with_delayed_will(expiry_secs: u32, delay_secs: u32) -> ConnectOptions {
+    let mut options = v5_session(expiry_secs);
+    let mut will = common::will("delayed/will", "late", QoS::AtLeastOnce, false);
+    will.properties.will_delay_interval = Some(delay_secs);
+    options.will = Some(will);
+    options
+}
+
+#[test]
+fn a_delayed_will_is_dropped_when_the_session_resumes_in_time() {
+    let broker = Broker::start("");
+    let (mut watcher, _) = RawClient::connect(&broker, "will-watcher", v5());
+    watcher.subscribe("delayed/#", QoS::AtLeastOnce);
+    let (client, _) = RawClient::connect(&broker, "delayer", with_delayed_will(60, 2));
+    client.drop_connection();
+    std::thread::sleep(Duration::from_millis(300));
+    let (client, present) = RawClient::connect(&broker, "delayer", with_delayed_will(60, 2));
+    assert!(present);
+    assert!(watcher.recv_within(Duration::from_millis(2800)).is_none(), "will sent despite resume");
+    // Dropped again and not resumed: the will comes after its delay.
+    client.drop_connection();
+    assert!(
+        watcher.recv_within(Duration::from_millis(1000)).is_none(),
+        "will sent before its delay"
+    );
+    assert_eq!(&watcher.receive().payload[..], b"late");
+}
+
+#[test]
+fn a_delayed_will_is_sent_when_the_session_ends_first() {
+    let broker = Broker::start("");
+    let (mut watcher, _) = RawClient::connect(&broker, "end-watcher", v5());
+    watcher.subscribe("delayed/#", QoS::AtLeastOnce);
+    let (client, _) = RawClient::connect(&broker, "short-lived", with_delayed_will(1, 60));
+    client.drop_connection();
+    assert_eq!(&watcher.receive().payload[..], b"late");
+}
+
+#[test]
+fn topic_aliases_toward_the_client_stay_within_its_maximum() {
+    let broker = Broker::start("");
+    let mut options = v5();
+    options.properties.topic_alias_maximum = Some(2);
+    let (mut sub, _) = RawClient::connect(&broker, "aliased", options);
+    sub.subscribe("out/#", QoS::AtMostOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "alias-pub", v5());
+    for topic in ["out/a", "out/a", "out/b", "out/c", "out/b"] {
+        publisher.publish(topic, b"x", QoS::AtMostOnce, false);
+    }
+    let got: Vec<(String, Option<u16>)> = (0..5)
+        .map(|_| {
+            let p = sub.receive();
+            (p.topic.to_string(), p.properties.topic_alias.map(|a| a.get()))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("out/a".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("out/b".to_string(), Some(2)),
+            ("out/c".to_string(), None),
+            (String::new(), Some(2)),
+        ]
+    );
+}
+
+#[test]
+fn shutdown_tells_v5_clients_0x8b() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "leaving", v5());
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(broker.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    expect_disconnect(&mut client, ReasonCode::ServerShuttingDown);
+}

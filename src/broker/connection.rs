@@ -8,16 +8,19 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ahash::AHashMap;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use std::num::NonZeroU16;
 
 use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
 use super::shard::Shard;
 use super::signal::{Event, Signal};
 use crate::protocol::{
-    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, ReasonCode,
+    ConnAck, DecodeError, Disconnect, Packet, Properties, PropertyContext, ProtocolVersion,
+    Publish, ReasonCode, TopicName,
 };
 
 /// Unique across shards: the shard id in the top bits, a counter below.
@@ -52,6 +55,9 @@ pub enum Close {
     TakenOver,
     /// The client broke the protocol; 5.0 clients are told why.
     ProtocolError(ReasonCode),
+    /// The broker is stopping (SIGTERM/SIGINT). Wills are not published: nobody stays to
+    /// receive them.
+    ServerShuttingDown,
 }
 
 impl Close {
@@ -59,7 +65,7 @@ impl Close {
         match self {
             Close::ClientDisconnect { publish_will } => publish_will,
             Close::ConnectionLost | Close::KeepAliveTimeout | Close::ProtocolError(_) => true,
-            Close::TakenOver => false,
+            Close::TakenOver | Close::ServerShuttingDown => false,
         }
     }
 
@@ -69,6 +75,7 @@ impl Close {
             Close::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             Close::TakenOver => Some(ReasonCode::SessionTakenOver),
             Close::ProtocolError(reason) => Some(reason),
+            Close::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
         }
     }
 }
@@ -87,7 +94,11 @@ pub struct ConnHandle {
     /// The client's Receive Maximum (5.0): our in-flight window toward it never exceeds it.
     pub receive_maximum: usize,
     /// Topic aliases the client set on its PUBLISHes (5.0), up to `TOPIC_ALIAS_MAXIMUM`.
-    pub topic_aliases: RefCell<ahash::AHashMap<u16, crate::protocol::TopicName>>,
+    pub topic_aliases: RefCell<AHashMap<u16, TopicName>>,
+    /// The client's Topic Alias Maximum (5.0): how many aliases the broker may use toward it.
+    pub topic_alias_maximum: u16,
+    /// Aliases the broker has given topics toward this client.
+    topic_aliases_out: RefCell<AHashMap<TopicName, u16>>,
     outbox: RefCell<BytesMut>,
     wake: Signal,
     close: Cell<Option<Close>>,
@@ -117,7 +128,9 @@ impl ConnHandle {
             keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
             max_packet_size,
             receive_maximum: usize::from(u16::MAX),
-            topic_aliases: RefCell::new(ahash::AHashMap::new()),
+            topic_aliases: RefCell::new(AHashMap::new()),
+            topic_alias_maximum: 0,
+            topic_aliases_out: RefCell::new(AHashMap::new()),
             outbox: RefCell::new(BytesMut::with_capacity(4096)),
             wake: Signal::default(),
             close: Cell::new(None),
@@ -140,7 +153,7 @@ impl ConnHandle {
 
     /// Queues a PUBLISH unless it is larger than the client accepts, or it is QoS 0 and the
     /// outbox is over its bound. Returns whether it was queued.
-    pub fn publish(&self, publish: &Publish) -> bool {
+    pub fn publish(&self, mut publish: Publish) -> bool {
         if self.close.get().is_some() {
             return false;
         }
@@ -150,20 +163,51 @@ impl ConnHandle {
             self.dropped_messages.set(self.dropped_messages.get() + 1);
             return false;
         }
-        // Own our copy of the properties only when the version has them on the wire.
-        let packet = if self.version.is_v5() {
-            Packet::Publish(publish.clone())
+        let new_alias = if self.version.is_v5() {
+            self.apply_topic_alias(&mut publish)
         } else {
-            Packet::Publish(Publish { properties: Properties::default(), ..publish.clone() })
+            publish.properties = Properties::default();
+            None
         };
+        debug_assert!(
+            publish.properties.fits(PropertyContext::Publish),
+            "{:?}",
+            publish.properties
+        );
+        let packet = Packet::Publish(publish);
         if packet.encoded_len(self.version) > self.max_packet_size as usize {
             self.dropped_messages.set(self.dropped_messages.get() + 1);
             return false;
+        }
+        // An alias is known to the client only once a PUBLISH that sets it is sent.
+        if let Some((topic, alias)) = new_alias {
+            self.topic_aliases_out.borrow_mut().insert(topic, alias);
         }
         packet.encode(self.version, &mut outbox);
         drop(outbox);
         self.wake.notify();
         true
+    }
+
+    /// Uses a topic alias toward a 5.0 client that accepts them: a topic already aliased goes as
+    /// the alias alone; a new topic takes the next free alias while any remain (aliases are never
+    /// reassigned). Returns the alias to record if this PUBLISH introduces one.
+    fn apply_topic_alias(&self, publish: &mut Publish) -> Option<(TopicName, u16)> {
+        if self.topic_alias_maximum == 0 {
+            return None;
+        }
+        let aliases = self.topic_aliases_out.borrow();
+        if let Some(alias) = aliases.get(&publish.topic) {
+            publish.properties.topic_alias = NonZeroU16::new(*alias);
+            publish.topic = TopicName::default();
+            return None;
+        }
+        let next = u16::try_from(aliases.len()).ok()?.checked_add(1)?;
+        if next > self.topic_alias_maximum {
+            return None;
+        }
+        publish.properties.topic_alias = NonZeroU16::new(next);
+        Some((publish.topic.clone(), next))
     }
 
     /// Asks the connection task to close. A 5.0 client is sent DISCONNECT with the reason.

@@ -23,9 +23,11 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use thiserror::Error;
 
 use crate::config::Config;
+use connection::Close;
 pub use mesh::SHARDS_MAX;
 use mesh::{Batch, BATCHES_IN_FLIGHT_MAX};
 use shard::Shard;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// io_uring memory per executor. glommio's default (10 MiB in three rings) exceeds the 8 MiB
 /// memlock limit that unprivileged users and containers get; 64 KiB with 128-entry rings
@@ -41,8 +43,9 @@ const PROBE_ATTEMPTS: usize = 10;
 /// Pending connections per listener per shard (glommio's own default).
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// How often each shard checks keep-alive deadlines.
-const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(500);
+/// How often each shard checks keep-alive deadlines, session expiry and shutdown.
+const KEEP_ALIVE_SWEEP_MS: u64 = 500;
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(KEEP_ALIVE_SWEEP_MS);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -54,6 +57,17 @@ pub enum StartError {
     TooManyShards(usize),
     #[error("cannot start shard executor: {0}")]
     Executor(String),
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// How long `shutdown` leaves the shards to tell their clients: two sweeps.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2 * KEEP_ALIVE_SWEEP_MS);
+
+/// Asks every shard to close its connections (5.0 clients get DISCONNECT 0x8B) at its next
+/// sweep. Safe from any thread.
+pub fn request_shutdown() {
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
 }
 
 /// Starts every shard and blocks until they stop (they stop only with the process).
@@ -179,6 +193,10 @@ async fn sweep_keep_alives(shard: Rc<RefCell<Shard>>) {
     loop {
         glommio::timer::sleep(KEEP_ALIVE_SWEEP).await;
         let mut shard = shard.borrow_mut();
+        if SHUTTING_DOWN.load(Ordering::Relaxed) {
+            shard.close_all(Close::ServerShuttingDown);
+            return;
+        }
         let now = Instant::now();
         shard.expire_keep_alives(now);
         shard.expire_sessions(now);

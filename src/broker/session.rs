@@ -157,11 +157,22 @@ pub struct Session {
     pub state: SessionState,
     pub conn: Option<Rc<ConnHandle>>,
     pub will: Option<LastWill>,
+    /// A will held back by its Will Delay Interval, due at the instant given. It goes with the
+    /// session: resuming the session (here or on another shard) drops it [MQTT-3.1.3-9].
+    pub delayed_will: Option<(LastWill, Instant)>,
 }
 
 impl Session {
     pub fn new(expiry: SessionExpiry, conn_id: ConnId, state: SessionState) -> Self {
-        Session { expiry, offline_since: None, conn_id, state, conn: None, will: None }
+        Session {
+            expiry,
+            offline_since: None,
+            conn_id,
+            state,
+            conn: None,
+            will: None,
+            delayed_will: None,
+        }
     }
 
     /// Whether the session outlives its connection at all.
@@ -196,7 +207,7 @@ impl Session {
             // subscriber in order whatever their QoS (stricter than MQTT 4.6's per-QoS order).
             if self.state.queue.is_empty() {
                 if outgoing.qos == QoS::AtMostOnce {
-                    return if conn.publish(&publish_packet(&outgoing, None, false)) {
+                    return if conn.publish(publish_packet(&outgoing, None, false)) {
                         Delivery::Sent
                     } else {
                         Delivery::Dropped
@@ -225,11 +236,11 @@ impl Session {
     fn send_new(&mut self, outgoing: Outgoing) {
         let Some(conn) = &self.conn else { return };
         if outgoing.qos == QoS::AtMostOnce {
-            conn.publish(&publish_packet(&outgoing, None, false));
+            conn.publish(publish_packet(&outgoing, None, false));
             return;
         }
         let packet_id = self.state.next_packet_id();
-        conn.publish(&publish_packet(&outgoing, Some(packet_id), false));
+        conn.publish(publish_packet(&outgoing, Some(packet_id), false));
         let state = match outgoing.qos {
             QoS::ExactlyOnce => InflightState::AwaitPubRec,
             QoS::AtLeastOnce | QoS::AtMostOnce => InflightState::AwaitPubAck,
@@ -261,7 +272,7 @@ impl Session {
         for inflight in &self.state.inflight {
             match inflight.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
-                    conn.publish(&publish_packet(
+                    conn.publish(publish_packet(
                         &inflight.outgoing,
                         Some(inflight.packet_id),
                         true,

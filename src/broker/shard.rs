@@ -206,6 +206,7 @@ impl Shard {
         if let Some(receive_maximum) = connect.properties.receive_maximum {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
+        conn.topic_alias_maximum = connect.properties.topic_alias_maximum.unwrap_or(0);
         let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());
@@ -335,11 +336,16 @@ impl Shard {
         }
         let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
         session.conn = None;
-        let will = session.will.take();
+        let will = session.will.take().filter(|_| close.publishes_will());
         let persistent = session.is_persistent();
-        session.offline_since = Some(Instant::now());
-        if close.publishes_will() {
-            if let Some(will) = will {
+        let now = Instant::now();
+        session.offline_since = Some(now);
+        if let Some(will) = will {
+            let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
+            if persistent && delay_secs > 0 {
+                let due = now + std::time::Duration::from_secs(u64::from(delay_secs));
+                session.delayed_will = Some((will, due));
+            } else {
                 self.publish_will(&conn.client_id, will);
             }
         }
@@ -363,20 +369,33 @@ impl Shard {
     }
 
     fn publish_will(&mut self, client_id: &ByteString, will: crate::protocol::LastWill) {
+        let mut properties = will.properties;
+        // The one will property that is not a PUBLISH property [MQTT-3.1.3.2].
+        properties.will_delay_interval = None;
         let message = Message {
-            expires_at: expiry_deadline(&will.properties),
+            expires_at: expiry_deadline(&properties),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: will.properties,
+            properties,
             publisher: client_id.clone(),
         };
         self.route(Arc::new(message));
     }
 
-    /// Ends offline sessions whose expiry interval has passed [MQTT-3.1.2-23].
+    /// Ends offline sessions whose expiry interval has passed [MQTT-3.1.2-23]
+    /// and publishes delayed wills that fell due, or whose session ended first.
     pub fn expire_sessions(&mut self, now: Instant) {
+        let due_wills: Vec<(ByteString, crate::protocol::LastWill)> = self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|(_, due)| *due <= now))
+            .filter_map(|(client_id, s)| Some((client_id.clone(), s.delayed_will.take()?.0)))
+            .collect();
+        for (client_id, will) in due_wills {
+            self.publish_will(&client_id, will);
+        }
         let expired: Vec<(ByteString, ConnId)> = self
             .sessions
             .iter()
@@ -385,9 +404,17 @@ impl Shard {
             .collect();
         for (client_id, conn) in expired {
             tracing::info!(%client_id, "session expired");
-            self.end_session(&client_id);
+            if let Some((will, _)) = self.end_session(&client_id).and_then(|s| s.delayed_will) {
+                self.publish_will(&client_id, will);
+            }
             let owner = self.owner_of(&client_id);
             self.dispatch(owner, ShardMsg::Release { client_id, conn });
+        }
+    }
+
+    pub fn close_all(&mut self, close: Close) {
+        for conn in self.sessions.values().filter_map(|s| s.conn.as_ref()) {
+            conn.close(close);
         }
     }
 

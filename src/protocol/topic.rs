@@ -13,7 +13,7 @@ pub const TOPIC_LEN_MAX: usize = u16::MAX as usize;
 
 /// A topic name: no `+` or `#` [MQTT-4.7.0-1]. It is empty only in a 5.0 PUBLISH that carries a
 /// topic alias; the PUBLISH decoder enforces that, so this type admits the empty name.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct TopicName(ByteString);
 
 impl TopicName {
