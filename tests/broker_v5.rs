@@ -79,7 +79,8 @@ fn connack_announces_what_the_broker_supports() {
     assert_eq!(connack.reason, ReasonCode::Success);
     let p = &connack.properties;
     assert_eq!(p.topic_alias_maximum, Some(10));
-    assert_eq!(p.shared_subscription_available, Some(false));
+    // Shared subscriptions are available: the property is left at its default (true).
+    assert_eq!(p.shared_subscription_available, None);
     let assigned = p.assigned_client_identifier.as_ref().expect("an assigned client id");
     assert!(assigned.starts_with("auto-"));
 }
@@ -374,4 +375,89 @@ fn shutdown_tells_v5_clients_0x8b() {
         .unwrap();
     assert!(status.success());
     expect_disconnect(&mut client, ReasonCode::ServerShuttingDown);
+}
+
+/// Everything a client receives until it has been quiet for a moment, acknowledged.
+fn drain_payloads(client: &mut RawClient) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    while let Some(packet) = client.recv_within(Duration::from_millis(400)) {
+        if let Packet::Publish(publish) = packet {
+            client.acknowledge(&publish);
+            payloads.push(publish.payload.to_vec());
+        }
+    }
+    payloads
+}
+
+#[test]
+fn a_shared_group_gets_each_message_once_across_shards() {
+    let broker = Broker::start("");
+    let (mut a, _, mut b, _) = clients_on_different_shards(&broker, "member", v5);
+    a.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce);
+    b.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce);
+    let (mut everyone, _) = RawClient::connect(&broker, "plain", v5());
+    everyone.subscribe("jobs/#", QoS::AtLeastOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "boss", v5());
+    for i in 0..20u8 {
+        publisher.publish("jobs/new", &[i], QoS::AtLeastOnce, false);
+    }
+    let (got_a, got_b) = (drain_payloads(&mut a), drain_payloads(&mut b));
+    assert!(!got_a.is_empty() && !got_b.is_empty(), "both members take turns: {got_a:?} {got_b:?}");
+    let mut all: Vec<Vec<u8>> = got_a.into_iter().chain(got_b).collect();
+    all.sort();
+    assert_eq!(all, (0..20u8).map(|i| vec![i]).collect::<Vec<_>>(), "each message exactly once");
+    assert_eq!(drain_payloads(&mut everyone).len(), 20, "a plain subscriber still gets all");
+}
+
+#[test]
+fn mqtt_311_clients_may_use_shared_subscriptions() {
+    let broker = Broker::start("");
+    let (mut a, _, mut b, _) = clients_on_different_shards(&broker, "v3member", Default::default);
+    a.subscribe("$share/g/v3/#", QoS::AtLeastOnce);
+    b.subscribe("$share/g/v3/#", QoS::AtLeastOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "v3boss", Default::default());
+    for i in 0..10u8 {
+        publisher.publish("v3/x", &[i], QoS::AtLeastOnce, false);
+    }
+    assert_eq!(drain_payloads(&mut a).len() + drain_payloads(&mut b).len(), 10);
+}
+
+#[test]
+fn a_member_that_leaves_stops_receiving_and_its_unacknowledged_messages_move() {
+    let broker = Broker::start("");
+    let (mut stays, _, mut leaves, _) = clients_on_different_shards(&broker, "churn", v5);
+    stays.subscribe("$share/g/work", QoS::AtLeastOnce);
+    leaves.subscribe("$share/g/work", QoS::AtLeastOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "churn-pub", v5());
+    for i in 0..4u8 {
+        publisher.publish("work", &[i], QoS::AtLeastOnce, false);
+    }
+    // The leaving member takes its share without acknowledging, then drops (clean session).
+    let mut unacknowledged = 0;
+    while let Some(Packet::Publish(_)) = leaves.recv_within(Duration::from_millis(400)) {
+        unacknowledged += 1;
+    }
+    assert!(unacknowledged > 0);
+    leaves.drop_connection();
+    for i in 4..8u8 {
+        publisher.publish("work", &[i], QoS::AtLeastOnce, false);
+    }
+    let mut got = drain_payloads(&mut stays);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 8, "the remaining member got everything: {got:?}");
+}
+
+#[test]
+fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "nl-share", v5());
+    let options = SubscriptionOptions { no_local: true, ..Default::default() };
+    let packet_id = client.packet_id();
+    client.send(&Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: vec![(TopicFilter::new("$share/g/t").unwrap(), options)],
+    }));
+    expect_disconnect(&mut client, ReasonCode::ProtocolError);
 }

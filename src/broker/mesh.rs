@@ -19,6 +19,9 @@ use super::signal::{Event, Signal};
 
 pub type ShardId = usize;
 
+/// A set of shards as a bitmask (hence `SHARDS_MAX`).
+pub type ShardSet = u64;
+
 /// Shard sets are bitmasks: at most this many shards.
 pub const SHARDS_MAX: usize = 64;
 
@@ -62,6 +65,21 @@ pub enum ShardMsg {
         to: ShardId,
         conn: ConnId,
         clean_start: bool,
+    },
+    /// `from` gained its first or lost its last member of a shared subscription group.
+    SharedInterest {
+        filter: ByteString,
+        group: ByteString,
+        from: ShardId,
+        has_members: bool,
+    },
+    /// Deliver to one member of the group on this shard (forwarded at most `hops` times when
+    /// the members left meanwhile).
+    SharedPublish {
+        message: Arc<Message>,
+        filter: ByteString,
+        group: ByteString,
+        hops: u8,
     },
     /// The answer to a claim: the previous session's state, if it is to be resumed.
     Handoff {

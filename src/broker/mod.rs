@@ -7,6 +7,7 @@ mod flow;
 mod mesh;
 mod session;
 mod shard;
+mod shared;
 mod signal;
 pub mod topic;
 

@@ -77,6 +77,9 @@ pub struct Outgoing {
     pub retain: bool,
     /// Identifiers of the subscriptions it matched (5.0) [MQTT-3.3.4-3].
     pub subscription_ids: SmallVec<[SubscriptionId; 1]>,
+    /// The shared subscription (filter, group) it was delivered for, so that another member
+    /// can take it if this session ends first.
+    pub shared: Option<Box<(ByteString, ByteString)>>,
 }
 
 impl Outgoing {
@@ -328,6 +331,26 @@ impl Session {
 }
 
 impl SessionState {
+    /// Removes the shared-subscription messages not yet delivered: queued, or in flight short
+    /// of PUBREC (after PUBREC a QoS 2 message has arrived and only its release is pending).
+    pub fn take_shared_unfinished(&mut self) -> Vec<Outgoing> {
+        let mut taken = Vec::new();
+        self.inflight.retain_mut(|inflight| {
+            let unfinished = inflight.state != InflightState::AwaitPubComp;
+            if unfinished && inflight.outgoing.shared.is_some() {
+                taken.push(inflight.outgoing.clone());
+                return false;
+            }
+            true
+        });
+        let (shared, rest): (VecDeque<Outgoing>, VecDeque<Outgoing>) =
+            std::mem::take(&mut self.queue).into_iter().partition(|o| o.shared.is_some());
+        self.queue = rest;
+        self.queued_bytes = self.queue.iter().map(Outgoing::size_bytes).sum();
+        taken.extend(shared);
+        taken
+    }
+
     pub fn queued_len(&self) -> usize {
         self.queue.len()
     }
@@ -391,7 +414,7 @@ mod tests {
             publisher: "p".into(),
             expires_at: None,
         });
-        Outgoing { message, qos, retain: false, subscription_ids: SmallVec::new() }
+        Outgoing { message, qos, retain: false, subscription_ids: SmallVec::new(), shared: None }
     }
 
     fn limits(inflight_max: usize, queued_messages_max: usize) -> Limits {

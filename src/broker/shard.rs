@@ -17,10 +17,11 @@ use smallvec::SmallVec;
 
 use super::connection::{refusal, Close, ConnHandle, ConnId, TOPIC_ALIAS_MAXIMUM};
 use super::flow::Congestion;
-use super::mesh::{Outbound, ShardId, ShardMsg};
+use super::mesh::{Outbound, ShardId, ShardMsg, ShardSet};
 use super::session::{
     Delivery, Limits, Message, Outgoing, Session, SessionExpiry, SessionState, Subscription,
 };
+use super::shared::SharedSubscriptions;
 use super::signal::Signal;
 use super::topic::{filter_matches, TopicTrie};
 use crate::config::Config;
@@ -31,9 +32,6 @@ use crate::protocol::{
 
 /// Local subscribers of one filter: client id and options. Most filters have one or two.
 type Subscribers = SmallVec<[(ByteString, Subscription); 2]>;
-
-/// A set of shards as a bitmask (see `SHARDS_MAX`).
-type ShardSet = u64;
 
 /// Where a client id's session lives, kept by the shard that owns the id.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +96,8 @@ pub struct Shard {
     subscribers: TopicTrie<Subscribers>,
     /// Replica of the cluster-wide interest map: filter -> other shards with a subscriber.
     interest: TopicTrie<ShardSet>,
+    /// Shared subscription groups: members here, shards with members elsewhere.
+    shared: SharedSubscriptions,
     /// Replica of the retained store (every shard holds all of it; see docs/ARCHITECTURE.md).
     retained: AHashMap<TopicName, Arc<Message>>,
     registry: AHashMap<ByteString, RegistryEntry>,
@@ -124,6 +124,7 @@ impl Shard {
             sessions: AHashMap::new(),
             subscribers: TopicTrie::default(),
             interest: TopicTrie::default(),
+            shared: SharedSubscriptions::default(),
             retained: AHashMap::new(),
             registry: AHashMap::new(),
             claims: AHashMap::new(),
@@ -317,7 +318,6 @@ impl Shard {
         if !self.config.retain_available {
             properties.retain_available = Some(false);
         }
-        properties.shared_subscription_available = Some(false);
         if self.config.max_packet_size < crate::protocol::PACKET_SIZE_MAX {
             properties.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size);
         }
@@ -350,7 +350,9 @@ impl Shard {
             }
         }
         if !persistent {
-            self.end_session(&conn.client_id);
+            if let Some(session) = self.end_session(&conn.client_id) {
+                self.redeliver_shared(session.state);
+            }
             let owner = self.owner_of(&conn.client_id);
             self.dispatch(
                 owner,
@@ -404,8 +406,11 @@ impl Shard {
             .collect();
         for (client_id, conn) in expired {
             tracing::info!(%client_id, "session expired");
-            if let Some((will, _)) = self.end_session(&client_id).and_then(|s| s.delayed_will) {
-                self.publish_will(&client_id, will);
+            if let Some(session) = self.end_session(&client_id) {
+                if let Some((will, _)) = session.delayed_will {
+                    self.publish_will(&client_id, will);
+                }
+                self.redeliver_shared(session.state);
             }
             let owner = self.owner_of(&client_id);
             self.dispatch(owner, ShardMsg::Release { client_id, conn });
@@ -460,10 +465,7 @@ impl Shard {
                 conn.send(&Packet::PubComp(Ack::new(ack.packet_id)));
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => {
-                self.subscribe(conn, subscribe);
-                Ok(())
-            }
+            Packet::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Packet::Unsubscribe(unsubscribe) => {
                 self.unsubscribe(conn, unsubscribe);
                 Ok(())
@@ -557,6 +559,21 @@ impl Shard {
             }
         }
         self.deliver_local(&message);
+        if !self.shared.is_empty() {
+            for pick in self.shared.pick_shards(&message.topic, self.id) {
+                if pick.shard == self.id {
+                    self.deliver_shared(&message, &pick.filter, &pick.group, 0);
+                } else {
+                    let msg = ShardMsg::SharedPublish {
+                        message: message.clone(),
+                        filter: pick.filter,
+                        group: pick.group,
+                        hops: 0,
+                    };
+                    self.outbound.push(pick.shard, msg);
+                }
+            }
+        }
         let mut shards: ShardSet = 0;
         self.interest.matches(&message.topic, |set| shards |= *set);
         while shards != 0 {
@@ -605,6 +622,7 @@ impl Shard {
                 // Retained messages reach existing subscriptions with retain 0 [MQTT-3.3.1-9].
                 retain: options.retain_as_published && message.retain,
                 subscription_ids,
+                shared: None,
             };
             if session.deliver(outgoing, limits) == Delivery::Dropped {
                 stats.messages_dropped += 1;
@@ -640,26 +658,29 @@ impl Shard {
     /// every other shard routes the new filters here, and this shard's retained replica holds
     /// every retained message other shards acknowledged before: retained messages are collected
     /// only then.
-    fn subscribe(&mut self, conn: &Rc<ConnHandle>, subscribe: Subscribe) {
+    fn subscribe(&mut self, conn: &Rc<ConnHandle>, subscribe: Subscribe) -> Result<(), Close> {
         let client_id = conn.client_id.clone();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         let id = subscribe.properties.subscription_identifiers.first().copied();
         for (filter, options) in subscribe.filters {
-            if filter.shared().is_some() {
-                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
-                continue;
+            let shared = filter.shared().is_some();
+            // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+            if shared && options.no_local && conn.version.is_v5() {
+                return Err(Close::ProtocolError(ReasonCode::ProtocolError));
             }
-            let Some(session) = self.session_of(conn) else { return };
+            let Some(session) = self.session_of(conn) else { return Ok(()) };
             let subscription = Subscription { options, id };
             let existed =
                 session.state.subscriptions.insert(filter.clone(), subscription).is_some();
             self.add_local_subscriber(&client_id, &filter, subscription);
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendAtSubscribeIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
+            // Retained messages are not sent to shared subscriptions (as Mosquitto).
+            let send_retained = !shared
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
             if send_retained {
                 retained_for.push((filter, subscription));
             }
@@ -680,6 +701,7 @@ impl Shard {
             suback,
             retained_for,
         })));
+        Ok(())
     }
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
@@ -695,6 +717,7 @@ impl Shard {
                     qos: message.qos.min(subscription.options.qos),
                     retain: true,
                     subscription_ids: subscription.id.into_iter().collect(),
+                    shared: None,
                 };
                 if session.deliver(outgoing, &limits) == Delivery::Dropped {
                     stats.messages_dropped += 1;
@@ -711,6 +734,12 @@ impl Shard {
         filter: &TopicFilter,
         subscription: Subscription,
     ) {
+        if let Some(share) = filter.shared() {
+            if self.shared.add_member(share.filter, share.group, client_id, subscription) {
+                self.broadcast_shared_interest(share.filter, share.group, true);
+            }
+            return;
+        }
         let subscribers = self.subscribers.entry(filter, SmallVec::new);
         let first = subscribers.is_empty();
         match subscribers.iter_mut().find(|(c, _)| c == client_id) {
@@ -723,11 +752,30 @@ impl Shard {
     }
 
     fn remove_local_subscriber(&mut self, client_id: &ByteString, filter: &TopicFilter) {
+        if let Some(share) = filter.shared() {
+            if self.shared.remove_member(share.filter, share.group, client_id) {
+                self.broadcast_shared_interest(share.filter, share.group, false);
+            }
+            return;
+        }
         let Some(subscribers) = self.subscribers.get_mut(filter) else { return };
         subscribers.retain(|(c, _)| c != client_id);
         if subscribers.is_empty() {
             self.subscribers.remove(filter);
             self.broadcast_interest(filter, false);
+        }
+    }
+
+    fn broadcast_shared_interest(&mut self, filter: &str, group: &str, has_members: bool) {
+        let (filter, group): (ByteString, ByteString) = (filter.into(), group.into());
+        for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
+            let msg = ShardMsg::SharedInterest {
+                filter: filter.clone(),
+                group: group.clone(),
+                from: self.id,
+                has_members,
+            };
+            self.outbound.push(shard, msg);
         }
     }
 
@@ -777,6 +825,12 @@ impl Shard {
                         self.interest.remove(&filter);
                     }
                 }
+            }
+            ShardMsg::SharedInterest { filter, group, from, has_members } => {
+                self.shared.set_remote(&filter, &group, from, has_members);
+            }
+            ShardMsg::SharedPublish { message, filter, group, hops } => {
+                self.deliver_shared(&message, &filter, &group, hops);
             }
             ShardMsg::Barrier { from, token } => {
                 self.dispatch(from, ShardMsg::BarrierAck { token })
@@ -837,7 +891,63 @@ impl Shard {
                 self.publish_will(client_id, will);
             }
         }
-        (!clean_start && session.is_persistent()).then(|| Box::new(session.state))
+        if !clean_start && session.is_persistent() {
+            Some(Box::new(session.state))
+        } else {
+            self.redeliver_shared(session.state);
+            None
+        }
+    }
+
+    /// A session ended with messages of shared subscriptions unacknowledged or queued: each goes
+    /// to another member of its group (MQTT 5.0 section 4.8.2).
+    fn redeliver_shared(&mut self, mut state: SessionState) {
+        for outgoing in state.take_shared_unfinished() {
+            if let Some(share) = outgoing.shared {
+                self.deliver_shared(&outgoing.message, &share.0, &share.1, 0);
+            }
+        }
+    }
+
+    /// Delivers to one member of a group on this shard, or forwards to another shard with
+    /// members if this one has none left.
+    fn deliver_shared(
+        &mut self,
+        message: &Arc<Message>,
+        filter: &ByteString,
+        group: &ByteString,
+        hops: u8,
+    ) {
+        if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
+            let limits = self.limits;
+            let Shard { sessions, stats, congested, .. } = self;
+            let Some(session) = sessions.get_mut(&client_id) else { return };
+            let outgoing = Outgoing {
+                message: message.clone(),
+                qos: message.qos.min(subscription.options.qos),
+                retain: subscription.options.retain_as_published && message.retain,
+                subscription_ids: subscription.id.into_iter().collect(),
+                shared: Some(Box::new((filter.clone(), group.clone()))),
+            };
+            if session.deliver(outgoing, &limits) == Delivery::Dropped {
+                stats.messages_dropped += 1;
+            }
+            note_congestion(congested, session);
+            return;
+        }
+        let others = self.shared.remote_shards(filter, group) & !(1 << self.id);
+        if others == 0 || usize::from(hops) >= self.shard_count {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        let to = others.trailing_zeros() as usize;
+        let msg = ShardMsg::SharedPublish {
+            message: message.clone(),
+            filter: filter.clone(),
+            group: group.clone(),
+            hops: hops + 1,
+        };
+        self.outbound.push(to, msg);
     }
 }
 

@@ -51,6 +51,14 @@ impl<T> TopicTrie<T> {
         node.value.get_or_insert_with(default)
     }
 
+    pub fn get(&self, filter: &str) -> Option<&T> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.value.as_ref()
+    }
+
     pub fn get_mut(&mut self, filter: &str) -> Option<&mut T> {
         let mut node = &mut self.root;
         for level in filter.split('/') {

@@ -1,0 +1,209 @@
+//! Shared subscriptions (`$share/{group}/{filter}`): which members of each group live on this
+//! shard, which other shards have members, and the round-robin choice of who gets a message.
+//! Each message goes to one member per group: the publishing shard picks a shard, that shard
+//! picks one of its members. Owns no sessions and sends nothing; the shard acts on its answers.
+
+use std::cell::Cell;
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+
+use super::mesh::{ShardId, ShardSet};
+use super::session::Subscription;
+use super::topic::TopicTrie;
+
+#[derive(Default)]
+struct Group {
+    /// Members on this shard: client id and subscription.
+    local: Vec<(ByteString, Subscription)>,
+    /// Other shards with at least one member.
+    remote: ShardSet,
+    /// Round-robin positions: over shards, then over local members.
+    shard_turn: Cell<usize>,
+    member_turn: Cell<usize>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.remote == 0
+    }
+
+    fn pick_local(&self) -> Option<&(ByteString, Subscription)> {
+        let turn = self.member_turn.get();
+        self.member_turn.set(turn.wrapping_add(1));
+        self.local.get(turn % self.local.len().max(1))
+    }
+}
+
+/// Where one message goes for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    pub filter: ByteString,
+    pub group: ByteString,
+    pub shard: ShardId,
+}
+
+/// The groups sharing one filter, with the filter itself (the trie's visitor sees only values).
+struct Groups {
+    filter: ByteString,
+    by_name: AHashMap<ByteString, Group>,
+}
+
+impl Groups {
+    fn new(filter: &str) -> Self {
+        Groups { filter: filter.into(), by_name: AHashMap::new() }
+    }
+}
+
+#[derive(Default)]
+pub struct SharedSubscriptions {
+    /// Filter (without the `$share/{group}/` prefix) -> its groups.
+    trie: TopicTrie<Groups>,
+}
+
+impl SharedSubscriptions {
+    pub fn is_empty(&self) -> bool {
+        self.trie.is_empty()
+    }
+
+    /// Adds or updates a local member; true when it is the group's first on this shard.
+    pub fn add_member(
+        &mut self,
+        filter: &str,
+        group: &str,
+        client_id: &ByteString,
+        subscription: Subscription,
+    ) -> bool {
+        let group = self
+            .trie
+            .entry(filter, || Groups::new(filter))
+            .by_name
+            .entry(group.into())
+            .or_default();
+        let first = group.local.is_empty();
+        match group.local.iter_mut().find(|(c, _)| c == client_id) {
+            Some((_, existing)) => *existing = subscription,
+            None => group.local.push((client_id.clone(), subscription)),
+        }
+        first
+    }
+
+    /// Removes a local member; true when the group has no member left on this shard.
+    pub fn remove_member(&mut self, filter: &str, group: &str, client_id: &ByteString) -> bool {
+        let Some(groups) = self.trie.get_mut(filter) else { return false };
+        let Some(entry) = groups.by_name.get_mut(group) else { return false };
+        let before = entry.local.len();
+        entry.local.retain(|(c, _)| c != client_id);
+        let emptied = before > 0 && entry.local.is_empty();
+        self.prune(filter, group);
+        emptied
+    }
+
+    /// Another shard gained its first or lost its last member of a group.
+    pub fn set_remote(&mut self, filter: &str, group: &str, shard: ShardId, has_members: bool) {
+        let bit: ShardSet = 1 << shard;
+        if has_members {
+            let groups = self.trie.entry(filter, || Groups::new(filter));
+            groups.by_name.entry(group.into()).or_default().remote |= bit;
+        } else if let Some(entry) = self.trie.get_mut(filter).and_then(|g| g.by_name.get_mut(group))
+        {
+            entry.remote &= !bit;
+            self.prune(filter, group);
+        }
+    }
+
+    fn prune(&mut self, filter: &str, group: &str) {
+        let Some(groups) = self.trie.get_mut(filter) else { return };
+        if groups.by_name.get(group).is_some_and(Group::is_empty) {
+            groups.by_name.remove(group);
+        }
+        if groups.by_name.is_empty() {
+            self.trie.remove(filter);
+        }
+    }
+
+    /// For each group with a filter matching `topic`, the shard that gets the message, taking
+    /// turns among the shards with members (this one included when it has members).
+    pub fn pick_shards(&self, topic: &str, this_shard: ShardId) -> Vec<Pick> {
+        let mut picks = Vec::new();
+        self.trie.matches(topic, |groups| {
+            for (name, group) in &groups.by_name {
+                let mut shards = group.remote;
+                if !group.local.is_empty() {
+                    shards |= 1 << this_shard;
+                }
+                let count = shards.count_ones() as usize;
+                if count == 0 {
+                    continue;
+                }
+                let turn = group.shard_turn.get();
+                group.shard_turn.set(turn.wrapping_add(1));
+                let Some(shard) = nth_shard(shards, turn % count) else { continue };
+                picks.push(Pick { filter: groups.filter.clone(), group: name.clone(), shard });
+            }
+        });
+        picks
+    }
+
+    /// A member on this shard for a message of `group` on `filter`, taking turns.
+    pub fn pick_member(&self, filter: &str, group: &str) -> Option<(ByteString, Subscription)> {
+        self.trie.get(filter)?.by_name.get(group)?.pick_local().cloned()
+    }
+
+    /// Other shards with members, to forward to when this shard has none left.
+    pub fn remote_shards(&self, filter: &str, group: &str) -> ShardSet {
+        self.trie.get(filter).and_then(|g| g.by_name.get(group)).map_or(0, |g| g.remote)
+    }
+}
+
+/// The `index`-th set bit of `set`.
+fn nth_shard(set: ShardSet, index: usize) -> Option<ShardId> {
+    let mut remaining = set;
+    for _ in 0..index {
+        remaining &= remaining.checked_sub(1)?;
+    }
+    (remaining != 0).then(|| remaining.trailing_zeros() as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SubscriptionOptions;
+
+    fn member() -> Subscription {
+        Subscription { options: SubscriptionOptions::default(), id: None }
+    }
+
+    #[test]
+    fn turns_go_round_shards_and_members() {
+        let mut shared = SharedSubscriptions::default();
+        assert!(shared.add_member("a/+", "g", &"c1".into(), member()));
+        assert!(!shared.add_member("a/+", "g", &"c2".into(), member()));
+        shared.set_remote("a/+", "g", 3, true);
+        let shards: Vec<ShardId> = (0..4).map(|_| shared.pick_shards("a/x", 0)[0].shard).collect();
+        assert_eq!(shards, [0, 3, 0, 3]);
+        let members: Vec<ByteString> =
+            (0..3).map(|_| shared.pick_member("a/+", "g").unwrap().0).collect();
+        assert_eq!(members, ["c1", "c2", "c1"]);
+        assert_eq!(shared.pick_shards("a/x", 0)[0].filter, "a/+");
+    }
+
+    #[test]
+    fn groups_disappear_with_their_last_member() {
+        let mut shared = SharedSubscriptions::default();
+        shared.add_member("t", "g", &"c".into(), member());
+        shared.set_remote("t", "g", 1, true);
+        assert!(shared.remove_member("t", "g", &"c".into()));
+        assert_eq!(shared.pick_shards("t", 0)[0].shard, 1);
+        shared.set_remote("t", "g", 1, false);
+        assert!(shared.is_empty());
+    }
+
+    #[test]
+    fn nth_set_bit() {
+        assert_eq!(nth_shard(0b1011, 0), Some(0));
+        assert_eq!(nth_shard(0b1011, 1), Some(1));
+        assert_eq!(nth_shard(0b1011, 2), Some(3));
+        assert_eq!(nth_shard(0b1011, 3), None);
+    }
+}
