@@ -461,3 +461,27 @@ fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     }));
     expect_disconnect(&mut client, ReasonCode::ProtocolError);
 }
+
+#[test]
+fn packets_larger_than_the_client_accepts_are_not_sent_to_it() {
+    let broker = Broker::start("");
+    let mut options = v5();
+    options.properties.maximum_packet_size = std::num::NonZeroU32::new(64);
+    let (mut small, _) = RawClient::connect(&broker, "small-packets", options);
+    small.subscribe("size/#", QoS::AtMostOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "size-pub", v5());
+    publisher.publish("size/t", &[7; 200], QoS::AtMostOnce, false);
+    publisher.publish("size/t", b"fits", QoS::AtMostOnce, false);
+    assert_eq!(&small.receive().payload[..], b"fits");
+    small.expect_silence();
+}
+
+#[test]
+fn the_broker_maximum_packet_size_is_announced_and_enforced_with_0x95() {
+    let broker = Broker::start("max_packet_size 100");
+    let mut client = RawClient::open(&broker);
+    let Packet::ConnAck(connack) = client.handshake("big", v5()) else { panic!() };
+    assert_eq!(connack.properties.maximum_packet_size.map(|m| m.get()), Some(100));
+    client.publish("big/t", &[0; 200], QoS::AtMostOnce, false);
+    expect_disconnect(&mut client, ReasonCode::PacketTooLarge);
+}
