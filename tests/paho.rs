@@ -41,3 +41,8 @@ fn run_suite(script: &str) {
 fn paho_mqtt_v311_suite() {
     run_suite("test_v311.py");
 }
+
+#[test]
+fn paho_mqtt_v5_suite() {
+    run_suite("test_v5.py");
+}
