@@ -485,3 +485,43 @@ fn the_broker_maximum_packet_size_is_announced_and_enforced_with_0x95() {
     client.publish("big/t", &[0; 200], QoS::AtMostOnce, false);
     expect_disconnect(&mut client, ReasonCode::PacketTooLarge);
 }
+
+#[test]
+fn more_unreleased_qos2_messages_than_the_receive_maximum_are_refused() {
+    let broker = Broker::start("");
+    for (version, reason) in [
+        (ProtocolVersion::V5, Some(ReasonCode::ReceiveMaximumExceeded)),
+        (ProtocolVersion::V311, None),
+    ] {
+        let mut client = RawClient::open(&broker);
+        let Packet::ConnAck(connack) =
+            client.handshake("flood", ConnectOptions { version, ..Default::default() })
+        else {
+            panic!()
+        };
+        if version.is_v5() {
+            // The default max_inflight_messages (20), announced as the Receive Maximum.
+            assert_eq!(connack.properties.receive_maximum.map(|m| m.get()), Some(20));
+        }
+        let publish = |id: u16| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: TopicName::new("flood").unwrap(),
+                packet_id: NonZeroU16::new(id),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"x"),
+            })
+        };
+        for id in 1..=20 {
+            client.send(&publish(id));
+            assert!(matches!(client.recv(), Some(Packet::PubRec(_))));
+        }
+        client.send(&publish(21));
+        match reason {
+            Some(reason) => expect_disconnect(&mut client, reason),
+            None => assert!(client.is_closed_by_broker()),
+        }
+    }
+}

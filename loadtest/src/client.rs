@@ -19,6 +19,8 @@ pub struct Connection {
     read_buf: BytesMut,
     pub write_buf: BytesMut,
     pub version: ProtocolVersion,
+    /// The broker's Receive Maximum (5.0): unacknowledged QoS 1/2 messages it accepts.
+    pub receive_maximum: usize,
     last_packet_id: u16,
 }
 
@@ -35,6 +37,7 @@ impl Connection {
             read_buf: BytesMut::with_capacity(64 << 10),
             write_buf: BytesMut::with_capacity(64 << 10),
             version,
+            receive_maximum: usize::from(u16::MAX),
             last_packet_id: 0,
         };
         connection.queue(&Packet::Connect(Box::new(Connect {
@@ -51,7 +54,12 @@ impl Connection {
         connection.flush()?;
         connection.set_read_timeout(Some(Duration::from_secs(10)))?;
         match connection.read_packet()? {
-            Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => Ok(connection),
+            Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => {
+                if let Some(maximum) = ack.properties.receive_maximum {
+                    connection.receive_maximum = usize::from(maximum.get());
+                }
+                Ok(connection)
+            }
             other => bail!("{client_id}: CONNECT refused: {other:?}"),
         }
     }

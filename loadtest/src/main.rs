@@ -74,7 +74,9 @@ struct ScenarioArgs {
     /// Total publish rate (messages/s); flat out if absent.
     #[arg(long)]
     rate: Option<u64>,
-    /// Unacknowledged QoS 1/2 messages per publisher.
+    /// Unacknowledged QoS 1/2 messages per publisher (with MQTT 5, never more than the
+    /// broker's Receive Maximum; a 3.1.1 broker cannot say, so keep it within its
+    /// max_inflight_messages, 20 by default in Mosquitto and Culex).
     #[arg(long, default_value_t = 64)]
     window: usize,
     /// Print JSON instead of a table.

@@ -228,6 +228,7 @@ fn publish_loop(
     let mut sent: u64 = 0;
     let mut inflight = 0usize;
     let acknowledged = params.qos != QoS::AtMostOnce;
+    let window = params.window.min(connection.receive_maximum);
     connection.set_read_timeout(Some(Duration::from_secs(10)))?;
     loop {
         let more =
@@ -236,7 +237,7 @@ fn publish_loop(
             break;
         }
         if more {
-            let room = if acknowledged { params.window.saturating_sub(inflight) } else { batch };
+            let room = if acknowledged { window.saturating_sub(inflight) } else { batch };
             for _ in 0..room.min(batch) {
                 if params.messages_max.is_some_and(|max| sent >= max) {
                     break;
@@ -256,7 +257,7 @@ fn publish_loop(
             }
             connection.flush()?;
         }
-        if acknowledged && (inflight >= params.window || !more) {
+        if acknowledged && (inflight >= window || !more) {
             // Wait for acknowledgements to make room (or to finish).
             if !connection.fill().context("reading acknowledgements")? {
                 anyhow::bail!("broker closed the publisher's connection");

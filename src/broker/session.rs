@@ -130,6 +130,10 @@ impl Limits {
     }
 }
 
+/// A client sent more unreleased QoS 2 messages than the broker's Receive Maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiveMaximumExceeded;
+
 /// What happened to a message handed to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -318,10 +322,22 @@ impl Session {
         }
     }
 
-    /// An incoming QoS 2 PUBLISH: true when it is new and must be routed, false for a
-    /// retransmission of one already routed but not yet released.
-    pub fn receive_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.state.awaiting_pubrel.insert(packet_id)
+    /// An incoming QoS 2 PUBLISH: `Ok(true)` when it is new and must be routed, `Ok(false)` for
+    /// a retransmission of one already routed but not yet released, `Err` when the client
+    /// already has `receive_maximum` messages unreleased [MQTT-3.3.4-7].
+    pub fn receive_qos2(
+        &mut self,
+        packet_id: PacketId,
+        receive_maximum: usize,
+    ) -> Result<bool, ReceiveMaximumExceeded> {
+        let awaiting = &mut self.state.awaiting_pubrel;
+        if awaiting.contains(&packet_id) {
+            return Ok(false);
+        }
+        if awaiting.len() >= receive_maximum {
+            return Err(ReceiveMaximumExceeded);
+        }
+        Ok(awaiting.insert(packet_id))
     }
 
     /// PUBREL: forget the packet id so it can be reused.
@@ -511,9 +527,13 @@ mod tests {
     fn duplicate_qos2_publish_is_routed_once() {
         let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
         let id = PacketId::new(9).unwrap();
-        assert!(session.receive_qos2(id));
-        assert!(!session.receive_qos2(id));
+        assert_eq!(session.receive_qos2(id, 1), Ok(true));
+        assert_eq!(session.receive_qos2(id, 1), Ok(false));
+        assert_eq!(
+            session.receive_qos2(PacketId::new(10).unwrap(), 1),
+            Err(ReceiveMaximumExceeded)
+        );
         session.release_qos2(id);
-        assert!(session.receive_qos2(id));
+        assert_eq!(session.receive_qos2(id, 1), Ok(true));
     }
 }

@@ -315,6 +315,10 @@ impl Shard {
             properties.assigned_client_identifier = Some(conn.client_id.clone());
         }
         properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
+        properties.receive_maximum = u16::try_from(self.limits.inflight_max)
+            .ok()
+            .filter(|max| *max < u16::MAX)
+            .and_then(std::num::NonZeroU16::new);
         if !self.config.retain_available {
             properties.retain_available = Some(false);
         }
@@ -537,8 +541,17 @@ impl Shard {
                 self.route(message);
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
+                // The broker's Receive Maximum is `max_inflight_messages`, as Mosquitto's: QoS 1
+                // is acknowledged at once, QoS 2 counts until PUBREL.
+                let receive_maximum = self.limits.inflight_max;
+                let is_new = match self.session_of(conn) {
+                    Some(session) => session
+                        .receive_qos2(packet_id, receive_maximum)
+                        .map_err(|_| Close::ProtocolError(ReasonCode::ReceiveMaximumExceeded))?,
+                    None => true,
+                };
                 conn.send(&Packet::PubRec(Ack::new(packet_id)));
-                if self.session_of(conn).is_none_or(|s| s.receive_qos2(packet_id)) {
+                if is_new {
                     self.route(message);
                 }
             }
