@@ -525,3 +525,36 @@ fn more_unreleased_qos2_messages_than_the_receive_maximum_are_refused() {
         }
     }
 }
+
+#[test]
+fn disconnect_with_0x04_publishes_the_will() {
+    let broker = Broker::start("");
+    let (mut watcher, _) = RawClient::connect(&broker, "w04-watch", v5());
+    watcher.subscribe("w04/#", QoS::AtMostOnce);
+    let mut options = v5();
+    options.will = Some(common::will("w04/gone", "asked for", QoS::AtMostOnce, false));
+    let (mut client, _) = RawClient::connect(&broker, "w04", options);
+    client.send(&Packet::Disconnect(culex::protocol::Disconnect::new(
+        ReasonCode::DisconnectWithWillMessage,
+    )));
+    assert_eq!(&watcher.receive().payload[..], b"asked for");
+}
+
+#[test]
+fn unsuback_says_which_subscriptions_existed() {
+    let broker = Broker::start("");
+    let (mut client, _) = RawClient::connect(&broker, "unsub5", v5());
+    client.subscribe("u5/a", QoS::AtMostOnce);
+    let packet_id = client.packet_id();
+    client.send(&Packet::Unsubscribe(culex::protocol::Unsubscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: vec![TopicFilter::new("u5/a").unwrap(), TopicFilter::new("u5/b").unwrap()],
+    }));
+    match client.recv() {
+        Some(Packet::UnsubAck(ack)) => {
+            assert_eq!(ack.reasons, [ReasonCode::Success, ReasonCode::NoSubscriptionExisted])
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+}
