@@ -566,9 +566,11 @@ impl Shard {
     /// subscribers, and once to each other shard with a matching subscription.
     fn route(&mut self, message: Arc<Message>) {
         if message.retain {
-            self.store_retained(&message);
+            // Stored on every shard, possibly for a long time: detached from the read buffer.
+            let stored = Arc::new(message.detached());
+            self.store_retained(&stored);
             for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
-                self.outbound.push(shard, ShardMsg::Retain(message.clone()));
+                self.outbound.push(shard, ShardMsg::Retain(stored.clone()));
             }
         }
         self.deliver_local(&message);

@@ -33,6 +33,12 @@ impl TopicName {
         self.0
     }
 
+    /// The same name in its own allocation, sharing nothing with the buffer it was decoded
+    /// from (no revalidation: it is already valid).
+    pub fn detached(&self) -> TopicName {
+        TopicName(ByteString::from(self.as_str()))
+    }
+
     /// `$SYS/...` and other `$` topics are not matched by filters starting with a wildcard
     /// [MQTT-4.7.2-1].
     pub fn is_dollar(&self) -> bool {
