@@ -371,7 +371,9 @@ async fn run(
             return close;
         }
         // What this connection published last turn must have room before it reads more.
-        flow::wait_for_room(shard, Some(conn.id)).await;
+        let congested = shard.borrow_mut().take_congested();
+        flow::wait_for_subscribers(shard, congested, Some(conn.id)).await;
+        flow::wait_for_outbound(shard).await;
         // A busy socket never makes `read` wait, so without this a flat-out publisher would
         // keep the shard from its other connections (measured: seconds of tail latency).
         glommio::yield_if_needed().await;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use super::connection::{ConnHandle, ConnId};
 use super::shard::Shard;
-use super::signal::Event;
 
 /// Unwritten bytes in a subscriber's outbox above which its publishers wait.
 pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
@@ -23,34 +22,46 @@ pub const OUTBOUND_HIGH_WATER: usize = 1024;
 /// drop what it cannot take, so one stuck client cannot stall the others for long.
 pub const STALL_MAX: Duration = Duration::from_millis(50);
 
-/// What a producing task must wait for.
-pub enum Congestion {
-    /// A subscriber's connection; woken each time it writes.
-    Subscriber(Rc<ConnHandle>),
-    /// The batches for another shard; woken each time the flusher sends. The flusher always
-    /// progresses (receivers never wait on flushers), so this wait has no time limit.
-    Outbound(Rc<Event>),
-}
-
-/// Waits until nothing this shard produced is congested. `own` is the calling connection, which
-/// cannot drain while it waits, so it is never waited for.
-pub async fn wait_for_room(shard: &Rc<RefCell<Shard>>, own: Option<ConnId>) {
-    loop {
-        let congestion = shard.borrow_mut().congestion(own);
-        match congestion {
-            None => return,
-            Some(Congestion::Outbound(sent)) => sent.wait().await,
-            Some(Congestion::Subscriber(conn)) => {
-                let drained = glommio::timer::timeout(STALL_MAX, async {
-                    conn.drained().wait().await;
-                    Ok(())
-                })
-                .await;
-                if drained.is_err() {
-                    tracing::debug!(client_id = %conn.client_id, "subscriber not draining: stuck");
-                    shard.borrow_mut().mark_stuck(&conn);
-                }
+/// Waits until the subscribers this task congested have room again (each for at most
+/// `STALL_MAX`, then it is marked stuck). Only the task that made the deliveries waits: a
+/// shard-wide wait made subscribers' own tasks wait on each other (measured: fan-out at a
+/// tenth of its rate, both processes idle). `own` is the calling connection, which cannot drain
+/// while it waits.
+pub async fn wait_for_subscribers(
+    shard: &Rc<RefCell<Shard>>,
+    congested: Vec<Rc<ConnHandle>>,
+    own: Option<ConnId>,
+) {
+    for conn in congested {
+        if Some(conn.id) == own {
+            continue;
+        }
+        while shard.borrow().is_congested(&conn) {
+            let drained = glommio::timer::timeout(STALL_MAX, async {
+                conn.drained().wait().await;
+                Ok(())
+            })
+            .await;
+            if drained.is_err() {
+                tracing::debug!(client_id = %conn.client_id, "subscriber not draining: stuck");
+                conn.stuck.set(true);
             }
         }
+    }
+}
+
+/// Waits while the batches for another shard are over their bound. Only connection tasks wait
+/// here: the flusher always progresses because mesh receivers never wait on it, so no cycle of
+/// full queues can form between shards.
+pub async fn wait_for_outbound(shard: &Rc<RefCell<Shard>>) {
+    loop {
+        let sent = {
+            let shard = shard.borrow();
+            if !shard.outbound.is_congested() {
+                return;
+            }
+            shard.outbound.sent()
+        };
+        sent.wait().await;
     }
 }

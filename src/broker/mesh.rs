@@ -180,7 +180,8 @@ pub fn spawn_receivers(shard: &Rc<RefCell<Shard>>, mut receivers: Receivers<Batc
                     }
                 }
                 // Subscribers that could not take this batch slow the sending shard down.
-                flow::wait_for_room(&shard, None).await;
+                let congested = shard.borrow_mut().take_congested();
+                flow::wait_for_subscribers(&shard, congested, None).await;
                 glommio::yield_if_needed().await;
             }
         })

@@ -16,7 +16,6 @@ use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::connection::{refusal, Close, ConnHandle, ConnId, TOPIC_ALIAS_MAXIMUM};
-use super::flow::Congestion;
 use super::mesh::{Outbound, ShardId, ShardMsg, ShardSet};
 use super::session::{
     Delivery, Limits, Message, Outgoing, Session, SessionExpiry, SessionState, Subscription,
@@ -646,24 +645,20 @@ impl Shard {
         }
     }
 
-    /// The first congested hop of what this shard produced, skipping the connection `own`.
-    pub fn congestion(&mut self, own: Option<ConnId>) -> Option<Congestion> {
-        if self.outbound.is_congested() {
-            return Some(Congestion::Outbound(self.outbound.sent()));
-        }
-        while let Some(conn) = self.congested.last() {
-            let queued = self.sessions.get(&conn.client_id).map_or(0, |s| s.state.queued_len());
-            if Some(conn.id) != own && conn.is_congested(queued) {
-                return Some(Congestion::Subscriber(conn.clone()));
-            }
+    /// The subscribers that the deliveries since the last call took past their high-water
+    /// marks: the calling task (which made those deliveries) waits for them.
+    pub fn take_congested(&mut self) -> Vec<Rc<ConnHandle>> {
+        let congested = std::mem::take(&mut self.congested);
+        for conn in &congested {
             conn.listed_congested.set(false);
-            self.congested.pop();
         }
-        None
+        congested
     }
 
-    pub fn mark_stuck(&mut self, conn: &ConnHandle) {
-        conn.stuck.set(true);
+    /// Whether `conn` still has more than its high-water mark waiting.
+    pub fn is_congested(&self, conn: &ConnHandle) -> bool {
+        let queued = self.sessions.get(&conn.client_id).map_or(0, |s| s.state.queued_len());
+        conn.is_congested(queued)
     }
 
     // ---- Subscriptions ----------------------------------------------------------------------
