@@ -359,6 +359,9 @@ async fn run(
     stream: &mut TcpStream,
     reader: &mut PacketReader,
 ) -> Close {
+    // What the packets of the last turn congested; only a turn that published waits.
+    let mut congested = Vec::new();
+    let mut published = false;
     loop {
         let out = conn.take_outbox();
         if !out.is_empty() {
@@ -370,10 +373,12 @@ async fn run(
         if let Some(close) = conn.close.get() {
             return close;
         }
-        // What this connection published last turn must have room before it reads more.
-        let congested = shard.borrow_mut().take_congested();
-        flow::wait_for_subscribers(shard, congested, Some(conn.id)).await;
-        flow::wait_for_outbound(shard).await;
+        // What this connection published last turn must have room before it reads more. A
+        // connection that did not publish (a subscriber) never waits: it must keep writing.
+        if std::mem::take(&mut published) {
+            flow::wait_for_subscribers(shard, std::mem::take(&mut congested), Some(conn.id)).await;
+            flow::wait_for_outbound(shard).await;
+        }
         // A busy socket never makes `read` wait, so without this a flat-out publisher would
         // keep the shard from its other connections (measured: seconds of tail latency).
         glommio::yield_if_needed().await;
@@ -382,6 +387,7 @@ async fn run(
             match reader.decode(conn.version) {
                 Ok(Some(packet)) => {
                     conn.last_seen.set(Instant::now());
+                    published |= matches!(packet, Packet::Publish(_));
                     if let Err(close) = shard.borrow_mut().handle_packet(conn, packet) {
                         conn.close(close);
                         break;
@@ -395,6 +401,8 @@ async fn run(
                 }
             }
         }
+        // Taken with no await since the deliveries: the list is this turn's and no other's.
+        congested = shard.borrow_mut().take_congested();
         if conn.close.get().is_some() || !conn.outbox.borrow().is_empty() {
             continue;
         }
