@@ -330,6 +330,7 @@ impl Shard {
     /// The connection task ended: publish the will if due, then keep or end the session.
     pub fn connection_closed(&mut self, conn: &ConnHandle, close: Close) {
         tracing::info!(client_id = %conn.client_id, ?close, "client disconnected");
+        self.stats.messages_dropped += conn.dropped_messages.get();
         let owns_session = self
             .sessions
             .get(&conn.client_id)
@@ -420,10 +421,15 @@ impl Shard {
         }
     }
 
+    /// Closes every connection and logs this shard's counters (until `$SYS` publishes them).
     pub fn close_all(&mut self, close: Close) {
+        let mut messages_dropped = self.stats.messages_dropped;
         for conn in self.sessions.values().filter_map(|s| s.conn.as_ref()) {
+            messages_dropped += conn.dropped_messages.get();
             conn.close(close);
         }
+        let messages_received = self.stats.messages_received;
+        tracing::info!(shard = self.id, messages_received, messages_dropped, "shard closing");
     }
 
     /// Closes connections whose keep alive ran out: 1.5 times the interval without a packet
