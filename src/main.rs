@@ -25,6 +25,9 @@ struct Args {
     /// Run in the background.
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
+    /// Check the configuration, print what would run, and exit.
+    #[arg(long = "test-config")]
+    test_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,13 @@ fn main() -> ExitCode {
             config.listeners.push(Listener { port, bind_address: None });
         }
     }
+    if args.test_config {
+        for warning in &warnings {
+            println!("warning: {warning}");
+        }
+        println!("configuration OK: {}", describe(&config));
+        return ExitCode::SUCCESS;
+    }
     init_logging(config.verbose);
     for warning in warnings {
         tracing::warn!("{warning}");
@@ -68,6 +78,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line saying what would run.
+fn describe(config: &Config) -> String {
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .flat_map(|l| l.socket_addrs(config.local_only))
+        .map(|addr| addr.to_string())
+        .collect();
+    let shards = config.shards.map_or_else(|| "one per CPU".to_string(), |n| n.to_string());
+    format!(
+        "listeners {}; anonymous {}; shards {shards}; max_inflight_messages {}; \
+         max_queued_messages {}; max_packet_size {}",
+        listeners.join(", "),
+        if config.allow_anonymous { "allowed" } else { "refused" },
+        config.max_inflight_messages,
+        config.max_queued_messages,
+        config.max_packet_size,
+    )
 }
 
 fn init_logging(verbose: bool) {

@@ -87,14 +87,77 @@ pub enum ConfigError {
 /// each gets a warning naming file and line, never silence.
 const NOT_YET_IMPLEMENTED: &[&str] = &[
     "acl_file",
-    "address",
-    "addresses",
     "allow_duplicate_messages",
+    "auth_plugin",
     "auth_plugin_deny_special_chars",
     "auto_id_prefix_listener",
     "autosave_interval",
     "autosave_on_changes",
     "bind_interface",
+    "cafile",
+    "capath",
+    "certfile",
+    "check_retain_source",
+    "ciphers",
+    "ciphers_tls1.3",
+    "clientid_prefixes",
+    "connection_messages",
+    "crlfile",
+    "dhparamfile",
+    "enable_control_api",
+    "http_dir",
+    "keyfile",
+    "listener_allow_anonymous",
+    "log_dest",
+    "log_facility",
+    "log_timestamp",
+    "log_timestamp_format",
+    "log_type",
+    "max_connections",
+    "max_inflight_bytes",
+    "max_qos",
+    "memory_limit",
+    "message_size_limit",
+    "mount_point",
+    "ocsp_stapling",
+    "password_file",
+    "per_listener_settings",
+    "persistence",
+    "persistence_file",
+    "persistence_location",
+    "persistent_client_expiration",
+    "pid_file",
+    "plugin",
+    "protocol",
+    "psk_file",
+    "psk_hint",
+    "require_certificate",
+    "set_tcp_nodelay",
+    "socket_domain",
+    "sys_interval",
+    "tls_engine",
+    "tls_engine_kpass_sha1",
+    "tls_keyform",
+    "tls_version",
+    "upgrade_outgoing_qos",
+    "use_identity_as_username",
+    "use_subject_as_username",
+    "use_username_as_clientid",
+    "user",
+    "websockets_headers_size",
+    "websockets_log_level",
+];
+
+/// Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`).
+const NOT_YET_IMPLEMENTED_PREFIXES: &[&str] = &["auth_opt_", "plugin_opt_"];
+
+/// Options that belong to the most recent `connection` (a bridge). Bridges are not implemented
+/// yet: each `connection` gets one warning; these options anywhere else are an error, as in
+/// Mosquitto ("Invalid bridge configuration").
+const BRIDGE_OPTIONS: &[&str] = &[
+    "address",
+    "addresses",
+    "bridge_alpn",
     "bridge_attempt_unsubscribe",
     "bridge_bind_address",
     "bridge_cafile",
@@ -109,102 +172,98 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "bridge_psk",
     "bridge_require_ocsp",
     "bridge_tls_version",
-    "bridge_alpn",
-    "cafile",
-    "capath",
-    "certfile",
-    "check_retain_source",
-    "ciphers",
-    "ciphers_tls1.3",
     "cleansession",
-    "clientid_prefixes",
-    "connection",
-    "connection_messages",
-    "crlfile",
-    "dhparamfile",
-    "enable_control_api",
-    "http_dir",
+    "clientid",
     "idle_timeout",
-    "include_dir",
     "keepalive_interval",
-    "keyfile",
     "local_cleansession",
     "local_clientid",
     "local_password",
     "local_username",
-    "log_dest",
-    "log_facility",
-    "log_timestamp",
-    "log_timestamp_format",
-    "log_type",
-    "max_connections",
-    "memory_limit",
-    "message_size_limit",
-    "mount_point",
     "notification_topic",
     "notifications",
     "notifications_local_only",
-    "ocsp_stapling",
-    "password_file",
-    "per_listener_settings",
-    "persistence",
-    "persistence_file",
-    "persistence_location",
-    "persistent_client_expiration",
-    "pid_file",
-    "plugin",
-    "plugin_opt",
-    "psk_file",
-    "psk_hint",
+    "password",
     "remote_clientid",
     "remote_password",
     "remote_username",
-    "require_certificate",
     "restart_timeout",
     "round_robin",
-    "set_tcp_nodelay",
-    "socket_domain",
     "start_type",
-    "sys_interval",
     "threshold",
-    "tls_engine",
-    "tls_engine_kpass_sha1",
-    "tls_keyform",
-    "tls_version",
     "topic",
     "try_private",
-    "upgrade_outgoing_qos",
-    "use_identity_as_username",
-    "use_subject_as_username",
-    "use_username_as_clientid",
-    "user",
-    "websockets_headers_size",
-    "websockets_log_level",
-    "protocol",
-    "max_qos",
-    "auth_plugin",
-    "auth_opt_",
-    "listener_allow_anonymous",
+    "username",
 ];
 
+/// Whether `option` is a mosquitto.conf option (applied, warned about, or a bridge option).
+pub fn is_known_option(option: &str) -> bool {
+    const APPLIED: &[&str] = &[
+        "listener",
+        "port",
+        "allow_anonymous",
+        "shards",
+        "max_inflight_messages",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "queue_qos0_messages",
+        "max_packet_size",
+        "max_keepalive",
+        "allow_zero_length_clientid",
+        "auto_id_prefix",
+        "retain_available",
+        "include_dir",
+        "connection",
+    ];
+    APPLIED.contains(&option)
+        || NOT_YET_IMPLEMENTED.contains(&option)
+        || BRIDGE_OPTIONS.contains(&option)
+        || NOT_YET_IMPLEMENTED_PREFIXES.iter().any(|p| option.starts_with(p))
+}
+
+/// `include_dir` may nest this deep (a directory including itself must not loop).
+const INCLUDE_DEPTH_MAX: usize = 8;
+
 impl Config {
-    /// Parses a mosquitto.conf file.
+    /// Parses a mosquitto.conf file (and the files it includes).
     pub fn from_file(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-            file: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::parse(&text, path)
+        let mut parser = Parser::default();
+        parser.file(path, 0)?;
+        Ok(parser.finish())
     }
 
     /// Parses configuration text; `file` names it in errors. Returns warnings beside the config.
     pub fn parse(text: &str, file: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-        let mut config = Config::default();
-        let mut warnings = Vec::new();
-        let mut explicit_listeners = Vec::new();
-        let mut default_port = None;
+        let mut parser = Parser::default();
+        parser.text(text, file, 0)?;
+        Ok(parser.finish())
+    }
+}
+
+/// What is known while reading: the options so far, and which block (`listener`,
+/// `connection`) later lines belong to.
+#[derive(Default)]
+struct Parser {
+    config: Config,
+    warnings: Vec<String>,
+    explicit_listeners: Vec<Listener>,
+    default_port: Option<u16>,
+    anonymous_set: bool,
+    /// The current `connection` block, and whether it has an address yet.
+    bridge: Option<(String, bool)>,
+}
+
+impl Parser {
+    fn file(&mut self, path: &Path, depth: usize) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.text(&text, path, depth)
+    }
+
+    fn text(&mut self, text: &str, file: &Path, depth: usize) -> Result<(), ConfigError> {
         for (index, raw) in text.lines().enumerate() {
-            let line = index + 1;
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -213,83 +272,152 @@ impl Config {
                 Some((option, value)) => (option, value.trim()),
                 None => (trimmed, ""),
             };
-            let invalid = |reason: &str| ConfigError::InvalidValue {
-                file: file.to_path_buf(),
-                line,
-                option: option.to_string(),
-                reason: reason.to_string(),
-            };
-            match option {
-                "listener" => {
-                    let mut parts = value.split_whitespace();
-                    let port = parse_port(parts.next().unwrap_or(""), &invalid)?;
-                    let bind_address = parts
-                        .next()
-                        .map(|a| a.parse::<IpAddr>().map_err(|_| invalid("not an IP address")))
-                        .transpose()?;
-                    explicit_listeners.push(Listener { port, bind_address });
+            self.option(option, value, file, index + 1, depth)?;
+        }
+        Ok(())
+    }
+
+    fn option(
+        &mut self,
+        option: &str,
+        value: &str,
+        file: &Path,
+        line: usize,
+        depth: usize,
+    ) -> Result<(), ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidValue {
+            file: file.to_path_buf(),
+            line,
+            option: option.to_string(),
+            reason: reason.to_string(),
+        };
+        let config = &mut self.config;
+        match option {
+            "listener" => {
+                let mut parts = value.split_whitespace();
+                let port = parse_port(parts.next().unwrap_or(""), &invalid)?;
+                let bind_address = parts
+                    .next()
+                    .map(|a| a.parse::<IpAddr>().map_err(|_| invalid("not an IP address")))
+                    .transpose()?;
+                self.explicit_listeners.push(Listener { port, bind_address });
+            }
+            "port" => self.default_port = Some(parse_port(value, &invalid)?),
+            "allow_anonymous" => {
+                config.allow_anonymous = parse_bool(value, &invalid)?;
+                self.anonymous_set = true;
+            }
+            "shards" => {
+                let shards: usize = parse_number(value, &invalid)?;
+                if shards == 0 {
+                    return Err(invalid("must be at least 1"));
                 }
-                "port" => default_port = Some(parse_port(value, &invalid)?),
-                "allow_anonymous" => config.allow_anonymous = parse_bool(value, &invalid)?,
-                "shards" => {
-                    let shards: usize = parse_number(value, &invalid)?;
-                    if shards == 0 {
-                        return Err(invalid("must be at least 1"));
+                config.shards = Some(shards);
+            }
+            "max_inflight_messages" => {
+                config.max_inflight_messages = parse_number(value, &invalid)?
+            }
+            "max_queued_messages" => config.max_queued_messages = parse_number(value, &invalid)?,
+            "max_queued_bytes" => config.max_queued_bytes = parse_number(value, &invalid)?,
+            "queue_qos0_messages" => config.queue_qos0_messages = parse_bool(value, &invalid)?,
+            "max_packet_size" => {
+                let size: u32 = parse_number(value, &invalid)?;
+                // Mosquitto: 0 means no limit; a limit below 20 bytes cannot carry CONNECT.
+                config.max_packet_size = match size {
+                    0 => crate::protocol::PACKET_SIZE_MAX,
+                    1..=19 => return Err(invalid("must be 0 or at least 20")),
+                    size => size,
+                };
+            }
+            "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
+            "allow_zero_length_clientid" => {
+                config.allow_zero_length_clientid = parse_bool(value, &invalid)?
+            }
+            "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
+            "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
+            "include_dir" => self.include_dir(value, file, line, depth, &invalid)?,
+            "connection" => {
+                if value.is_empty() {
+                    return Err(invalid("a connection needs a name"));
+                }
+                self.warnings.push(format!(
+                    "{}:{line}: bridges are not implemented yet: connection `{value}` is ignored",
+                    file.display()
+                ));
+                self.bridge = Some((value.to_string(), false));
+            }
+            bridge_option if BRIDGE_OPTIONS.contains(&bridge_option) => {
+                let Some((_, has_address)) = &mut self.bridge else {
+                    return Err(invalid("invalid bridge configuration: no `connection` before it"));
+                };
+                if matches!(bridge_option, "address" | "addresses") {
+                    if *has_address {
+                        return Err(invalid("invalid bridge configuration: a second address line"));
                     }
-                    config.shards = Some(shards);
-                }
-                "max_inflight_messages" => {
-                    config.max_inflight_messages = parse_number(value, &invalid)?
-                }
-                "max_queued_messages" => {
-                    config.max_queued_messages = parse_number(value, &invalid)?
-                }
-                "max_queued_bytes" => config.max_queued_bytes = parse_number(value, &invalid)?,
-                "queue_qos0_messages" => config.queue_qos0_messages = parse_bool(value, &invalid)?,
-                "max_packet_size" => {
-                    let size: u32 = parse_number(value, &invalid)?;
-                    // Mosquitto: 0 means no limit; a limit below 20 bytes cannot carry CONNECT.
-                    config.max_packet_size = match size {
-                        0 => crate::protocol::PACKET_SIZE_MAX,
-                        1..=19 => return Err(invalid("must be 0 or at least 20")),
-                        size => size,
-                    };
-                }
-                "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
-                "allow_zero_length_clientid" => {
-                    config.allow_zero_length_clientid = parse_bool(value, &invalid)?
-                }
-                "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
-                "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
-                known if NOT_YET_IMPLEMENTED.contains(&known) || known.starts_with("auth_opt_") => {
-                    warnings.push(format!(
-                        "{}:{line}: option `{option}` is not implemented yet and is ignored",
-                        file.display()
-                    ));
-                }
-                _ => {
-                    return Err(ConfigError::UnknownOption {
-                        file: file.to_path_buf(),
-                        line,
-                        option: option.to_string(),
-                    })
+                    *has_address = true;
                 }
             }
+            known
+                if NOT_YET_IMPLEMENTED.contains(&known)
+                    || NOT_YET_IMPLEMENTED_PREFIXES.iter().any(|p| known.starts_with(p)) =>
+            {
+                self.warnings.push(format!(
+                    "{}:{line}: option `{option}` is not implemented yet and is ignored",
+                    file.display()
+                ));
+            }
+            _ => {
+                return Err(ConfigError::UnknownOption {
+                    file: file.to_path_buf(),
+                    line,
+                    option: option.to_string(),
+                })
+            }
         }
-        config.local_only = explicit_listeners.is_empty() && default_port.is_none();
+        Ok(())
+    }
+
+    /// `include_dir DIR`: every `DIR/*.conf`, in alphabetical order, as if written here.
+    fn include_dir(
+        &mut self,
+        dir: &str,
+        file: &Path,
+        line: usize,
+        depth: usize,
+        invalid: &impl Fn(&str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if depth >= INCLUDE_DEPTH_MAX {
+            return Err(invalid("include_dir nested too deep (a directory including itself?)"));
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| invalid(&e.to_string()))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "conf") && path.is_file())
+            .collect();
+        files.sort();
+        tracing::debug!(file = %file.display(), line, dir, included = files.len(), "include_dir");
+        for path in files {
+            self.file(&path, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> (Config, Vec<String>) {
+        let config = &mut self.config;
+        config.local_only = self.explicit_listeners.is_empty() && self.default_port.is_none();
         if !config.local_only {
             // Mosquitto 2.0: once a listener is configured, anonymous access must be granted.
-            if !text.lines().any(|l| l.trim_start().starts_with("allow_anonymous")) {
+            if !self.anonymous_set {
                 config.allow_anonymous = false;
             }
             let mut listeners = Vec::new();
-            if let Some(port) = default_port {
+            if let Some(port) = self.default_port {
                 listeners.push(Listener { port, bind_address: None });
             }
-            listeners.extend(explicit_listeners);
+            listeners.extend(self.explicit_listeners);
             config.listeners = listeners;
         }
-        Ok((config, warnings))
+        (self.config, self.warnings)
     }
 }
 
@@ -351,6 +479,46 @@ mod tests {
             parse("listener 70000\n").unwrap_err().to_string(),
             "test.conf:1: invalid value for `listener`: not a port number (0-65535)"
         );
+    }
+
+    #[test]
+    fn bridge_options_belong_to_a_connection() {
+        let (_, warnings) = Config::parse(
+            "connection mytest\naddress 127.0.0.88:1883\ntopic room1/# both 2 sensor/ myhouse/\n\
+             connection mytest2\naddress 127.0.0.89:1883\ntry_private true\n",
+            Path::new("b.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "b.conf:1: bridges are not implemented yet: connection `mytest` is ignored",
+                "b.conf:4: bridges are not implemented yet: connection `mytest2` is ignored",
+            ]
+        );
+        assert_eq!(
+            parse("listener 1883\naddress 10.0.0.1\n").unwrap_err().to_string(),
+            "test.conf:2: invalid value for `address`: \
+             invalid bridge configuration: no `connection` before it"
+        );
+        assert!(parse("connection a\naddress h1\naddresses h2\n").is_err());
+    }
+
+    #[test]
+    fn include_dir_reads_conf_files_in_order_and_names_them_in_errors() {
+        let dir = std::env::temp_dir().join(format!("culex-include-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b.conf"), "max_inflight_messages 7\n").unwrap();
+        std::fs::write(dir.join("a.conf"), "max_inflight_messages 3\nmax_queued_messages 9\n")
+            .unwrap();
+        std::fs::write(dir.join("ignored.txt"), "garbage\n").unwrap();
+        let main = format!("listener 1883\ninclude_dir {}\n", dir.display());
+        let config = parse(&main).unwrap();
+        assert_eq!((config.max_inflight_messages, config.max_queued_messages), (7, 9));
+        std::fs::write(dir.join("c.conf"), "\nbogus 1\n").unwrap();
+        let error = parse(&main).unwrap_err().to_string();
+        assert_eq!(error, format!("{}:2: unknown option `bogus`", dir.join("c.conf").display()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

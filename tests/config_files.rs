@@ -1,0 +1,74 @@
+//! Mosquitto's own configuration files, as Debian's mosquitto package installs them, read by
+//! the real `culex` binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// The fully commented example config: every option it documents is one Culex recognises.
+#[test]
+fn every_option_of_the_mosquitto_example_config_is_recognised() {
+    let example = Path::new("/usr/share/doc/mosquitto/examples/mosquitto.conf");
+    if common::mosquitto_tool("mosquitto").is_none() {
+        return;
+    }
+    let text = std::fs::read_to_string(example).expect("the mosquitto package ships the example");
+    let options: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .filter_map(|rest| rest.split_whitespace().next().filter(|_| !rest.starts_with(' ')))
+        .filter(|word| {
+            word.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit() || c == '.')
+        })
+        .filter(|word| word.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
+        .collect();
+    assert!(options.len() > 80, "expected the documented options, found {}", options.len());
+    let unknown: Vec<&&str> =
+        options.iter().filter(|o| !culex::config::is_known_option(o)).collect();
+    assert!(unknown.is_empty(), "options culex does not recognise: {unknown:?}");
+}
+
+/// Debian's /etc/mosquitto/mosquitto.conf (pid_file, persistence, log_dest, include_dir) parses:
+/// what is not applied yet is a warning, and the broker would start.
+#[test]
+fn debians_default_config_passes_test_config() {
+    let config = Path::new("/etc/mosquitto/mosquitto.conf");
+    if common::mosquitto_tool("mosquitto").is_none() {
+        return;
+    }
+    assert!(config.exists(), "the mosquitto package installs {}", config.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
+        .arg("-c")
+        .arg(config)
+        .arg("--test-config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("option `persistence` is not implemented yet"), "{stdout}");
+    assert!(stdout.contains("configuration OK: listeners 127.0.0.1:1883, [::1]:1883"), "{stdout}");
+}
+
+#[test]
+fn test_config_reports_errors_with_file_and_line() {
+    let dir = common::TempDir::new();
+    let conf = dir.0.join("bad.conf");
+    std::fs::write(&conf, "listener 1883\ntopic a/# out\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
+        .arg("-c")
+        .arg(&conf)
+        .arg("--test-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:2: invalid value for `topic`: invalid bridge configuration",
+            conf.display()
+        )),
+        "{stderr}"
+    );
+}
