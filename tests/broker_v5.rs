@@ -558,3 +558,22 @@ fn unsuback_says_which_subscriptions_existed() {
         other => panic!("expected UNSUBACK, got {other:?}"),
     }
 }
+
+#[test]
+fn max_keepalive_becomes_the_server_keep_alive_of_v5_clients_only() {
+    let broker = Broker::start("max_keepalive 20");
+    let mut client = RawClient::open(&broker);
+    let options = ConnectOptions { keep_alive_secs: 100, ..v5() };
+    let Packet::ConnAck(connack) = client.handshake("ka5", options) else { panic!() };
+    assert_eq!(connack.properties.server_keep_alive, Some(20));
+    let mut client = RawClient::open(&broker);
+    let options = ConnectOptions { keep_alive_secs: 10, ..v5() };
+    let Packet::ConnAck(connack) = client.handshake("ka5-ok", options) else { panic!() };
+    assert_eq!(connack.properties.server_keep_alive, None);
+    // 3.1.1 has no way to say it: the client's value stands.
+    let (_, _) = RawClient::connect(
+        &broker,
+        "ka3",
+        ConnectOptions { keep_alive_secs: 100, ..Default::default() },
+    );
+}

@@ -89,6 +89,8 @@ pub struct ConnHandle {
     pub assigned_client_id: bool,
     /// 0: the client asked for no keep alive.
     pub keep_alive: Duration,
+    /// The keep alive the broker imposed on a 5.0 client (`max_keepalive`), sent in CONNACK.
+    pub server_keep_alive: Option<u16>,
     /// The client's Maximum Packet Size (5.0); larger packets are not sent [MQTT-3.1.2-24].
     max_packet_size: u32,
     /// The client's Receive Maximum (5.0): our in-flight window toward it never exceeds it.
@@ -126,6 +128,7 @@ impl ConnHandle {
             client_id,
             assigned_client_id: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
+            server_keep_alive: None,
             max_packet_size,
             receive_maximum: usize::from(u16::MAX),
             topic_aliases: RefCell::new(AHashMap::new()),

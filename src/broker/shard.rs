@@ -195,13 +195,14 @@ impl Shard {
         let conn_id = ((self.id as u64) << 48) | self.next_conn;
         let max_packet_size =
             connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
-        let mut conn = ConnHandle::new(
-            conn_id,
-            version,
-            client_id.clone(),
-            connect.keep_alive_secs,
-            max_packet_size,
-        );
+        // max_keepalive caps 5.0 clients through Server Keep Alive (Mosquitto 2.0: "This only
+        // applies to MQTT v5 clients").
+        let max = self.config.max_keepalive;
+        let capped = version.is_v5() && max > 0 && connect.keep_alive_secs > max;
+        let keep_alive_secs = if capped { max } else { connect.keep_alive_secs };
+        let mut conn =
+            ConnHandle::new(conn_id, version, client_id.clone(), keep_alive_secs, max_packet_size);
+        conn.server_keep_alive = capped.then_some(max);
         conn.assigned_client_id = connect.client_id.is_empty();
         if let Some(receive_maximum) = connect.properties.receive_maximum {
             conn.receive_maximum = usize::from(receive_maximum.get());
@@ -314,6 +315,7 @@ impl Shard {
             properties.assigned_client_identifier = Some(conn.client_id.clone());
         }
         properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
+        properties.server_keep_alive = conn.server_keep_alive;
         properties.receive_maximum = u16::try_from(self.limits.inflight_max)
             .ok()
             .filter(|max| *max < u16::MAX)
