@@ -29,20 +29,10 @@ impl TopicName {
         &self.0
     }
 
-    pub fn into_inner(self) -> ByteString {
-        self.0
-    }
-
     /// The same name in its own allocation, sharing nothing with the buffer it was decoded
     /// from (no revalidation: it is already valid).
     pub fn detached(&self) -> TopicName {
         TopicName(ByteString::from(self.as_str()))
-    }
-
-    /// `$SYS/...` and other `$` topics are not matched by filters starting with a wildcard
-    /// [MQTT-4.7.2-1].
-    pub fn is_dollar(&self) -> bool {
-        self.0.starts_with('$')
     }
 }
 
@@ -91,10 +81,6 @@ impl TopicFilter {
     pub fn shared(&self) -> Option<SharedFilter<'_>> {
         let (group, filter) = self.0.strip_prefix(SHARE_PREFIX)?.split_once('/')?;
         Some(SharedFilter { group, filter })
-    }
-
-    pub fn has_wildcards(&self) -> bool {
-        self.0.contains(['+', '#'])
     }
 }
 
