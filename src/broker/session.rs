@@ -354,7 +354,8 @@ impl Session {
     /// Sends queued messages in order while the window has room (QoS 0 takes no room).
     fn fill_window(&mut self, limits: &Limits) {
         let window = self.window(limits);
-        let now = Instant::now();
+        // Read the clock only for messages that can expire: this runs on every PUBACK.
+        let mut now = None;
         while self.conn.is_some() {
             let Some(next) = self.state.queue.front() else { break };
             if next.qos != QoS::AtMostOnce && self.state.inflight.len() >= window {
@@ -363,7 +364,9 @@ impl Session {
             let Some(outgoing) = self.state.queue.pop_front() else { break };
             self.state.queued_bytes -= outgoing.size_bytes();
             // Expired while queued: dropped [MQTT-3.3.2-5].
-            if !outgoing.message.is_expired(now) {
+            let expired = outgoing.message.expires_at.is_some()
+                && outgoing.message.is_expired(*now.get_or_insert_with(Instant::now));
+            if !expired {
                 self.send_new(outgoing);
             }
         }
