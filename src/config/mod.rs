@@ -2,10 +2,14 @@
 //! opens sockets. An unknown option or a bad value is an error naming file, line and option; a
 //! Mosquitto option Culex does not implement yet is a warning naming file and line.
 
+mod bridge;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+pub use bridge::{Address, Bridge, BridgeTopic, Direction, RestartTimeout, StartType};
 
 /// One `listener` (or the default one from `port`, `-p`, or no configuration at all).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,10 @@ pub struct Config {
     pub allow_zero_length_clientid: bool,
     pub auto_id_prefix: String,
     pub retain_available: bool,
+    /// One per `connection` block, in file order.
+    pub bridges: Vec<Bridge>,
+    /// Shards that run the bridges, beside the worker shards (Culex's own option).
+    pub bridge_shards: usize,
     pub verbose: bool,
 }
 
@@ -68,6 +76,8 @@ impl Default for Config {
             allow_zero_length_clientid: true,
             auto_id_prefix: "auto-".to_string(),
             retain_available: true,
+            bridges: Vec::new(),
+            bridge_shards: 1,
             verbose: false,
         }
     }
@@ -151,51 +161,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
 /// Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`).
 const NOT_YET_IMPLEMENTED_PREFIXES: &[&str] = &["auth_opt_", "plugin_opt_"];
 
-/// Options that belong to the most recent `connection` (a bridge). Bridges are not implemented
-/// yet: each `connection` gets one warning; these options anywhere else are an error, as in
-/// Mosquitto ("Invalid bridge configuration").
-const BRIDGE_OPTIONS: &[&str] = &[
-    "address",
-    "addresses",
-    "bridge_alpn",
-    "bridge_attempt_unsubscribe",
-    "bridge_bind_address",
-    "bridge_cafile",
-    "bridge_capath",
-    "bridge_certfile",
-    "bridge_identity",
-    "bridge_insecure",
-    "bridge_keyfile",
-    "bridge_max_packet_size",
-    "bridge_outgoing_retain",
-    "bridge_protocol_version",
-    "bridge_psk",
-    "bridge_require_ocsp",
-    "bridge_tls_version",
-    "cleansession",
-    "clientid",
-    "idle_timeout",
-    "keepalive_interval",
-    "local_cleansession",
-    "local_clientid",
-    "local_password",
-    "local_username",
-    "notification_topic",
-    "notifications",
-    "notifications_local_only",
-    "password",
-    "remote_clientid",
-    "remote_password",
-    "remote_username",
-    "restart_timeout",
-    "round_robin",
-    "start_type",
-    "threshold",
-    "topic",
-    "try_private",
-    "username",
-];
-
 /// Whether `option` is a mosquitto.conf option (applied, warned about, or a bridge option).
 pub fn is_known_option(option: &str) -> bool {
     const APPLIED: &[&str] = &[
@@ -214,10 +179,12 @@ pub fn is_known_option(option: &str) -> bool {
         "retain_available",
         "include_dir",
         "connection",
+        "bridge_shards",
     ];
     APPLIED.contains(&option)
         || NOT_YET_IMPLEMENTED.contains(&option)
-        || BRIDGE_OPTIONS.contains(&option)
+        || bridge::OPTIONS.contains(&option)
+        || bridge::TLS_OPTIONS.contains(&option)
         || NOT_YET_IMPLEMENTED_PREFIXES.iter().any(|p| option.starts_with(p))
 }
 
@@ -229,14 +196,14 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let mut parser = Parser::default();
         parser.file(path, 0)?;
-        Ok(parser.finish())
+        parser.finish()
     }
 
     /// Parses configuration text; `file` names it in errors. Returns warnings beside the config.
     pub fn parse(text: &str, file: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let mut parser = Parser::default();
         parser.text(text, file, 0)?;
-        Ok(parser.finish())
+        parser.finish()
     }
 }
 
@@ -249,8 +216,6 @@ struct Parser {
     explicit_listeners: Vec<Listener>,
     default_port: Option<u16>,
     anonymous_set: bool,
-    /// The current `connection` block, and whether it has an address yet.
-    bridge: Option<(String, bool)>,
 }
 
 impl Parser {
@@ -336,26 +301,36 @@ impl Parser {
             "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
             "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
             "include_dir" => self.include_dir(value, file, line, depth, &invalid)?,
+            "bridge_shards" => {
+                config.bridge_shards = parse_number(value, &invalid)?;
+                if config.bridge_shards == 0 {
+                    return Err(invalid("must be at least 1"));
+                }
+            }
             "connection" => {
                 if value.is_empty() {
                     return Err(invalid("a connection needs a name"));
                 }
+                if config.bridges.iter().any(|b| b.name == value) {
+                    return Err(invalid("a connection of this name already exists"));
+                }
+                config.bridges.push(Bridge::new(value, file, line));
+            }
+            tls if bridge::TLS_OPTIONS.contains(&tls) => {
+                if config.bridges.is_empty() {
+                    return Err(invalid("invalid bridge configuration: no `connection` before it"));
+                }
                 self.warnings.push(format!(
-                    "{}:{line}: bridges are not implemented yet: connection `{value}` is ignored",
+                    "{}:{line}: option `{option}` is not implemented yet (no TLS): the bridge \
+                     connects without TLS",
                     file.display()
                 ));
-                self.bridge = Some((value.to_string(), false));
             }
-            bridge_option if BRIDGE_OPTIONS.contains(&bridge_option) => {
-                let Some((_, has_address)) = &mut self.bridge else {
+            bridge_option if bridge::OPTIONS.contains(&bridge_option) => {
+                let Some(bridge) = config.bridges.last_mut() else {
                     return Err(invalid("invalid bridge configuration: no `connection` before it"));
                 };
-                if matches!(bridge_option, "address" | "addresses") {
-                    if *has_address {
-                        return Err(invalid("invalid bridge configuration: a second address line"));
-                    }
-                    *has_address = true;
-                }
+                bridge.set(option, value).map_err(|reason| invalid(&reason))?;
             }
             known
                 if NOT_YET_IMPLEMENTED.contains(&known)
@@ -402,8 +377,14 @@ impl Parser {
         Ok(())
     }
 
-    fn finish(mut self) -> (Config, Vec<String>) {
+    fn finish(mut self) -> Result<(Config, Vec<String>), ConfigError> {
         let config = &mut self.config;
+        for bridge in &config.bridges {
+            bridge.check_complete().map_err(|reason| {
+                let (file, line) = bridge.declared_at.clone();
+                ConfigError::InvalidValue { file, line, option: "connection".into(), reason }
+            })?;
+        }
         config.local_only = self.explicit_listeners.is_empty() && self.default_port.is_none();
         if !config.local_only {
             // Mosquitto 2.0: once a listener is configured, anonymous access must be granted.
@@ -417,7 +398,7 @@ impl Parser {
             listeners.extend(self.explicit_listeners);
             config.listeners = listeners;
         }
-        (self.config, self.warnings)
+        Ok((self.config, self.warnings))
     }
 }
 
@@ -482,26 +463,73 @@ mod tests {
     }
 
     #[test]
-    fn bridge_options_belong_to_a_connection() {
-        let (_, warnings) = Config::parse(
+    fn options_after_a_connection_belong_to_it() {
+        // The tutorial's master: the second block's options apply to `mytest2` only.
+        let config = parse(
             "connection mytest\naddress 127.0.0.88:1883\ntopic room1/# both 2 sensor/ myhouse/\n\
-             connection mytest2\naddress 127.0.0.89:1883\ntry_private true\n",
-            Path::new("b.conf"),
+             connection mytest2\naddress 127.0.0.89\ntopic room1/# both 2 sensor/ myhouse/\n\
+             try_private false\nbridge_protocol_version mqttv50\nrestart_timeout 2 9\n",
         )
         .unwrap();
+        let [first, second] = config.bridges.as_slice() else { panic!("two bridges") };
+        assert_eq!((first.name.as_str(), first.try_private), ("mytest", true));
+        assert_eq!(first.addresses, [Address { host: "127.0.0.88".into(), port: 1883 }]);
+        assert_eq!(first.protocol, crate::protocol::ProtocolVersion::V311);
+        assert_eq!((second.name.as_str(), second.try_private), ("mytest2", false));
+        assert_eq!(second.protocol, crate::protocol::ProtocolVersion::V5);
+        assert_eq!(second.restart_timeout.cap, Some(std::time::Duration::from_secs(9)));
+        assert!(second.remote_clientid().ends_with(".mytest2"));
+        assert_eq!(second.local_clientid(), format!("local.{}", second.remote_clientid()));
+    }
+
+    #[test]
+    fn bad_bridge_configurations_name_file_line_and_option() {
+        for (text, error) in [
+            (
+                "listener 1883\naddress 10.0.0.1\n",
+                "test.conf:2: invalid value for `address`: \
+                 invalid bridge configuration: no `connection` before it",
+            ),
+            (
+                "connection a\naddress h1\naddresses h2\n",
+                "test.conf:3: invalid value for `addresses`: \
+                 invalid bridge configuration: a second address line",
+            ),
+            (
+                "connection a\naddress h1\ntopic x/# sideways\n",
+                "test.conf:3: invalid value for `topic`: direction `sideways` is not out, in or both",
+            ),
+            (
+                "connection a\ntopic x/#\n",
+                "test.conf:1: invalid value for `connection`: connection `a` has no address",
+            ),
+            (
+                "connection a\naddress h\nkeepalive_interval 2\n",
+                "test.conf:3: invalid value for `keepalive_interval`: must be at least 5 seconds",
+            ),
+            (
+                "connection a\naddress h\ntopic #\nconnection a\n",
+                "test.conf:4: invalid value for `connection`: \
+                 a connection of this name already exists",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().to_string(), error, "{text}");
+        }
+    }
+
+    #[test]
+    fn tls_bridge_options_warn() {
+        let (config, warnings) = Config::parse(
+            "connection a\naddress h\ntopic #\nbridge_cafile /etc/ca.pem\n",
+            Path::new("t.conf"),
+        )
+        .unwrap();
+        assert_eq!(config.bridges.len(), 1);
         assert_eq!(
             warnings,
-            [
-                "b.conf:1: bridges are not implemented yet: connection `mytest` is ignored",
-                "b.conf:4: bridges are not implemented yet: connection `mytest2` is ignored",
-            ]
+            ["t.conf:4: option `bridge_cafile` is not implemented yet (no TLS): \
+              the bridge connects without TLS"]
         );
-        assert_eq!(
-            parse("listener 1883\naddress 10.0.0.1\n").unwrap_err().to_string(),
-            "test.conf:2: invalid value for `address`: \
-             invalid bridge configuration: no `connection` before it"
-        );
-        assert!(parse("connection a\naddress h1\naddresses h2\n").is_err());
     }
 
     #[test]
