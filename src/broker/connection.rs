@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 use std::num::NonZeroU16;
 
 use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
-use super::shard::Shard;
+use super::shard::{Origin, Shard};
 use super::signal::{Event, Signal};
 use crate::protocol::{
     ConnAck, DecodeError, Disconnect, Packet, Properties, PropertyContext, ProtocolVersion,
@@ -87,6 +87,12 @@ pub struct ConnHandle {
     pub client_id: ByteString,
     /// The client sent an empty id and the broker assigned `client_id`.
     pub assigned_client_id: bool,
+    /// A peer broker's bridge (Mosquitto's bridge bit in CONNECT): its subscriptions are No
+    /// Local and Retain As Published, so nothing it sends comes back to it.
+    pub is_bridge: bool,
+    /// One of this broker's own bridges (`crate::broker::bridge`), not a network client: it is
+    /// not authenticated by password and the remote broker's window applies, not ours.
+    pub internal: bool,
     /// 0: the client asked for no keep alive.
     pub keep_alive: Duration,
     /// The keep alive the broker imposed on a 5.0 client (`max_keepalive`), sent in CONNACK.
@@ -127,6 +133,8 @@ impl ConnHandle {
             version,
             client_id,
             assigned_client_id: false,
+            is_bridge: false,
+            internal: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
             server_keep_alive: None,
             max_packet_size,
@@ -234,6 +242,20 @@ impl ConnHandle {
         self.close.get().is_some()
     }
 
+    /// Why the connection was asked to close, if it was.
+    pub fn close_reason(&self) -> Option<Close> {
+        self.close.get()
+    }
+
+    pub fn has_outbox(&self) -> bool {
+        !self.outbox.borrow().is_empty()
+    }
+
+    /// Waits until something is queued for the connection or it is asked to close.
+    pub async fn woken(&self) {
+        self.wake.wait().await;
+    }
+
     pub fn drained(&self) -> Rc<Event> {
         self.drained.clone()
     }
@@ -247,7 +269,7 @@ impl ConnHandle {
 
     /// The connection task wrote the outbox: wake waiting publishers, and a stuck subscriber
     /// that caught up is waited for again.
-    fn wrote(&self) {
+    pub fn wrote(&self) {
         if self.outbox.borrow().len() <= OUTBOX_HIGH_WATER_BYTES {
             self.stuck.set(false);
         }
@@ -257,14 +279,14 @@ impl ConnHandle {
 
 /// Reads packets from a socket into one growing buffer, so decoded PUBLISH payloads are slices
 /// of it.
-struct PacketReader {
+pub struct PacketReader {
     buf: BytesMut,
     chunk: Box<[u8]>,
     max_packet_size: u32,
 }
 
 impl PacketReader {
-    fn new(max_packet_size: u32) -> Self {
+    pub fn new(max_packet_size: u32) -> Self {
         PacketReader {
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
@@ -272,12 +294,12 @@ impl PacketReader {
         }
     }
 
-    fn decode(&mut self, version: ProtocolVersion) -> Result<Option<Packet>, DecodeError> {
+    pub fn decode(&mut self, version: ProtocolVersion) -> Result<Option<Packet>, DecodeError> {
         Packet::decode(&mut self.buf, version, self.max_packet_size)
     }
 
     /// Reads once; `Ok(false)` at end of stream.
-    async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+    pub async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
         let read = stream.read(&mut self.chunk).await?;
         let bytes = self.chunk.get(..read).unwrap_or_default();
         self.buf.extend_from_slice(bytes);
@@ -285,7 +307,7 @@ impl PacketReader {
     }
 
     /// The next packet, or `Ok(None)` when the stream ends first.
-    async fn next(
+    pub async fn next(
         &mut self,
         stream: &mut TcpStream,
         version: ProtocolVersion,
@@ -335,7 +357,7 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
         }
     };
 
-    let begun = shard.borrow_mut().begin_connect(&connect, &peer);
+    let begun = shard.borrow_mut().begin_connect(&connect, Origin::Network(&peer));
     let (conn, claim) = match begun {
         Ok(pending) => pending,
         Err(refusal) => {

@@ -2,6 +2,7 @@
 //! (SO_REUSEPORT), connections, sessions and subscription trie, joined by a mesh of bounded SPSC
 //! queues. This module only starts and wires shards; what a shard decides is in `shard`.
 
+mod bridge;
 mod connection;
 mod flow;
 mod mesh;
@@ -71,10 +72,25 @@ pub fn request_shutdown() {
     SHUTTING_DOWN.store(true, Ordering::Relaxed);
 }
 
+fn is_shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::Relaxed)
+}
+
+/// What an executor runs besides its share of the mesh.
+enum Role {
+    /// Accepts clients on every listener.
+    Worker { addrs: Vec<SocketAddr>, optional_ipv6: bool },
+    /// Runs these bridges (`bridge_shards`): no listener, so their traffic does not compete
+    /// with clients' on a worker's core.
+    Bridges(Vec<crate::config::Bridge>),
+}
+
 /// Starts every shard and blocks until they stop (they stop only with the process).
 pub fn run(config: Config) -> Result<(), StartError> {
     let cpus = allowed_cpus();
-    let shard_count = config.shards.unwrap_or(cpus.len().max(1));
+    let worker_count = config.shards.unwrap_or(cpus.len().max(1));
+    let bridge_shard_count = config.bridge_shards.min(config.bridges.len());
+    let shard_count = worker_count + bridge_shard_count;
     if shard_count > SHARDS_MAX {
         return Err(StartError::TooManyShards(shard_count));
     }
@@ -86,12 +102,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // Without a configuration Mosquitto listens on IPv4 and IPv6 loopback, and carries on with
     // IPv4 alone on a host without IPv6; so does Culex.
     let optional_ipv6 = config.local_only;
-    let pin = shard_count <= cpus.len();
+    let pin = worker_count <= cpus.len();
     if !pin {
-        tracing::warn!(shard_count, cpus = cpus.len(), "more shards than usable CPUs: not pinning");
+        tracing::warn!(
+            worker_count,
+            cpus = cpus.len(),
+            "more shards than usable CPUs: not pinning"
+        );
     }
     tracing::info!(
-        shards = shard_count,
+        shards = worker_count,
+        bridge_shards = bridge_shard_count,
         cpus = cpus.len(),
         listeners = ?addrs,
         "culex {} starting",
@@ -100,18 +121,29 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
+        // Bridge shards get CPUs the workers left free, else run where the kernel puts them.
         let placement = match cpus.get(index) {
             Some(cpu) if pin => Placement::Fixed(*cpu),
             _ => Placement::Unbound,
         };
+        let role = if index < worker_count {
+            Role::Worker { addrs: addrs.clone(), optional_ipv6 }
+        } else {
+            let nth = index - worker_count;
+            let bridges = config.bridges.iter().skip(nth).step_by(bridge_shard_count);
+            Role::Bridges(bridges.cloned().collect())
+        };
         let config = config.clone();
-        let addrs = addrs.clone();
         let mesh = mesh.clone();
+        let name = match role {
+            Role::Worker { .. } => format!("culex-shard-{index}"),
+            Role::Bridges(_) => format!("culex-bridge-{}", index - worker_count),
+        };
         let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("culex-shard-{index}"))
+            .name(&name)
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(config, addrs, optional_ipv6, mesh, shard_count))
+            .spawn(move || run_shard(config, role, mesh, shard_count))
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
@@ -125,8 +157,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
 async fn run_shard(
     config: Config,
-    addrs: Vec<SocketAddr>,
-    optional_ipv6: bool,
+    role: Role,
     mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     shard_count: usize,
 ) -> Result<(), StartError> {
@@ -138,6 +169,17 @@ async fn run_shard(
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
     glommio::spawn_local(sweep_keep_alives(shard.clone())).detach();
+    let (addrs, optional_ipv6) = match role {
+        Role::Worker { addrs, optional_ipv6 } => (addrs, optional_ipv6),
+        Role::Bridges(bridges) => {
+            for bridge in bridges {
+                glommio::spawn_local(bridge::run(shard.clone(), Rc::new(bridge))).detach();
+            }
+            // The shard stays in the mesh for the process's life, whatever its bridges do.
+            futures_lite::future::pending::<()>().await;
+            return Ok(());
+        }
+    };
     let mut accepting = Vec::new();
     for addr in addrs {
         let listener = match listen(addr) {

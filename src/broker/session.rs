@@ -348,7 +348,11 @@ impl Session {
         };
         let packet = publish_packet(&outgoing, None, false);
         let packet_id = self.state.inflight.push(outgoing, state);
-        conn.publish(Publish { packet_id: Some(packet_id), ..packet });
+        if !conn.publish(Publish { packet_id: Some(packet_id), ..packet }) {
+            // Larger than the client accepts: discarded as if delivered [MQTT-3.1.2-25], or it
+            // would hold a place in the window forever.
+            self.state.inflight.complete(packet_id, state);
+        }
     }
 
     /// Sends queued messages in order while the window has room (QoS 0 takes no room).
@@ -436,6 +440,11 @@ impl Session {
             return Err(ReceiveMaximumExceeded);
         }
         Ok(awaiting.insert(packet_id))
+    }
+
+    /// The peer started a new session: QoS 2 ids it never released are forgotten.
+    pub fn forget_unreleased_qos2(&mut self) {
+        self.state.awaiting_pubrel.clear();
     }
 
     /// PUBREL: forget the packet id so it can be reused.

@@ -79,6 +79,24 @@ struct PendingSubAck {
     retained_for: Vec<(TopicFilter, Subscription)>,
 }
 
+/// Where a CONNECT comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A client over the network, with its address.
+    Network(&'a str),
+    /// The local session of one of this broker's bridges, by connection name.
+    Bridge(&'a str),
+}
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Network(peer) => f.write_str(peer),
+            Origin::Bridge(name) => write!(f, "bridge {name}"),
+        }
+    }
+}
+
 /// Counters for `$SYS` and logs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -166,11 +184,13 @@ impl Shard {
     pub fn begin_connect(
         &mut self,
         connect: &Connect,
-        peer: &str,
+        origin: Origin<'_>,
     ) -> Result<(Rc<ConnHandle>, Rc<PendingClaim>), BytesMut> {
         let version = connect.protocol;
         let refuse = |reason| Err(refusal(version, reason));
-        if !self.config.allow_anonymous && connect.username.is_none() {
+        let peer = origin;
+        let internal = matches!(origin, Origin::Bridge(_));
+        if !internal && !self.config.allow_anonymous && connect.username.is_none() {
             tracing::info!(%peer, client_id = %connect.client_id, "refused: anonymous");
             return refuse(ReasonCode::NotAuthorized);
         }
@@ -204,6 +224,8 @@ impl Shard {
             ConnHandle::new(conn_id, version, client_id.clone(), keep_alive_secs, max_packet_size);
         conn.server_keep_alive = capped.then_some(max);
         conn.assigned_client_id = connect.client_id.is_empty();
+        conn.is_bridge = connect.bridge;
+        conn.internal = internal;
         if let Some(receive_maximum) = connect.properties.receive_maximum {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
@@ -550,7 +572,10 @@ impl Shard {
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 // The broker's Receive Maximum is `max_inflight_messages`, as Mosquitto's: QoS 1
                 // is acknowledged at once, QoS 2 counts until PUBREL.
-                let receive_maximum = self.limits.inflight_max;
+                // A bridge's own session takes what the remote broker sends within the window
+                // the remote grants itself: it has no receive maximum of its own.
+                let receive_maximum =
+                    if conn.internal { usize::MAX } else { self.limits.inflight_max };
                 let is_new = match self.session_of(conn) {
                     Some(session) => session
                         .receive_qos2(packet_id, receive_maximum)
@@ -565,6 +590,26 @@ impl Shard {
             _ => self.route(message),
         }
         Ok(())
+    }
+
+    // ---- What bridges ask of their shard ----------------------------------------------------
+
+    /// Publishes a message the broker makes itself (bridge link state), as if `publisher` had.
+    pub fn publish_internal(&mut self, message: Message) {
+        self.route(Arc::new(message));
+    }
+
+    /// Messages waiting in an offline session's queue (a lazy bridge connects at a threshold).
+    pub fn queued_messages(&self, client_id: &str) -> usize {
+        self.sessions.get(client_id).map_or(0, |s| s.state.queued_len())
+    }
+
+    /// The remote broker started a new session: QoS 2 packet ids it had not released yet will
+    /// never be released, and must not make its next messages with those ids look like repeats.
+    pub fn forget_unreleased_qos2(&mut self, conn: &ConnHandle) {
+        if let Some(session) = self.session_of(conn) {
+            session.forget_unreleased_qos2();
+        }
     }
 
     // ---- Routing ----------------------------------------------------------------------------
@@ -681,8 +726,14 @@ impl Shard {
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         let id = subscribe.properties.subscription_identifiers.first().copied();
-        for (filter, options) in subscribe.filters {
+        for (filter, mut options) in subscribe.filters {
             let shared = filter.shared().is_some();
+            // Mosquitto's loop prevention for bridges that set the bridge bit: never echo what
+            // the bridge published, and keep the retain flag it needs to mirror retained state.
+            if conn.is_bridge && !shared {
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
             if shared && options.no_local && conn.version.is_v5() {
                 return Err(Close::ProtocolError(ReasonCode::ProtocolError));

@@ -1,0 +1,936 @@
+//! Bridges: each `connection` of the configuration is a task on a bridge shard that joins a
+//! session on this broker (the *local session*) to an MQTT client connection to a peer broker
+//! (the *remote link*), as a Mosquitto bridge does.
+//!
+//! The local session is an ordinary persistent session of the shard, subscribed to the `out`
+//! patterns with No Local and Retain As Published, whose connection is this task instead of a
+//! socket. So the router needs no bridge path, and the QoS tracking of a bridge is the
+//! session's own: the packet ids the session gives its PUBLISHes are the ids sent to the remote,
+//! the remote's PUBACK/PUBREC/PUBCOMP complete them, and when the link drops the session goes
+//! offline: unacknowledged messages are resent with DUP (QoS 2 resumes at PUBREL) when it
+//! returns, and new ones wait in its queue within `max_queued_messages`/`max_queued_bytes`,
+//! counted when dropped. In the other direction, what the remote delivers is published through
+//! the same session, whose QoS 2 state keeps a retransmitted PUBLISH from being routed twice.
+//! No Local keeps a message that came in over this bridge from going back out over it.
+
+use std::cell::{Cell, RefCell};
+use std::net::ToSocketAddrs;
+use std::os::fd::IntoRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ahash::AHashSet;
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::connection::{Close, ConnHandle, PacketReader};
+use super::flow;
+use super::session::Message;
+use super::shard::{Origin, Shard};
+use crate::config::{Address, Bridge, StartType};
+use crate::protocol::{
+    Ack, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion,
+    Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, TopicName,
+    Unsubscribe, PACKET_SIZE_MAX,
+};
+
+/// How long the TCP connect, and then the CONNACK, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// While on a secondary address (`round_robin false`), how often the primary is tried.
+const PRIMARY_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often a waiting bridge looks at its queue (`start_type lazy`) and at shutdown.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Packet ids of the bridge's own packets to the remote. SUBSCRIBE and UNSUBSCRIBE ids are
+/// not shared with PUBLISH state on the broker side. The QoS 1 notification may share its id
+/// with a message of the local session: acknowledgements come back in order [MQTT-4.6.0-2],
+/// and the notification is sent before anything else, so the first PUBACK for it is its own.
+const SUBSCRIBE_ID: u16 = 1;
+const UNSUBSCRIBE_ID: u16 = 2;
+const NOTIFICATION_ID: u16 = 1;
+
+/// Runs one bridge until the broker shuts down (or, with `start_type once`, the link ends).
+pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
+    let local_id: ByteString = bridge.local_clientid().into();
+    // The session exists from the start, so what is published for the remote while the link
+    // is down waits in it.
+    let Some(local) = connect_local(&shard, &bridge, &local_id, true, None).await else {
+        return;
+    };
+    subscribe_local(&shard, &local, &bridge);
+    disconnect_local(&shard, &local);
+
+    let mut backoff = Backoff::new(&bridge);
+    let mut addresses = AddressCursor::default();
+    let mut private_refused = false;
+    loop {
+        if bridge.start_type == StartType::Lazy
+            && !wait_for_threshold(&shard, &local_id, bridge.threshold).await
+        {
+            return;
+        }
+        if super::is_shutting_down() {
+            return;
+        }
+        let end = match connect_remote(&bridge, &mut addresses, &mut private_refused).await {
+            Some(remote) => {
+                backoff.reset();
+                run_link(&shard, &bridge, &local_id, remote).await
+            }
+            None => LinkEnd::Unreachable,
+        };
+        match end {
+            LinkEnd::Shutdown => return,
+            _ if bridge.start_type == StartType::Once => {
+                tracing::info!(bridge = %bridge.name, "start_type once: not reconnecting");
+                return;
+            }
+            // Back to the primary at once; an idle lazy bridge waits for its threshold.
+            LinkEnd::PrimaryBack | LinkEnd::Idle => {}
+            _ => {
+                if !sleep_unless_shutdown(backoff.next()).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a link ended (or never started).
+#[derive(Debug, PartialEq, Eq)]
+enum LinkEnd {
+    Unreachable,
+    RemoteClosed,
+    KeepAliveTimeout,
+    RemoteProtocolError(String),
+    /// The local session was taken by a client with the same id.
+    LocalClosed(Close),
+    /// A lazy bridge saw no traffic for `idle_timeout`.
+    Idle,
+    /// The primary address answers again (`round_robin false`).
+    PrimaryBack,
+    Shutdown,
+}
+
+// ---- The local session ------------------------------------------------------------------------
+
+/// Connects the bridge's session on this broker (a 5.0 session that never expires), resuming
+/// it unless `clean_start`. `receive_maximum`: the remote broker's window, which caps the
+/// session's in-flight messages.
+async fn connect_local(
+    shard: &Rc<RefCell<Shard>>,
+    bridge: &Bridge,
+    local_id: &ByteString,
+    clean_start: bool,
+    receive_maximum: Option<std::num::NonZeroU16>,
+) -> Option<Rc<ConnHandle>> {
+    let properties = Properties {
+        session_expiry_interval: Some(u32::MAX),
+        receive_maximum,
+        ..Properties::default()
+    };
+    let connect = Connect {
+        protocol: ProtocolVersion::V5,
+        bridge: false,
+        clean_start,
+        keep_alive_secs: 0,
+        properties,
+        client_id: local_id.clone(),
+        will: None,
+        username: bridge.local_username.as_deref().map(ByteString::from),
+        password: bridge.local_password.clone().map(Bytes::from),
+    };
+    let begun = shard.borrow_mut().begin_connect(&connect, Origin::Bridge(&bridge.name));
+    let Ok((conn, claim)) = begun else {
+        tracing::error!(bridge = %bridge.name, "the local session was refused");
+        return None;
+    };
+    claim.answered().await;
+    shard.borrow_mut().finish_connect(&conn, connect, claim.clone());
+    claim.connected().await;
+    Some(conn)
+}
+
+/// Subscribes the local session to the `out` patterns. Done on every connect, as Mosquitto
+/// does, so retained messages are sent to the remote again each time the link comes up.
+fn subscribe_local(shard: &Rc<RefCell<Shard>>, local: &Rc<ConnHandle>, bridge: &Bridge) {
+    let filters: Vec<_> = bridge
+        .topics
+        .iter()
+        .filter(|t| t.direction.is_out())
+        .map(|t| (t.local_filter.clone(), bridge_options(t.qos)))
+        .collect();
+    if filters.is_empty() {
+        return;
+    }
+    let subscribe = Subscribe {
+        packet_id: packet_id(SUBSCRIBE_ID),
+        properties: Properties::default(),
+        filters,
+    };
+    if let Err(close) = shard.borrow_mut().handle_packet(local, Packet::Subscribe(subscribe)) {
+        tracing::error!(bridge = %bridge.name, ?close, "local subscription refused");
+    }
+}
+
+/// No Local (what came in over the bridge never goes back over it) and Retain As Published
+/// (the peer mirrors retained messages): Mosquitto's loop prevention, set explicitly.
+fn bridge_options(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: RetainHandling::SendAtSubscribe,
+    }
+}
+
+/// Takes the local session offline: it keeps its subscriptions, in-flight messages and queue.
+fn disconnect_local(shard: &Rc<RefCell<Shard>>, local: &ConnHandle) {
+    shard.borrow_mut().connection_closed(local, Close::ClientDisconnect { publish_will: false });
+}
+
+/// Waits until `threshold` messages wait for a lazy bridge. False at shutdown.
+async fn wait_for_threshold(shard: &Rc<RefCell<Shard>>, local_id: &str, threshold: usize) -> bool {
+    while shard.borrow().queued_messages(local_id) < threshold {
+        if !sleep_unless_shutdown(POLL_INTERVAL).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sleeps; false if the broker started shutting down meanwhile.
+async fn sleep_unless_shutdown(duration: Duration) -> bool {
+    let until = Instant::now() + duration;
+    loop {
+        if super::is_shutting_down() {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        glommio::timer::sleep(left.min(POLL_INTERVAL)).await;
+    }
+}
+
+/// Publishes the link state (`1` up, `0` down) on this broker: retained, QoS 1.
+fn notify_local(shard: &Rc<RefCell<Shard>>, bridge: &Bridge, local_id: &ByteString, up: bool) {
+    if !bridge.notifications {
+        return;
+    }
+    let Some(topic) = notification_topic(bridge) else { return };
+    shard.borrow_mut().publish_internal(Message {
+        topic,
+        payload: state_payload(up),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties::default(),
+        publisher: local_id.clone(),
+        expires_at: None,
+    });
+}
+
+fn notification_topic(bridge: &Bridge) -> Option<TopicName> {
+    TopicName::new(bridge.notification_topic()).ok()
+}
+
+fn state_payload(up: bool) -> Bytes {
+    Bytes::from_static(if up { b"1" } else { b"0" })
+}
+
+fn packet_id(id: u16) -> PacketId {
+    PacketId::new(id).unwrap_or(PacketId::MIN)
+}
+
+// ---- Connecting to the remote -----------------------------------------------------------------
+
+/// Which address to try first. With `round_robin false` every attempt starts at the primary;
+/// with `round_robin true` it starts after the one that last failed.
+#[derive(Default)]
+struct AddressCursor {
+    next: usize,
+}
+
+/// A connected remote broker, after its CONNACK.
+struct Remote {
+    stream: TcpStream,
+    reader: PacketReader,
+    version: ProtocolVersion,
+    session_present: bool,
+    /// Index of the address in use.
+    address: usize,
+    connack: Properties,
+}
+
+async fn connect_remote(
+    bridge: &Bridge,
+    cursor: &mut AddressCursor,
+    private_refused: &mut bool,
+) -> Option<Remote> {
+    let count = bridge.addresses.len();
+    let start = if bridge.round_robin { cursor.next % count } else { 0 };
+    for offset in 0..count {
+        let index = (start + offset) % count;
+        let address = &bridge.addresses[index];
+        // A peer that refuses the bridge bit gets a second try without it, as Mosquitto does.
+        loop {
+            let private = bridge.try_private && !*private_refused && !bridge.protocol.is_v5();
+            match attempt(bridge, address, private).await {
+                Ok((stream, reader, connack)) => {
+                    tracing::info!(
+                        bridge = %bridge.name, %address, private,
+                        session_present = connack.session_present, "bridge connected"
+                    );
+                    cursor.next = index;
+                    return Some(Remote {
+                        stream,
+                        reader,
+                        version: bridge.protocol,
+                        session_present: connack.session_present,
+                        address: index,
+                        connack: connack.properties,
+                    });
+                }
+                Err(ConnectFailure::BridgeBit) if private => {
+                    tracing::info!(bridge = %bridge.name, %address, "peer refused the bridge bit; retrying without it");
+                    *private_refused = true;
+                }
+                Err(refused) => {
+                    tracing::warn!(bridge = %bridge.name, %address, reason = %refused, "bridge cannot connect");
+                    break;
+                }
+            }
+        }
+    }
+    cursor.next = start + 1;
+    None
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectFailure {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no CONNACK in time")]
+    Timeout,
+    /// Unacceptable protocol version, or closed before CONNACK, after a CONNECT with the
+    /// bridge bit.
+    #[error("the peer refused the bridge protocol level")]
+    BridgeBit,
+    #[error("CONNACK {0:?}")]
+    ConnAck(ReasonCode),
+    #[error("the peer did not answer CONNECT with CONNACK")]
+    NotConnAck,
+}
+
+async fn attempt(
+    bridge: &Bridge,
+    address: &Address,
+    private: bool,
+) -> Result<(TcpStream, PacketReader, ConnAck), ConnectFailure> {
+    let mut stream = open_socket(address, bridge.bind_address).await?;
+    let mut out = BytesMut::new();
+    Packet::Connect(Box::new(remote_connect(bridge, private))).encode(bridge.protocol, &mut out);
+    stream.write_all(&out).await?;
+    let mut reader = PacketReader::new(PACKET_SIZE_MAX);
+    let answer = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        Ok(reader.next(&mut stream, bridge.protocol).await)
+    })
+    .await
+    .map_err(|_| ConnectFailure::Timeout)?;
+    match answer {
+        Ok(Some(Packet::ConnAck(connack))) if connack.reason == ReasonCode::Success => {
+            Ok((stream, reader, connack))
+        }
+        Ok(Some(Packet::ConnAck(connack)))
+            if private && connack.reason == ReasonCode::UnsupportedProtocolVersion =>
+        {
+            Err(ConnectFailure::BridgeBit)
+        }
+        Ok(Some(Packet::ConnAck(connack))) => Err(ConnectFailure::ConnAck(connack.reason)),
+        Ok(None) if private => Err(ConnectFailure::BridgeBit),
+        Ok(_) | Err(_) => Err(ConnectFailure::NotConnAck),
+    }
+}
+
+/// Resolves, binds (`bridge_bind_address`) and connects on glommio's blocking thread: name
+/// resolution and a bound connect have no io_uring path in glommio.
+async fn open_socket(
+    address: &Address,
+    bind: Option<std::net::IpAddr>,
+) -> Result<TcpStream, std::io::Error> {
+    let (host, port) = (address.host.clone(), address.port);
+    let socket = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<socket2::Socket> {
+            let target = (host.as_str(), port)
+                .to_socket_addrs()?
+                .find(|a| bind.is_none_or(|b| a.is_ipv4() == b.is_ipv4()))
+                .ok_or_else(|| std::io::Error::other("no address of the right family"))?;
+            let domain = socket2::Domain::for_address(target);
+            let socket =
+                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+            if let Some(bind) = bind {
+                socket.bind(&std::net::SocketAddr::new(bind, 0).into())?;
+            }
+            socket.connect_timeout(&target.into(), CONNECT_TIMEOUT)?;
+            socket.set_nodelay(true)?;
+            Ok(socket)
+        })
+        .await?;
+    // SAFETY: the descriptor is a connected TCP socket whose ownership moves to glommio.
+    Ok(unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// The CONNECT the bridge sends: its protocol (with the bridge bit when `private`), clean
+/// session, keep alive, credentials, and the `0` state notification as its will.
+fn remote_connect(bridge: &Bridge, private: bool) -> Connect {
+    let mut properties = Properties::default();
+    if bridge.protocol.is_v5() && !bridge.cleansession {
+        properties.session_expiry_interval = Some(u32::MAX);
+    }
+    let will = (bridge.notifications && !bridge.notifications_local_only)
+        .then(|| notification_topic(bridge))
+        .flatten()
+        .map(|topic| LastWill {
+            topic,
+            payload: state_payload(false),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties::default(),
+        });
+    Connect {
+        protocol: bridge.protocol,
+        bridge: private,
+        clean_start: bridge.cleansession,
+        keep_alive_secs: bridge.keepalive_secs,
+        properties,
+        client_id: bridge.remote_clientid().into(),
+        will,
+        username: bridge.remote_username.as_deref().map(ByteString::from),
+        password: bridge.remote_password.clone().map(Bytes::from),
+    }
+}
+
+// ---- The link ---------------------------------------------------------------------------------
+
+async fn run_link(
+    shard: &Rc<RefCell<Shard>>,
+    bridge: &Rc<Bridge>,
+    local_id: &ByteString,
+    remote: Remote,
+) -> LinkEnd {
+    let receive_maximum = remote.connack.receive_maximum;
+    let Some(local) = connect_local(shard, bridge, local_id, false, receive_maximum).await else {
+        return LinkEnd::LocalClosed(Close::TakenOver);
+    };
+    if !remote.session_present {
+        shard.borrow_mut().forget_unreleased_qos2(&local);
+    }
+    let mut link = Link::new(shard.clone(), bridge.clone(), local, remote);
+    link.start();
+    notify_local(shard, bridge, local_id, true);
+    let end = link.pump().await;
+    tracing::info!(bridge = %bridge.name, reason = ?end, "bridge link down");
+    link.finish(&end).await;
+    disconnect_local(shard, &link.local);
+    notify_local(shard, bridge, local_id, false);
+    end
+}
+
+/// What the remote broker said it accepts (5.0 CONNACK), applied to what the bridge sends.
+struct PeerLimits {
+    maximum_qos: QoS,
+    retain_available: bool,
+    maximum_packet_size: usize,
+}
+
+struct Link {
+    shard: Rc<RefCell<Shard>>,
+    bridge: Rc<Bridge>,
+    local: Rc<ConnHandle>,
+    stream: TcpStream,
+    reader: PacketReader,
+    version: ProtocolVersion,
+    peer: PeerLimits,
+    /// Encoded packets for the remote, written once per turn.
+    out: BytesMut,
+    /// The remote notification waits for this PUBACK, which is not the local session's.
+    notification_ack: Option<PacketId>,
+    /// QoS 2 messages the remote will never complete (too large, or above its maximum QoS),
+    /// completed toward the local session: their PUBREL is answered here.
+    completing: AHashSet<PacketId>,
+    /// QoS 2 messages sent as QoS 1 to a peer whose maximum is 1: its PUBACK stands for
+    /// PUBREC.
+    downgraded: AHashSet<PacketId>,
+    last_received: Instant,
+    last_sent: Instant,
+    ping_sent: Option<Instant>,
+    /// Last PUBLISH either way (`idle_timeout`).
+    last_traffic: Instant,
+    /// Set by a probe when the primary address answers while this link uses another one.
+    primary_back: Rc<Cell<bool>>,
+    next_probe: Option<Instant>,
+    dropped: u64,
+}
+
+enum Wake {
+    Readable(std::io::Result<bool>),
+    Local,
+    Timer,
+}
+
+impl Link {
+    fn new(
+        shard: Rc<RefCell<Shard>>,
+        bridge: Rc<Bridge>,
+        local: Rc<ConnHandle>,
+        remote: Remote,
+    ) -> Self {
+        let connack = &remote.connack;
+        let mut maximum_packet_size = connack
+            .maximum_packet_size
+            .map_or(PACKET_SIZE_MAX as usize, |size| size.get() as usize);
+        if bridge.max_packet_size > 0 {
+            maximum_packet_size = maximum_packet_size.min(bridge.max_packet_size as usize);
+        }
+        let peer = PeerLimits {
+            maximum_qos: connack.maximum_qos.unwrap_or(QoS::ExactlyOnce),
+            retain_available: connack.retain_available.unwrap_or(true),
+            maximum_packet_size,
+        };
+        let on_secondary = remote.address > 0 && !bridge.round_robin;
+        let now = Instant::now();
+        Link {
+            shard,
+            local,
+            stream: remote.stream,
+            reader: remote.reader,
+            version: remote.version,
+            peer,
+            out: BytesMut::with_capacity(4096),
+            notification_ack: None,
+            completing: AHashSet::new(),
+            downgraded: AHashSet::new(),
+            last_received: now,
+            last_sent: now,
+            ping_sent: None,
+            last_traffic: now,
+            primary_back: Rc::new(Cell::new(false)),
+            next_probe: on_secondary.then(|| now + PRIMARY_PROBE_INTERVAL),
+            dropped: 0,
+            bridge,
+        }
+    }
+
+    /// What follows CONNACK: the `1` notification on the remote, the remote subscriptions
+    /// (and unsubscriptions from `out`-only patterns), and the local ones, which send the
+    /// retained messages again.
+    fn start(&mut self) {
+        let bridge = self.bridge.clone();
+        if bridge.notifications && !bridge.notifications_local_only {
+            if let Some(topic) = notification_topic(&bridge) {
+                let id = packet_id(NOTIFICATION_ID);
+                self.send(&Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    topic,
+                    packet_id: Some(id),
+                    properties: Properties::default(),
+                    payload: state_payload(true),
+                }));
+                self.notification_ack = Some(id);
+            }
+        }
+        let incoming: Vec<_> = bridge
+            .topics
+            .iter()
+            .filter(|t| t.direction.is_in())
+            .map(|t| (t.remote_filter.clone(), bridge_options(t.qos)))
+            .collect();
+        if !incoming.is_empty() {
+            self.send(&Packet::Subscribe(Subscribe {
+                packet_id: packet_id(SUBSCRIBE_ID),
+                properties: Properties::default(),
+                filters: incoming,
+            }));
+        }
+        let outgoing_only: Vec<_> = bridge
+            .topics
+            .iter()
+            .filter(|t| !t.direction.is_in())
+            .map(|t| t.remote_filter.clone())
+            .collect();
+        if bridge.attempt_unsubscribe && !outgoing_only.is_empty() {
+            self.send(&Packet::Unsubscribe(Unsubscribe {
+                packet_id: packet_id(UNSUBSCRIBE_ID),
+                properties: Properties::default(),
+                filters: outgoing_only,
+            }));
+        }
+        subscribe_local(&self.shard, &self.local, &bridge);
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        packet.encode(self.version, &mut self.out);
+    }
+
+    /// Moves packets both ways until the link ends. Shaped like a client connection's loop:
+    /// write what is pending, wait for the subscribers a turn of publishes congested, handle
+    /// what the remote sent, then wait for the socket, the local session or a timer.
+    async fn pump(&mut self) -> LinkEnd {
+        let mut congested = Vec::new();
+        let mut published = false;
+        loop {
+            let local_out = self.local.take_outbox();
+            let took_local = !local_out.is_empty();
+            if took_local {
+                self.forward_local(local_out);
+            }
+            if !self.out.is_empty() {
+                let out = self.out.split();
+                let keepalive = Duration::from_secs(u64::from(self.bridge.keepalive_secs));
+                match glommio::timer::timeout(keepalive, async {
+                    Ok(self.stream.write_all(&out).await)
+                })
+                .await
+                {
+                    Ok(Ok(())) => self.last_sent = Instant::now(),
+                    Ok(Err(_)) => return LinkEnd::RemoteClosed,
+                    Err(_) => return LinkEnd::KeepAliveTimeout,
+                }
+            }
+            if took_local {
+                // Publishers waiting for this subscriber go on once the remote took the bytes.
+                self.local.wrote();
+            }
+            if let Some(close) = self.local.close_reason() {
+                return match close {
+                    Close::ServerShuttingDown => LinkEnd::Shutdown,
+                    other => LinkEnd::LocalClosed(other),
+                };
+            }
+            if std::mem::take(&mut published) {
+                flow::wait_for_subscribers(
+                    &self.shard,
+                    std::mem::take(&mut congested),
+                    Some(self.local.id),
+                )
+                .await;
+                flow::wait_for_outbound(&self.shard).await;
+            }
+            glommio::yield_if_needed().await;
+            loop {
+                match self.reader.decode(self.version) {
+                    Ok(Some(packet)) => {
+                        self.last_received = Instant::now();
+                        self.ping_sent = None;
+                        published |= matches!(packet, Packet::Publish(_));
+                        if let Err(end) = self.handle_remote(packet) {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => return LinkEnd::RemoteProtocolError(error.to_string()),
+                }
+            }
+            congested = self.shard.borrow_mut().take_congested();
+            if self.local.has_outbox() || !self.out.is_empty() || self.local.is_closing() {
+                continue;
+            }
+            let deadline = self.next_deadline();
+            let wake = {
+                let Link { reader, stream, local, .. } = self;
+                let readable = async { Wake::Readable(reader.fill(stream).await) };
+                let woken = async {
+                    local.woken().await;
+                    Wake::Local
+                };
+                let timer = async {
+                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                    Wake::Timer
+                };
+                futures_lite::future::or(readable, futures_lite::future::or(woken, timer)).await
+            };
+            match wake {
+                Wake::Readable(Ok(true)) | Wake::Local => {}
+                Wake::Readable(Ok(false)) | Wake::Readable(Err(_)) => return LinkEnd::RemoteClosed,
+                Wake::Timer => {
+                    if let Some(end) = self.tick() {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next instant a timer matters: a ping, a ping unanswered, idleness, a probe.
+    fn next_deadline(&self) -> Instant {
+        let keepalive = Duration::from_secs(u64::from(self.bridge.keepalive_secs));
+        let mut deadline = match self.ping_sent {
+            Some(sent) => sent + keepalive,
+            None => self.last_sent.min(self.last_received) + keepalive,
+        };
+        if self.bridge.start_type == StartType::Lazy {
+            deadline = deadline.min(self.last_traffic + self.bridge.idle_timeout);
+        }
+        if let Some(probe) = self.next_probe {
+            deadline = deadline.min(probe);
+        }
+        deadline
+    }
+
+    /// Keep alive (a PINGREQ when either side has been quiet for the interval; the link is
+    /// dead when it goes unanswered as long), idleness, and probing the primary address.
+    fn tick(&mut self) -> Option<LinkEnd> {
+        let now = Instant::now();
+        let keepalive = Duration::from_secs(u64::from(self.bridge.keepalive_secs));
+        if let Some(sent) = self.ping_sent {
+            if now >= sent + keepalive {
+                return Some(LinkEnd::KeepAliveTimeout);
+            }
+        } else if now >= self.last_sent.min(self.last_received) + keepalive {
+            self.send(&Packet::PingReq);
+            self.ping_sent = Some(now);
+        }
+        if self.bridge.start_type == StartType::Lazy
+            && now >= self.last_traffic + self.bridge.idle_timeout
+        {
+            return Some(LinkEnd::Idle);
+        }
+        if self.primary_back.get() {
+            return Some(LinkEnd::PrimaryBack);
+        }
+        if self.next_probe.is_some_and(|probe| now >= probe) {
+            self.next_probe = Some(now + PRIMARY_PROBE_INTERVAL);
+            let primary = self.bridge.addresses[0].clone();
+            let bind = self.bridge.bind_address;
+            let answered = self.primary_back.clone();
+            glommio::spawn_local(async move {
+                if open_socket(&primary, bind).await.is_ok() {
+                    answered.set(true);
+                }
+            })
+            .detach();
+        }
+        None
+    }
+
+    /// Packets the shard wrote for the local session, on their way to the remote: PUBLISHes
+    /// remapped by the `out` patterns, acknowledgements as they are.
+    fn forward_local(&mut self, mut encoded: BytesMut) {
+        loop {
+            let packet = match Packet::decode(&mut encoded, ProtocolVersion::V5, u32::MAX) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(error) => {
+                    // The shard's own encoding: a failure here is a bug, not the peer's doing.
+                    debug_assert!(false, "bridge cannot decode its own session: {error}");
+                    tracing::error!(bridge = %self.bridge.name, %error, "undecodable local packet");
+                    break;
+                }
+            };
+            match packet {
+                Packet::Publish(publish) => self.forward_publish(publish),
+                Packet::PubRel(ack) if self.completing.remove(&ack.packet_id) => {
+                    self.complete_local(Packet::PubComp(Ack::new(ack.packet_id)));
+                }
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                    self.send(&packet)
+                }
+                // CONNACK, SUBACK of the local subscriptions, PINGRESP: nothing for the remote.
+                _ => {}
+            }
+        }
+    }
+
+    fn forward_publish(&mut self, mut publish: Publish) {
+        self.last_traffic = Instant::now();
+        let Some((_, remote_topic)) = self.bridge.outgoing(&publish.topic) else {
+            // Not one of the `out` patterns (cannot happen: the session subscribes to those
+            // alone); finish it so it does not hold the window.
+            self.drop_outgoing(&publish, "no out pattern matches");
+            return;
+        };
+        let Ok(topic) = TopicName::new(remote_topic) else {
+            self.drop_outgoing(&publish, "remapped topic is invalid");
+            return;
+        };
+        publish.topic = topic;
+        publish.retain &= self.bridge.outgoing_retain && self.peer.retain_available;
+        // Subscription ids are this broker's; the remote sets its own.
+        publish.properties.subscription_identifiers.clear();
+        if publish.qos > self.peer.maximum_qos {
+            // The peer takes no higher QoS (5.0 Maximum QoS): sent lower. At QoS 0 it is
+            // complete at once; at QoS 1 the peer's PUBACK completes it.
+            match (self.peer.maximum_qos, publish.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    self.downgraded.insert(id);
+                }
+                _ => {
+                    self.complete_outgoing(&publish);
+                    publish.packet_id = None;
+                }
+            }
+            publish.qos = self.peer.maximum_qos;
+        }
+        let packet = Packet::Publish(publish);
+        if packet.encoded_len(self.version) > self.peer.maximum_packet_size {
+            if let Packet::Publish(publish) = &packet {
+                self.drop_outgoing(publish, "larger than the peer accepts");
+            }
+            return;
+        }
+        self.send(&packet);
+    }
+
+    /// Drops a message the remote cannot take, counted and logged, completing it locally.
+    fn drop_outgoing(&mut self, publish: &Publish, why: &str) {
+        self.dropped += 1;
+        tracing::warn!(bridge = %self.bridge.name, topic = %publish.topic, why, dropped = self.dropped, "message not bridged");
+        self.complete_outgoing(publish);
+    }
+
+    /// Acknowledges toward the local session a message the remote will not acknowledge.
+    fn complete_outgoing(&mut self, publish: &Publish) {
+        let Some(id) = publish.packet_id else { return };
+        match publish.qos {
+            QoS::AtLeastOnce => self.complete_local(Packet::PubAck(Ack::new(id))),
+            QoS::ExactlyOnce => {
+                self.completing.insert(id);
+                self.complete_local(Packet::PubRec(Ack::new(id)));
+            }
+            QoS::AtMostOnce => {}
+        }
+    }
+
+    fn complete_local(&mut self, ack: Packet) {
+        // Acknowledgements never fail; only PUBLISH and SUBSCRIBE can break the protocol.
+        let _ = self.shard.borrow_mut().handle_packet(&self.local, ack);
+    }
+
+    /// A packet from the remote: PUBLISHes remapped by the `in` patterns and published through
+    /// the local session, acknowledgements handed to it.
+    fn handle_remote(&mut self, packet: Packet) -> Result<(), LinkEnd> {
+        match packet {
+            Packet::Publish(mut publish) => {
+                self.last_traffic = Instant::now();
+                let local_topic = self.bridge.incoming(&publish.topic).map(|(_, t)| t);
+                let Some(topic) = local_topic.and_then(|t| TopicName::new(t).ok()) else {
+                    // Nothing here wants it (the peer sent what no `in` pattern covers):
+                    // acknowledged so the peer can finish; a PUBREL then finds nothing.
+                    tracing::debug!(bridge = %self.bridge.name, topic = %publish.topic, "unmatched incoming message");
+                    match (publish.qos, publish.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(Ack::new(id))),
+                        (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(Ack::new(id))),
+                        _ => {}
+                    }
+                    return Ok(());
+                };
+                publish.topic = topic;
+                let result =
+                    self.shard.borrow_mut().handle_packet(&self.local, Packet::Publish(publish));
+                result.map_err(|close| LinkEnd::RemoteProtocolError(format!("{close:?}")))
+            }
+            Packet::PubAck(ack) if self.notification_ack == Some(ack.packet_id) => {
+                self.notification_ack = None;
+                Ok(())
+            }
+            Packet::PubAck(ack) if self.downgraded.remove(&ack.packet_id) => {
+                self.completing.insert(ack.packet_id);
+                self.complete_local(Packet::PubRec(Ack::new(ack.packet_id)));
+                Ok(())
+            }
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                self.complete_local(packet);
+                Ok(())
+            }
+            Packet::SubAck(suback) => {
+                let refused = suback.reasons.iter().filter(|r| (**r as u8) >= 0x80).count();
+                if refused > 0 {
+                    tracing::warn!(bridge = %self.bridge.name, refused, "the peer refused subscriptions");
+                }
+                Ok(())
+            }
+            Packet::UnsubAck(_) | Packet::PingResp => Ok(()),
+            Packet::Disconnect(disconnect) => {
+                tracing::info!(bridge = %self.bridge.name, reason = ?disconnect.reason, "peer sent DISCONNECT");
+                Err(LinkEnd::RemoteClosed)
+            }
+            other => {
+                Err(LinkEnd::RemoteProtocolError(format!("unexpected {:?}", other.packet_type())))
+            }
+        }
+    }
+
+    /// A link that ends by this broker's choice says goodbye: the `0` state (a clean
+    /// DISCONNECT does not publish the will that would say it) and DISCONNECT.
+    async fn finish(&mut self, end: &LinkEnd) {
+        if !matches!(end, LinkEnd::Shutdown | LinkEnd::Idle | LinkEnd::PrimaryBack) {
+            return;
+        }
+        let bridge = self.bridge.clone();
+        if bridge.notifications && !bridge.notifications_local_only {
+            if let Some(topic) = notification_topic(&bridge) {
+                self.send(&Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    topic,
+                    packet_id: None,
+                    properties: Properties::default(),
+                    payload: state_payload(false),
+                }));
+            }
+        }
+        self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
+        let out = self.out.split();
+        let _ = glommio::timer::timeout(POLL_INTERVAL, async {
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.close().await;
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// `restart_timeout`: a constant delay, or with a cap a jittered backoff from base to cap
+/// (each delay random between the base and three times the previous, at most the cap).
+struct Backoff {
+    base: Duration,
+    cap: Option<Duration>,
+    previous: Duration,
+    random: ahash::RandomState,
+    draws: u64,
+}
+
+impl Backoff {
+    fn new(bridge: &Bridge) -> Self {
+        let timeout = bridge.restart_timeout;
+        Backoff {
+            base: timeout.base,
+            cap: timeout.cap,
+            previous: timeout.base,
+            random: ahash::RandomState::new(),
+            draws: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.previous = self.base;
+    }
+
+    fn next(&mut self) -> Duration {
+        let Some(cap) = self.cap else { return self.base };
+        self.draws += 1;
+        let high = (self.previous * 3).min(cap).max(self.base);
+        let span = (high - self.base).as_millis() as u64;
+        let jitter = if span == 0 { 0 } else { self.random.hash_one(self.draws) % (span + 1) };
+        self.previous = self.base + Duration::from_millis(jitter);
+        self.previous
+    }
+}
