@@ -487,7 +487,10 @@ fn the_broker_maximum_packet_size_is_announced_and_enforced_with_0x95() {
 }
 
 #[test]
-fn more_unreleased_qos2_messages_than_the_receive_maximum_are_refused() {
+/// 5.0 clients are told the Receive Maximum and held to it. 3.1.1 clients never hear of it, and
+/// Mosquitto 2.0.11 answers a 3.1.1 client's 40 unreleased QoS 2 messages with 40 PUBRECs
+/// (checked by hand); its own bridges rely on that when they resend a backlog.
+fn more_unreleased_qos2_messages_than_the_receive_maximum_are_refused_in_5_0() {
     let broker = Broker::start("");
     for (version, reason) in [
         (ProtocolVersion::V5, Some(ReasonCode::ReceiveMaximumExceeded)),
@@ -521,7 +524,7 @@ fn more_unreleased_qos2_messages_than_the_receive_maximum_are_refused() {
         client.send(&publish(21));
         match reason {
             Some(reason) => expect_disconnect(&mut client, reason),
-            None => assert!(client.is_closed_by_broker()),
+            None => assert!(matches!(client.recv(), Some(Packet::PubRec(_)))),
         }
     }
 }

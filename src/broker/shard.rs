@@ -571,11 +571,15 @@ impl Shard {
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 // The broker's Receive Maximum is `max_inflight_messages`, as Mosquitto's: QoS 1
-                // is acknowledged at once, QoS 2 counts until PUBREL.
-                // A bridge's own session takes what the remote broker sends within the window
-                // the remote grants itself: it has no receive maximum of its own.
-                let receive_maximum =
-                    if conn.internal { usize::MAX } else { self.limits.inflight_max };
+                // is acknowledged at once, QoS 2 counts until PUBREL. It is announced to 5.0
+                // clients only; 3.x clients (Mosquitto's own bridges among them, which resend a
+                // whole backlog after a reconnect) are bounded by the packet id space alone, and
+                // so is a bridge's own session, which takes what its remote sends.
+                let receive_maximum = if conn.version.is_v5() && !conn.internal {
+                    self.limits.inflight_max
+                } else {
+                    usize::MAX
+                };
                 let is_new = match self.session_of(conn) {
                     Some(session) => session
                         .receive_qos2(packet_id, receive_maximum)

@@ -174,7 +174,11 @@ pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
 
 impl RawClient {
     pub fn open(broker: &Broker) -> RawClient {
-        let stream = TcpStream::connect(broker.addr()).unwrap();
+        Self::open_addr(broker.addr())
+    }
+
+    pub fn open_addr(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
         RawClient {
@@ -188,7 +192,15 @@ impl RawClient {
 
     /// Opens a connection and completes CONNECT/CONNACK, asserting success.
     pub fn connect(broker: &Broker, client_id: &str, options: ConnectOptions) -> (RawClient, bool) {
-        let mut client = RawClient::open(broker);
+        Self::connect_addr(broker.addr(), client_id, options)
+    }
+
+    pub fn connect_addr(
+        addr: SocketAddr,
+        client_id: &str,
+        options: ConnectOptions,
+    ) -> (RawClient, bool) {
+        let mut client = RawClient::open_addr(addr);
         match client.handshake(client_id, options) {
             Packet::ConnAck(ack) if !ack.reason.is_error() => (client, ack.session_present),
             other => panic!("CONNECT of {client_id} refused: {other:?}"),

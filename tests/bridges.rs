@@ -1,0 +1,615 @@
+//! Bridges: the seed tutorial's clusters as real processes on loopback aliases (127.0.0.53 the
+//! master, 127.0.0.88 and 127.0.0.89 the leaves), with Culex and Mosquitto in every role, the
+//! tutorial's configuration lines, and links cut and brokers restarted while QoS 1 and 2
+//! streams flow. Every wait is bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{free_port, mosquitto_tool, ConnectOptions, RawClient, TempDir};
+use culex::protocol::{
+    ConnAck, Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, PACKET_SIZE_MAX,
+};
+use Kind::{Culex, Mosquitto};
+
+/// Longest wait for a bridge to come up (Mosquitto's first attempt can lag a second).
+const LINK_WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Culex,
+    Mosquitto,
+}
+
+/// A broker process on `host:port`, killed on drop. It can be stopped and started again on the
+/// same address.
+struct Node {
+    kind: Kind,
+    program: PathBuf,
+    host: &'static str,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// `None` when Mosquitto is not installed: a loud skip locally, a failure under CI.
+    fn start(kind: Kind, host: &'static str, extra_config: &str) -> Option<Node> {
+        let program = match kind {
+            Culex => PathBuf::from(env!("CARGO_BIN_EXE_culex")),
+            Mosquitto => mosquitto_tool("mosquitto")?,
+        };
+        let dir = TempDir::new();
+        // Mosquitto started as root runs as the `mosquitto` user: its persistence goes here.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = free_port();
+        let mut config = format!("listener {port} {host}\nallow_anonymous true\n");
+        if kind == Culex {
+            config.push_str("shards 2\n");
+        }
+        config.push_str(&extra_config.replace("{dir}", &dir.0.display().to_string()));
+        std::fs::write(dir.0.join("node.conf"), config).unwrap();
+        let mut node = Node { kind, program, host, port, dir, child: None };
+        node.spawn();
+        Some(node)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("node.log"))
+            .unwrap();
+        let child = Command::new(&self.program)
+            .arg("-c")
+            .arg(self.dir.0.join("node.conf"))
+            .arg("-v")
+            .env("CULEX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + common::WAIT;
+        while TcpStream::connect(self.addr()).is_err() {
+            assert!(Instant::now() < deadline, "{:?} did not listen: {}", self.kind, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host.parse::<IpAddr>().unwrap(), self.port)
+    }
+
+    /// The `address` line value that points at this node.
+    fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("node.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, as an operator restarting a broker would, then waits for the process to end.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) with a pid we own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + common::WAIT;
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: the process dies without a word to anyone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The tutorial's `connection` block, pointing at `leaf`, with extra lines appended.
+fn tutorial_connection(name: &str, leaf: &Node, protocol: &str, extra: &str) -> String {
+    format!(
+        "connection {name}\naddress {}\ntopic room1/# both 2 sensor/ myhouse/\n\
+         bridge_protocol_version {protocol}\nnotifications true\ncleansession true\n\
+         try_private true\nstart_type automatic\n{extra}",
+        leaf.address()
+    )
+}
+
+fn subscriber(node: &Node, client_id: &str, filter: &str) -> RawClient {
+    subscriber_with(node, client_id, filter, ConnectOptions::default())
+}
+
+fn subscriber_with(
+    node: &Node,
+    client_id: &str,
+    filter: &str,
+    options: ConnectOptions,
+) -> RawClient {
+    let (mut client, _) = RawClient::connect_addr(node.addr(), client_id, options);
+    let granted = client.subscribe(filter, QoS::ExactlyOnce);
+    assert!(!granted[0].is_error(), "{filter} refused on {:?}", node.kind);
+    client
+}
+
+fn publish(node: &Node, topic: &str, payload: &str, qos: QoS, retain: bool) {
+    let (mut client, _) = RawClient::connect_addr(node.addr(), "", ConnectOptions::default());
+    client.publish(topic, payload.as_bytes(), qos, retain);
+    client.disconnect();
+}
+
+/// Publishes probes on `from` until `sub` receives one: the link is up and both sides have
+/// subscribed.
+fn await_route(from: &Node, topic: &str, sub: &mut RawClient, logs: &[&Node]) {
+    let deadline = Instant::now() + LINK_WAIT;
+    let (mut prober, _) = RawClient::connect_addr(from.addr(), "", ConnectOptions::default());
+    loop {
+        prober.publish(topic, b"probe", QoS::AtMostOnce, false);
+        if let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(250)) {
+            sub.acknowledge(&p);
+            if &p.payload[..] == b"probe" {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> =
+                logs.iter().map(|n| format!("{:?}:\n{}", n.kind, n.log())).collect();
+            panic!("no route from {:?} for {topic}\n{}", from.kind, logs.join("\n"));
+        }
+    }
+    prober.disconnect();
+}
+
+/// Drops what the subscribers still receive (probes on their way) until they are quiet.
+fn drain(subscribers: &mut [&mut RawClient]) {
+    for sub in subscribers {
+        while let Some(packet) = sub.recv_within(Duration::from_millis(400)) {
+            if let Packet::Publish(p) = packet {
+                sub.acknowledge(&p);
+            }
+        }
+    }
+}
+
+/// The subscriber receives exactly this message, and nothing else for a while.
+fn expect_exactly(sub: &mut RawClient, topic: &str, payload: &str) {
+    let publish = sub.receive();
+    assert_eq!((&*publish.topic, &publish.payload[..]), (topic, payload.as_bytes()));
+    sub.expect_silence();
+}
+
+// ---- The tutorial's two servers ---------------------------------------------------------------
+
+fn two_servers(master_kind: Kind, leaf_kind: Kind, protocol: &str) {
+    let Some(leaf) = Node::start(leaf_kind, "127.0.0.88", "") else { return };
+    let bridge = tutorial_connection("master", &leaf, protocol, "");
+    let Some(master) = Node::start(master_kind, "127.0.0.53", &bridge) else { return };
+    let logs = [&master, &leaf];
+    let mut on_leaf = subscriber(&leaf, "leaf-sub", "myhouse/room1/#");
+    let mut on_master = subscriber(&master, "master-sub", "sensor/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_leaf, &logs);
+    await_route(&leaf, "myhouse/room1/probe", &mut on_master, &logs);
+    drain(&mut [&mut on_leaf, &mut on_master]);
+
+    // Master to leaf, remapped; the master's own subscriber gets no echo from the leaf.
+    publish(&master, "sensor/room1/temperature", "26.3", QoS::AtLeastOnce, false);
+    expect_exactly(&mut on_leaf, "myhouse/room1/temperature", "26.3");
+    expect_exactly(&mut on_master, "sensor/room1/temperature", "26.3");
+    // And back (`both`), at QoS 2.
+    publish(&leaf, "myhouse/room1/humidity", "40", QoS::ExactlyOnce, false);
+    expect_exactly(&mut on_master, "sensor/room1/humidity", "40");
+    expect_exactly(&mut on_leaf, "myhouse/room1/humidity", "40");
+    // Topics outside the pattern stay home.
+    publish(&master, "sensor/room2/temperature", "1", QoS::AtLeastOnce, false);
+    on_leaf.expect_silence();
+
+    // A retained message crosses with its retain flag: a later subscriber on the leaf gets it.
+    publish(&master, "sensor/room1/setpoint", "21", QoS::AtLeastOnce, true);
+    expect_exactly(&mut on_leaf, "myhouse/room1/setpoint", "21");
+    let mut late = subscriber(&leaf, "late-sub", "myhouse/room1/setpoint");
+    let retained = late.receive();
+    assert!(retained.retain && &retained.payload[..] == b"21", "{retained:?}");
+}
+
+macro_rules! two_server_tests {
+    ($($name:ident: $master:expr, $leaf:expr, $protocol:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            two_servers($master, $leaf, $protocol);
+        }
+    )*};
+}
+
+two_server_tests! {
+    two_servers_culex_master_culex_leaf: Culex, Culex, "mqttv311";
+    two_servers_culex_master_mosquitto_leaf: Culex, Mosquitto, "mqttv311";
+    two_servers_mosquitto_master_culex_leaf: Mosquitto, Culex, "mqttv311";
+    two_servers_mosquitto_master_mosquitto_leaf: Mosquitto, Mosquitto, "mqttv311";
+    two_servers_mqttv50_culex_culex: Culex, Culex, "mqttv50";
+    two_servers_mqttv50_culex_mosquitto: Culex, Mosquitto, "mqttv50";
+    two_servers_mqttv50_mosquitto_culex: Mosquitto, Culex, "mqttv50";
+    two_servers_mqttv31_culex_culex: Culex, Culex, "mqttv31";
+    two_servers_mqttv31_culex_mosquitto: Culex, Mosquitto, "mqttv31";
+}
+
+// ---- The tutorial's master and two leaves -----------------------------------------------------
+
+fn master_and_two_leaves(master_kind: Kind, kind_88: Kind, kind_89: Kind) {
+    let Some(leaf_88) = Node::start(kind_88, "127.0.0.88", "") else { return };
+    let Some(leaf_89) = Node::start(kind_89, "127.0.0.89", "") else { return };
+    let bridges = tutorial_connection("mytest", &leaf_88, "mqttv311", "")
+        + &tutorial_connection("mytest2", &leaf_89, "mqttv311", "");
+    let Some(master) = Node::start(master_kind, "127.0.0.53", &bridges) else { return };
+    let logs = [&master, &leaf_88, &leaf_89];
+    let mut on_88 = subscriber(&leaf_88, "sub-88", "myhouse/room1/#");
+    let mut on_89 = subscriber(&leaf_89, "sub-89", "myhouse/room1/#");
+    let mut on_53 = subscriber(&master, "sub-53", "sensor/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_88, &logs);
+    await_route(&master, "sensor/room1/probe", &mut on_89, &logs);
+    await_route(&leaf_88, "myhouse/room1/probe", &mut on_53, &logs);
+    await_route(&leaf_89, "myhouse/room1/probe", &mut on_53, &logs);
+    drain(&mut [&mut on_88, &mut on_89, &mut on_53]);
+
+    // The tutorial's check, with Mosquitto's own tools when they are installed.
+    if let (Some(pub_tool), Some(sub_tool)) =
+        (mosquitto_tool("mosquitto_pub"), mosquitto_tool("mosquitto_sub"))
+    {
+        let watch = |leaf: &Node| {
+            Command::new(&sub_tool)
+                .args(["-h", leaf.host, "-p", &leaf.port.to_string()])
+                .args(["-t", "myhouse/room1/#", "-C", "1", "-W", "10"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (watch_88, watch_89) = (watch(&leaf_88), watch(&leaf_89));
+        std::thread::sleep(Duration::from_millis(500));
+        let status = Command::new(&pub_tool)
+            .args(["-h", master.host, "-p", &master.port.to_string()])
+            .args(["-t", "sensor/room1/temperature", "-m", "26.3"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for watch in [watch_88, watch_89] {
+            let out = watch.wait_with_output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "26.3\n");
+        }
+        expect_exactly(&mut on_88, "myhouse/room1/temperature", "26.3");
+        expect_exactly(&mut on_89, "myhouse/room1/temperature", "26.3");
+        expect_exactly(&mut on_53, "sensor/room1/temperature", "26.3");
+    }
+
+    // From one leaf to the other through the master: exactly once everywhere, no loop back.
+    publish(&leaf_88, "myhouse/room1/door", "open", QoS::AtLeastOnce, false);
+    expect_exactly(&mut on_89, "myhouse/room1/door", "open");
+    expect_exactly(&mut on_53, "sensor/room1/door", "open");
+    expect_exactly(&mut on_88, "myhouse/room1/door", "open");
+    publish(&leaf_89, "myhouse/room1/window", "shut", QoS::ExactlyOnce, false);
+    expect_exactly(&mut on_88, "myhouse/room1/window", "shut");
+    expect_exactly(&mut on_53, "sensor/room1/window", "shut");
+    expect_exactly(&mut on_89, "myhouse/room1/window", "shut");
+}
+
+macro_rules! three_node_tests {
+    ($($name:ident: $master:expr, $a:expr, $b:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            master_and_two_leaves($master, $a, $b);
+        }
+    )*};
+}
+
+three_node_tests! {
+    three_nodes_culex_culex_culex: Culex, Culex, Culex;
+    three_nodes_culex_culex_mosquitto: Culex, Culex, Mosquitto;
+    three_nodes_culex_mosquitto_culex: Culex, Mosquitto, Culex;
+    three_nodes_culex_mosquitto_mosquitto: Culex, Mosquitto, Mosquitto;
+    three_nodes_mosquitto_culex_culex: Mosquitto, Culex, Culex;
+    three_nodes_mosquitto_culex_mosquitto: Mosquitto, Culex, Mosquitto;
+    three_nodes_mosquitto_mosquitto_culex: Mosquitto, Mosquitto, Culex;
+    three_nodes_mosquitto_mosquitto_mosquitto: Mosquitto, Mosquitto, Mosquitto;
+}
+
+// ---- Streams through a link cut and a restart -------------------------------------------------
+
+/// A TCP forwarder between a bridge and its peer that the test cuts and restores: a failed
+/// link with both brokers still running. While cut, connections are accepted and closed.
+struct Proxy {
+    host: &'static str,
+    port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(host: &'static str, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind((host, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy =
+            Proxy { host, port, cut: Arc::default(), stop: Arc::default(), live: Arc::default() };
+        let (cut, stop, live) = (proxy.cut.clone(), proxy.stop.clone(), proxy.live.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if cut.load(Ordering::Relaxed) {
+                    continue; // dropped: the link stays down
+                }
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                client.set_nonblocking(false).unwrap();
+                let mut live = live.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 << 10];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                live.extend([client, server]);
+            }
+        });
+        proxy
+    }
+
+    fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+/// Messages per QoS in each stream.
+const STREAM_LEN: u32 = 150;
+
+/// A subscriber that keeps its QoS 2 state across reconnections, as a real client must: a
+/// PUBLISH whose id still awaits PUBREL is a resend, not a new message.
+struct Collector {
+    addr: SocketAddr,
+    client_id: &'static str,
+    client: Option<RawClient>,
+    awaiting_pubrel: std::collections::HashSet<u16>,
+    received: Vec<(String, QoS, u32)>,
+}
+
+impl Collector {
+    fn connect(node: &Node, client_id: &'static str, filter: &str) -> Collector {
+        let options = ConnectOptions { clean_start: false, ..Default::default() };
+        // A clean start first, so no session of an earlier run remains.
+        drop(subscriber(node, client_id, filter));
+        let client = subscriber_with(node, client_id, filter, options);
+        Collector {
+            addr: node.addr(),
+            client_id,
+            client: Some(client),
+            awaiting_pubrel: Default::default(),
+            received: Vec::new(),
+        }
+    }
+
+    fn reconnect(&mut self) {
+        let options = ConnectOptions { clean_start: false, ..Default::default() };
+        let (client, session_present) = RawClient::connect_addr(self.addr, self.client_id, options);
+        assert!(session_present, "{} lost its session", self.client_id);
+        self.client = Some(client);
+    }
+
+    fn poll(&mut self) {
+        let Some(client) = &mut self.client else { return };
+        match client.recv_within(Duration::from_millis(20)) {
+            Some(Packet::Publish(p)) => {
+                let fresh = match (p.qos, p.packet_id) {
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        client.send(&Packet::PubRec(culex::protocol::Ack::new(id)));
+                        self.awaiting_pubrel.insert(id.get())
+                    }
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        client.send(&Packet::PubAck(culex::protocol::Ack::new(id)));
+                        true
+                    }
+                    _ => true,
+                };
+                let payload = std::str::from_utf8(&p.payload).unwrap_or_default();
+                if let (true, Ok(n)) = (fresh, payload.parse()) {
+                    self.received.push((p.topic.to_string(), p.qos, n));
+                }
+            }
+            Some(Packet::PubRel(ack)) => {
+                self.awaiting_pubrel.remove(&ack.packet_id.get());
+                client.send(&Packet::PubComp(culex::protocol::Ack::new(ack.packet_id)));
+            }
+            _ => {}
+        }
+    }
+
+    /// The numbers received on `topic`, in arrival order.
+    fn stream(&self, topic: &str) -> Vec<u32> {
+        self.received.iter().filter(|(t, _, _)| t == topic).map(|(_, _, n)| *n).collect()
+    }
+
+    fn complete(&self, prefix: &str) -> bool {
+        let distinct = |topic: &str| {
+            self.stream(&format!("{prefix}/{topic}"))
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        distinct("q1") == STREAM_LEN as usize && distinct("q2") == STREAM_LEN as usize
+    }
+
+    /// QoS 1: every message, first arrivals in order (resends after a reconnect may repeat
+    /// some). QoS 2: every message exactly once, in order.
+    fn check(&self, prefix: &str) {
+        let q1 = self.stream(&format!("{prefix}/q1"));
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<u32> = q1.iter().copied().filter(|n| seen.insert(*n)).collect();
+        assert_eq!(firsts, (0..STREAM_LEN).collect::<Vec<_>>(), "QoS 1 on {prefix}: {q1:?}");
+        let q2 = self.stream(&format!("{prefix}/q2"));
+        assert_eq!(q2, (0..STREAM_LEN).collect::<Vec<_>>(), "QoS 2 on {prefix}");
+    }
+}
+
+/// Publishes `STREAM_LEN` QoS 1 and QoS 2 messages, interleaved and paced, on its own thread.
+fn stream_publisher(node: &Node, prefix: &'static str) -> std::thread::JoinHandle<()> {
+    let addr = node.addr();
+    std::thread::spawn(move || {
+        let (mut client, _) = RawClient::connect_addr(addr, "", ConnectOptions::default());
+        for n in 0..STREAM_LEN {
+            let payload = n.to_string();
+            client.publish(&format!("{prefix}/q1"), payload.as_bytes(), QoS::AtLeastOnce, false);
+            client.publish(&format!("{prefix}/q2"), payload.as_bytes(), QoS::ExactlyOnce, false);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        client.disconnect();
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    /// The link between the brokers fails for a while (a proxy between them is cut).
+    CutLink,
+    /// The leaf is stopped and started again (it keeps its sessions: Mosquitto persistence).
+    RestartLeaf,
+}
+
+/// QoS 1 and QoS 2 streams cross the bridge (both ways when the leaf stays up) while the link
+/// is cut or the leaf restarts: everything arrives, in order, QoS 2 exactly once.
+fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
+    let leaf_config = match disruption {
+        Disruption::CutLink => String::new(),
+        Disruption::RestartLeaf => "persistence true\npersistence_location {dir}/\n".to_string(),
+    };
+    let Some(mut leaf) = Node::start(leaf_kind, "127.0.0.88", &leaf_config) else { return };
+    let proxy = Proxy::start("127.0.0.89", leaf.addr());
+    let address = match disruption {
+        Disruption::CutLink => proxy.address(),
+        Disruption::RestartLeaf => leaf.address(),
+    };
+    // cleansession false: both brokers keep the bridge's session across the outage, which is
+    // what exactly-once delivery through a reconnection needs.
+    let bridge = format!(
+        "connection stream\naddress {address}\ntopic room1/# both 2 sensor/ myhouse/\n\
+         cleansession false\nrestart_timeout 1\nkeepalive_interval 5\nremote_clientid stream-bridge\n"
+    );
+    let Some(master) = Node::start(master_kind, "127.0.0.53", &bridge) else { return };
+    let logs = [&master, &leaf];
+    let mut on_leaf = Collector::connect(&leaf, "leaf-collector", "myhouse/room1/#");
+    let mut on_master = Collector::connect(&master, "master-collector", "sensor/room1/#");
+    await_route(&master, "sensor/room1/probe", on_leaf.client.as_mut().unwrap(), &logs);
+    if disruption == Disruption::CutLink {
+        await_route(&leaf, "myhouse/room1/probe", on_master.client.as_mut().unwrap(), &logs);
+    }
+    drain(&mut [on_leaf.client.as_mut().unwrap(), on_master.client.as_mut().unwrap()]);
+
+    let mut publishers = vec![stream_publisher(&master, "sensor/room1/down")];
+    if disruption == Disruption::CutLink {
+        publishers.push(stream_publisher(&leaf, "myhouse/room1/up"));
+    }
+    let start = Instant::now();
+    let (mut disrupted, mut restored) = (false, false);
+    let deadline = start + Duration::from_secs(60);
+    while !(on_leaf.complete("myhouse/room1/down")
+        && (disruption == Disruption::RestartLeaf || on_master.complete("sensor/room1/up")))
+    {
+        assert!(Instant::now() < deadline, "streams incomplete\n{}\n{}", master.log(), leaf.log());
+        let elapsed = start.elapsed();
+        if !disrupted && elapsed > Duration::from_millis(600) {
+            disrupted = true;
+            match disruption {
+                Disruption::CutLink => proxy.cut(),
+                Disruption::RestartLeaf => {
+                    on_leaf.client = None;
+                    leaf.stop();
+                }
+            }
+        }
+        if disrupted && !restored && elapsed > Duration::from_millis(2000) {
+            restored = true;
+            match disruption {
+                Disruption::CutLink => proxy.restore(),
+                Disruption::RestartLeaf => {
+                    leaf.spawn();
+                    on_leaf.reconnect();
+                }
+            }
+        }
+        on_leaf.poll();
+        on_master.poll();
+    }
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    assert!(restored, "the streams ended before the disruption was over");
+    on_leaf.check("myhouse/room1/down");
+    if disruption == Disruption::CutLink {
+        on_master.check("sensor/room1/up");
+    }
+}
+
+#[test]
+fn link_cut_culex_master_culex_leaf() {
+    streams_survive(Culex, Culex, Disruption::CutLink);
+}
+
+#[test]
+fn link_cut_culex_master_mosquitto_leaf() {
+    streams_survive(Culex, Mosquitto, Disruption::CutLink);
+}
+
+#[test]
+fn link_cut_mosquitto_master_culex_leaf() {
+    streams_survive(Mosquitto, Culex, Disruption::CutLink);
+}
+
+#[test]
+fn leaf_restart_culex_master_mosquitto_leaf() {
+    streams_survive(Culex, Mosquitto, Disruption::RestartLeaf);
+}
