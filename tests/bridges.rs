@@ -79,8 +79,10 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        // A CONNACK, not just a TCP connect: the listener of a broker just stopped on this
+        // address outlives its process for a moment.
         let deadline = Instant::now() + common::WAIT;
-        while TcpStream::connect(self.addr()).is_err() {
+        while !answers_mqtt(self.addr()) {
             assert!(Instant::now() < deadline, "{:?} did not listen: {}", self.kind, self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -127,6 +129,28 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn answers_mqtt(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let connect = culex::protocol::Connect {
+        protocol: ProtocolVersion::V311,
+        bridge: false,
+        clean_start: true,
+        keep_alive_secs: 10,
+        properties: Properties::default(),
+        client_id: "readiness-probe".into(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    let mut out = BytesMut::new();
+    Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V311, &mut out);
+    let mut answer = [0u8; 4];
+    stream.write_all(&out).is_ok() && stream.read_exact(&mut answer).is_ok() && answer[0] == 0x20
 }
 
 /// The tutorial's `connection` block, pointing at `leaf`, with extra lines appended.
@@ -612,4 +636,213 @@ fn link_cut_mosquitto_master_culex_leaf() {
 #[test]
 fn leaf_restart_culex_master_mosquitto_leaf() {
     streams_survive(Culex, Mosquitto, Disruption::RestartLeaf);
+}
+
+// ---- Notifications, start types, failover, try_private -----------------------------------------
+
+/// Waits until `sub` receives `payload` (other messages may come first), acknowledging all.
+fn await_payload(sub: &mut RawClient, payload: &str, what: &str, logs: &[&Node]) {
+    let deadline = Instant::now() + LINK_WAIT;
+    while Instant::now() < deadline {
+        if let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(250)) {
+            sub.acknowledge(&p);
+            if &p.payload[..] == payload.as_bytes() {
+                return;
+            }
+        }
+    }
+    let logs: Vec<String> = logs.iter().map(|n| format!("{:?}:\n{}", n.kind, n.log())).collect();
+    panic!("{what}: never got {payload}\n{}", logs.join("\n"));
+}
+
+/// The link state is published as `1`/`0`, retained, on the master (local) and on the leaf
+/// (remote, `0` being the bridge's will).
+fn link_state_notifications(leaf_kind: Kind) {
+    let Some(mut leaf) = Node::start(leaf_kind, "127.0.0.88", "") else { return };
+    let bridge = tutorial_connection(
+        "master",
+        &leaf,
+        "mqttv311",
+        "remote_clientid culex-master\nrestart_timeout 1\n",
+    );
+    let Some(mut master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let topic = "$SYS/broker/connection/culex-master/state";
+    let mut local = subscriber(&master, "state-local", topic);
+    await_payload(&mut local, "1", "local state after connect", &[&master, &leaf]);
+    let mut remote = subscriber(&leaf, "state-remote", topic);
+    await_payload(&mut remote, "1", "remote state after connect", &[&master, &leaf]);
+
+    leaf.stop();
+    await_payload(&mut local, "0", "local state with the leaf gone", &[&master]);
+    leaf.spawn();
+    await_payload(&mut local, "1", "local state after reconnect", &[&master, &leaf]);
+
+    // The master dies without a word: the leaf publishes the bridge's will.
+    let mut remote = subscriber(&leaf, "state-remote-2", topic);
+    await_payload(&mut remote, "1", "remote state after reconnect", &[&master, &leaf]);
+    master.kill();
+    await_payload(&mut remote, "0", "remote state from the will", &[&leaf]);
+}
+
+#[test]
+fn link_state_notifications_culex_leaf() {
+    link_state_notifications(Culex);
+}
+
+#[test]
+fn link_state_notifications_mosquitto_leaf() {
+    link_state_notifications(Mosquitto);
+}
+
+#[test]
+fn lazy_bridge_connects_at_the_threshold_and_leaves_when_idle() {
+    let Some(leaf) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let bridge = format!(
+        "connection lazy\naddress {}\ntopic room1/# out 1 sensor/ myhouse/\nstart_type lazy\n\
+         threshold 5\nidle_timeout 2\nremote_clientid lazy-bridge\n",
+        leaf.address()
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let mut on_leaf = subscriber(&leaf, "lazy-sub", "myhouse/room1/#");
+    let mut state = subscriber(&master, "lazy-state", "$SYS/broker/connection/lazy-bridge/state");
+    for n in 0..4 {
+        publish(&master, "sensor/room1/t", &n.to_string(), QoS::AtLeastOnce, false);
+    }
+    // Four waiting messages are below the threshold: no link.
+    assert!(on_leaf.recv_within(Duration::from_secs(1)).is_none(), "{}", master.log());
+    publish(&master, "sensor/room1/t", "4", QoS::AtLeastOnce, false);
+    for n in 0..5 {
+        let publish = on_leaf.receive();
+        assert_eq!(&publish.payload[..], n.to_string().as_bytes());
+    }
+    await_payload(&mut state, "1", "lazy link up", &[&master]);
+    // Two seconds without traffic: the bridge disconnects.
+    await_payload(&mut state, "0", "lazy link idle", &[&master]);
+    assert!(master.log().contains("reason=Idle"), "{}", master.log());
+}
+
+#[test]
+fn once_bridge_does_not_reconnect() {
+    let Some(mut leaf) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let bridge = format!(
+        "connection once\naddress {}\ntopic room1/# out 1 sensor/ myhouse/\nstart_type once\n\
+         restart_timeout 1\n",
+        leaf.address()
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let mut on_leaf = subscriber(&leaf, "once-sub", "myhouse/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_leaf, &[&master, &leaf]);
+    leaf.stop();
+    leaf.spawn();
+    let mut on_leaf = subscriber(&leaf, "once-sub", "myhouse/room1/#");
+    std::thread::sleep(Duration::from_secs(2));
+    publish(&master, "sensor/room1/t", "after", QoS::AtLeastOnce, false);
+    on_leaf.expect_silence();
+    assert!(master.log().contains("start_type once: not reconnecting"), "{}", master.log());
+}
+
+#[test]
+fn failover_to_the_secondary_address_and_back_to_the_primary() {
+    let Some(mut primary) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let Some(secondary) = Node::start(Culex, "127.0.0.89", "") else { return };
+    primary.stop();
+    let bridge = format!(
+        "connection failover\naddresses {} {}\ntopic room1/# out 1 sensor/ myhouse/\n\
+         restart_timeout 1\n",
+        primary.address(),
+        secondary.address()
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let mut on_secondary = subscriber(&secondary, "fo-secondary", "myhouse/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_secondary, &[&master, &secondary]);
+
+    // The primary comes back: the bridge returns to it (probed every 5 s, as Mosquitto does).
+    primary.spawn();
+    let mut on_primary = subscriber(&primary, "fo-primary", "myhouse/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_primary, &[&master, &primary]);
+    drain(&mut [&mut on_primary, &mut on_secondary]);
+    publish(&master, "sensor/room1/t", "primary", QoS::AtLeastOnce, false);
+    expect_exactly(&mut on_primary, "myhouse/room1/t", "primary");
+    on_secondary.expect_silence();
+}
+
+/// Reads one packet from a socket the test serves as a fake broker.
+fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Packet {
+    loop {
+        if let Some(packet) = Packet::decode(buf, ProtocolVersion::V311, PACKET_SIZE_MAX).unwrap() {
+            return packet;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the bridge closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn write_packet(stream: &mut TcpStream, packet: &Packet) {
+    let mut out = BytesMut::new();
+    packet.encode(ProtocolVersion::V311, &mut out);
+    stream.write_all(&out).unwrap();
+}
+
+/// A peer that answers the bridge bit with "unacceptable protocol version" (as brokers other
+/// than Mosquitto do) gets a plain 3.1.1 CONNECT next, and the bridge works over it.
+#[test]
+fn a_peer_refusing_the_bridge_bit_gets_plain_mqtt() {
+    let listener = TcpListener::bind("127.0.0.88:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bridge = format!(
+        "connection plain\naddress 127.0.0.88:{port}\ntopic room1/# both 1 sensor/ myhouse/\n\
+         remote_clientid plain-bridge\nrestart_timeout 1\n"
+    );
+    let Some(_master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let accept = || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(common::WAIT)).unwrap();
+        stream
+    };
+    let mut first = accept();
+    let mut buf = BytesMut::new();
+    let Packet::Connect(connect) = read_packet(&mut first, &mut buf) else { panic!("CONNECT") };
+    assert!(connect.bridge && connect.protocol == ProtocolVersion::V311, "{connect:?}");
+    assert_eq!(&*connect.client_id, "plain-bridge");
+    let will = connect.will.expect("the state notification is the will");
+    assert_eq!(
+        (&*will.topic, &will.payload[..]),
+        ("$SYS/broker/connection/plain-bridge/state", &b"0"[..])
+    );
+    assert!(will.retain);
+    let refuse = ConnAck {
+        session_present: false,
+        reason: ReasonCode::UnsupportedProtocolVersion,
+        properties: Properties::default(),
+    };
+    write_packet(&mut first, &Packet::ConnAck(refuse));
+    drop(first);
+
+    let mut second = accept();
+    let mut buf = BytesMut::new();
+    let Packet::Connect(connect) = read_packet(&mut second, &mut buf) else { panic!("CONNECT") };
+    assert!(!connect.bridge, "the retry must not set the bridge bit");
+    let accepted = ConnAck {
+        session_present: false,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    };
+    write_packet(&mut second, &Packet::ConnAck(accepted));
+    // The `1` notification, then the subscription to the `in` side of the pattern.
+    let Packet::Publish(state) = read_packet(&mut second, &mut buf) else { panic!("PUBLISH") };
+    assert_eq!((&state.payload[..], state.retain, state.qos), (&b"1"[..], true, QoS::AtLeastOnce));
+    write_packet(&mut second, &Packet::PubAck(culex::protocol::Ack::new(state.packet_id.unwrap())));
+    let Packet::Subscribe(subscribe) = read_packet(&mut second, &mut buf) else {
+        panic!("SUBSCRIBE")
+    };
+    assert_eq!(subscribe.filters[0].0.as_str(), "myhouse/room1/#");
+    assert_eq!(subscribe.filters[0].1.qos, QoS::AtLeastOnce);
+    let granted = SubAck {
+        packet_id: subscribe.packet_id,
+        properties: Properties::default(),
+        reasons: vec![ReasonCode::GrantedQos1],
+    };
+    write_packet(&mut second, &Packet::SubAck(granted));
 }
