@@ -846,3 +846,67 @@ fn a_peer_refusing_the_bridge_bit_gets_plain_mqtt() {
     };
     write_packet(&mut second, &Packet::SubAck(granted));
 }
+
+/// While the link is down the bridge's queue holds `max_queued_messages`; what does not fit is
+/// dropped, counted and logged, and what was queued goes out in order when the link returns.
+#[test]
+fn a_full_bridge_queue_drops_the_newest_and_says_so() {
+    let Some(mut leaf) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let bridge = format!(
+        "max_queued_messages 5\nconnection queue\naddress {}\ntopic room1/# out 1 sensor/ myhouse/\n\
+         restart_timeout 1\ncleansession false\n",
+        leaf.address()
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let mut on_leaf = subscriber_with(
+        &leaf,
+        "queue-sub",
+        "myhouse/room1/#",
+        ConnectOptions { clean_start: false, ..Default::default() },
+    );
+    await_route(&master, "sensor/room1/probe", &mut on_leaf, &[&master, &leaf]);
+    drop(on_leaf);
+    leaf.kill();
+    // The master notices at once (the socket closes); then eight messages for five places.
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..8 {
+        publish(&master, "sensor/room1/q", &n.to_string(), QoS::AtLeastOnce, false);
+    }
+    // The leaf returns empty (no persistence): the subscriber subscribes again.
+    leaf.spawn();
+    let mut on_leaf = subscriber(&leaf, "queue-sub", "myhouse/room1/#");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + LINK_WAIT;
+    while got.len() < 5 && Instant::now() < deadline {
+        if let Some(Packet::Publish(p)) = on_leaf.recv_within(Duration::from_millis(250)) {
+            on_leaf.acknowledge(&p);
+            if &p.payload[..] != b"probe" {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4"], "{}", master.log());
+    on_leaf.expect_silence();
+    assert!(master.log().contains("dropped=3"), "{}", master.log());
+}
+
+/// `bridge_outgoing_retain false` strips the retain flag on the way out; a topic line with an
+/// empty pattern renames one topic.
+#[test]
+fn outgoing_retain_and_single_topic_renames() {
+    let Some(leaf) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let bridge = format!(
+        "connection rename\naddress {}\ntopic \"\" out 1 plant/line1/temp remote/t1\n\
+         topic probe out 0\nbridge_outgoing_retain false\n",
+        leaf.address()
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let mut on_leaf = subscriber(&leaf, "rename-sub", "#");
+    await_route(&master, "probe", &mut on_leaf, &[&master, &leaf]);
+    drain(&mut [&mut on_leaf]);
+    publish(&master, "plant/line1/temp", "80", QoS::AtLeastOnce, true);
+    let publish = on_leaf.receive();
+    assert_eq!((&*publish.topic, &publish.payload[..]), ("remote/t1", &b"80"[..]));
+    assert!(!publish.retain, "bridge_outgoing_retain false must strip the flag");
+    on_leaf.expect_silence();
+}

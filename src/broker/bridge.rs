@@ -76,6 +76,7 @@ pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
         if super::is_shutting_down() {
             return;
         }
+        report_dropped(&shard, &bridge, &local_id);
         let end = match connect_remote(&bridge, &mut addresses, &mut private_refused).await {
             Some(remote) => {
                 backoff.reset();
@@ -438,7 +439,21 @@ async fn run_link(
     link.finish(&end).await;
     disconnect_local(shard, &link.local);
     notify_local(shard, bridge, local_id, false);
+    report_dropped(shard, bridge, local_id);
     end
+}
+
+/// Logs what the local session dropped for the remote: its queue is bounded by
+/// `max_queued_messages`/`max_queued_bytes`, and like any session it drops the newest
+/// messages when full (QoS 0 too, while the link is down, unless `queue_qos0_messages`).
+fn report_dropped(shard: &Rc<RefCell<Shard>>, bridge: &Bridge, local_id: &str) {
+    let dropped = shard.borrow_mut().take_dropped(local_id);
+    if dropped > 0 {
+        tracing::warn!(
+            bridge = %bridge.name, dropped,
+            "messages for the remote dropped (queue limits, or QoS 0 while the link was down)"
+        );
+    }
 }
 
 /// What the remote broker said it accepts (5.0 CONNACK), applied to what the bridge sends.

@@ -168,6 +168,8 @@ pub struct SessionState {
     queued_bytes: usize,
     /// Incoming QoS 2 packet ids delivered but not yet released [MQTT-4.3.3].
     awaiting_pubrel: AHashSet<PacketId>,
+    /// Messages dropped (limits, expiry) since the count was last taken.
+    dropped: u64,
 }
 
 /// Messages sent and not yet acknowledged: in send order (a resumed session resends them in
@@ -291,8 +293,17 @@ impl Session {
     }
 
     /// Hands a message to the session: sent at once when connected and the window allows,
-    /// otherwise queued within the limits (QoS 0 only with `queue_qos0_messages`).
+    /// otherwise queued within the limits (QoS 0 only with `queue_qos0_messages`). What is
+    /// dropped is counted.
     pub fn deliver(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
+        let delivery = self.offer(outgoing, limits);
+        if delivery == Delivery::Dropped {
+            self.state.dropped += 1;
+        }
+        delivery
+    }
+
+    fn offer(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
         if outgoing.message.expires_at.is_some() && outgoing.message.is_expired(Instant::now()) {
             return Delivery::Dropped;
         }
@@ -440,6 +451,11 @@ impl Session {
             return Err(ReceiveMaximumExceeded);
         }
         Ok(awaiting.insert(packet_id))
+    }
+
+    /// Messages dropped since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.state.dropped)
     }
 
     /// The peer started a new session: QoS 2 ids it never released are forgotten.

@@ -608,6 +608,11 @@ impl Shard {
         self.sessions.get(client_id).map_or(0, |s| s.state.queued_len())
     }
 
+    /// Messages a session dropped (queue limits, expiry) since the last call.
+    pub fn take_dropped(&mut self, client_id: &str) -> u64 {
+        self.sessions.get_mut(client_id).map_or(0, Session::take_dropped)
+    }
+
     /// The remote broker started a new session: QoS 2 packet ids it had not released yet will
     /// never be released, and must not make its next messages with those ids look like repeats.
     pub fn forget_unreleased_qos2(&mut self, conn: &ConnHandle) {
