@@ -89,14 +89,23 @@ fn describe(config: &Config) -> String {
         .map(|addr| addr.to_string())
         .collect();
     let shards = config.shards.map_or_else(|| "one per CPU".to_string(), |n| n.to_string());
+    let bridges: Vec<String> = config
+        .bridges
+        .iter()
+        .map(|b| {
+            let addresses: Vec<String> = b.addresses.iter().map(|a| a.to_string()).collect();
+            format!("{} -> {} ({} topics)", b.name, addresses.join(" "), b.topics.len())
+        })
+        .collect();
     format!(
         "listeners {}; anonymous {}; shards {shards}; max_inflight_messages {}; \
-         max_queued_messages {}; max_packet_size {}",
+         max_queued_messages {}; max_packet_size {}; bridges: {}",
         listeners.join(", "),
         if config.allow_anonymous { "allowed" } else { "refused" },
         config.max_inflight_messages,
         config.max_queued_messages,
         config.max_packet_size,
+        if bridges.is_empty() { "none".to_string() } else { bridges.join(", ") },
     )
 }
 

@@ -72,3 +72,33 @@ fn test_config_reports_errors_with_file_and_line() {
         "{stderr}"
     );
 }
+
+/// The tutorial's master configuration, as written there, checks out with both bridges.
+#[test]
+fn the_tutorials_master_config_passes_test_config() {
+    let dir = common::TempDir::new();
+    let conf = dir.0.join("master.conf");
+    let block = |name: &str, leaf: &str| {
+        format!(
+            "connection {name}\naddress {leaf}:1883\ntopic room1/# both 2 sensor/ myhouse/\n\
+             bridge_protocol_version mqttv311\nnotifications true\ncleansession true\n\
+             try_private true\nstart_type automatic\n"
+        )
+    };
+    let text = block("mytest", "127.0.0.88") + &block("mytest2", "127.0.0.89");
+    std::fs::write(&conf, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
+        .arg("-c")
+        .arg(&conf)
+        .arg("--test-config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(
+            "bridges: mytest -> 127.0.0.88:1883 (1 topics), mytest2 -> 127.0.0.89:1883 (1 topics)"
+        ),
+        "{stdout}"
+    );
+}

@@ -8,7 +8,7 @@ mod client;
 mod scenario;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,6 +31,9 @@ enum Command {
     Run {
         #[arg(long, default_value = "127.0.0.1:1883")]
         broker: String,
+        /// Subscribers connect here instead (a broker bridged to --broker).
+        #[arg(long)]
+        subscribe_to: Option<String>,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -46,6 +49,10 @@ enum Command {
         /// CPUs both brokers are restricted to (taskset list, e.g. "0-1").
         #[arg(long)]
         cpus: Option<String>,
+        /// Two nodes of each broker: publishers on 127.0.0.53, subscribers on 127.0.0.88,
+        /// the first bridged to the second (`topic loadtest/# out 2`).
+        #[arg(long)]
+        bridged: bool,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -85,13 +92,14 @@ struct ScenarioArgs {
 }
 
 impl ScenarioArgs {
-    fn params(&self, addr: SocketAddr) -> anyhow::Result<Params> {
+    fn params(&self, addr: SocketAddr, subscribe_addr: SocketAddr) -> anyhow::Result<Params> {
         anyhow::ensure!(
             self.seconds > 0.0 && self.seconds <= 3600.0,
             "--seconds must be in (0, 3600]"
         );
         Ok(Params {
             addr,
+            subscribe_addr,
             shape: self.scenario,
             clients: self.clients.max(1),
             qos: QoS::from_u8(self.qos)?,
@@ -107,28 +115,31 @@ impl ScenarioArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run { broker, scenario } => {
-            let addr = broker.to_socket_addrs()?.next().context("no address for --broker")?;
-            let outcome = scenario::run(&scenario.params(addr)?, &broker)?;
+        Command::Run { broker, subscribe_to, scenario } => {
+            let resolve = |name: &str| -> anyhow::Result<SocketAddr> {
+                name.to_socket_addrs()?.next().with_context(|| format!("no address for {name}"))
+            };
+            let addr = resolve(&broker)?;
+            let subscribe_addr = subscribe_to.as_deref().map(resolve).transpose()?.unwrap_or(addr);
+            let outcome = scenario::run(&scenario.params(addr, subscribe_addr)?, &broker)?;
             report(&[outcome], scenario.json);
         }
-        Command::Compare { port, culex, mosquitto, cpus, scenario } => {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let params = scenario.params(addr)?;
-            // The options both brokers understand; queues large enough not to drop under load.
-            let config = format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-            );
+        Command::Compare { port, culex, mosquitto, cpus, bridged, scenario } => {
             let brokers = [
                 ("culex", culex.unwrap_or_else(broker::default_culex)),
                 ("mosquitto", mosquitto.unwrap_or_else(broker::default_mosquitto)),
             ];
             let mut outcomes = Vec::new();
             for (name, command) in brokers {
-                let process = BrokerProcess::start(&command, &config, addr, cpus.as_deref())?;
-                let before = process.usage();
+                let nodes = if bridged {
+                    Nodes::bridged(&command, port, cpus.as_deref())?
+                } else {
+                    Nodes::single(&command, port, cpus.as_deref())?
+                };
+                let params = scenario.params(nodes.publish_addr, nodes.subscribe_addr)?;
+                let before = nodes.usage();
                 let mut outcome = scenario::run(&params, name)?;
-                if let (Some(before), Some(after)) = (before, process.usage()) {
+                if let (Some(before), Some(after)) = (before, nodes.usage()) {
                     let millions = outcome.received as f64 / 1e6;
                     if millions > 0.0 {
                         outcome.broker_cpu_s_per_million =
@@ -136,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     outcome.broker_peak_rss_mb = Some(after.peak_rss_mb);
                 }
-                process.stop(addr);
+                nodes.stop();
                 outcomes.push(outcome);
             }
             report(&outcomes, scenario.json);
@@ -152,6 +163,69 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The options both brokers understand; queues large enough not to drop under load.
+fn base_config(port: u16, host: &str) -> String {
+    format!(
+        "listener {port} {host}\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+    )
+}
+
+/// The broker processes of one side of a comparison: one node, or two bridged.
+struct Nodes {
+    processes: Vec<(BrokerProcess, SocketAddr)>,
+    publish_addr: SocketAddr,
+    subscribe_addr: SocketAddr,
+}
+
+impl Nodes {
+    fn single(command: &Path, port: u16, cpus: Option<&str>) -> anyhow::Result<Nodes> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let process = BrokerProcess::start(command, &base_config(port, "127.0.0.1"), addr, cpus)?;
+        Ok(Nodes { processes: vec![(process, addr)], publish_addr: addr, subscribe_addr: addr })
+    }
+
+    /// The subscribers' node first, then the publishers' node bridged to it; returns once a
+    /// message crosses the bridge.
+    fn bridged(command: &Path, port: u16, cpus: Option<&str>) -> anyhow::Result<Nodes> {
+        let leaf = SocketAddr::from(([127, 0, 0, 88], port));
+        let master = SocketAddr::from(([127, 0, 0, 53], port));
+        let leaf_process =
+            BrokerProcess::start(command, &base_config(port, "127.0.0.88"), leaf, cpus)?;
+        let bridge = format!(
+            "connection loadtest\naddress {leaf}\ntopic loadtest/# out 2\ncleansession true\n\
+             restart_timeout 1\n"
+        );
+        let master_config = base_config(port, "127.0.0.53") + &bridge;
+        let master_process = BrokerProcess::start(command, &master_config, master, cpus)?;
+        scenario::await_bridge(master, leaf)?;
+        Ok(Nodes {
+            processes: vec![(master_process, master), (leaf_process, leaf)],
+            publish_addr: master,
+            subscribe_addr: leaf,
+        })
+    }
+
+    /// CPU time and peak memory of all the nodes together.
+    fn usage(&self) -> Option<broker::Usage> {
+        self.processes.iter().map(|(p, _)| p.usage()).try_fold(
+            broker::Usage { cpu_seconds: 0.0, peak_rss_mb: 0.0 },
+            |total, usage| {
+                let usage = usage?;
+                Some(broker::Usage {
+                    cpu_seconds: total.cpu_seconds + usage.cpu_seconds,
+                    peak_rss_mb: total.peak_rss_mb + usage.peak_rss_mb,
+                })
+            },
+        )
+    }
+
+    fn stop(self) {
+        for (process, addr) in self.processes {
+            process.stop(addr);
+        }
+    }
 }
 
 fn report(outcomes: &[Outcome], json: bool) {

@@ -27,7 +27,10 @@ pub enum Shape {
 
 #[derive(Debug, Clone)]
 pub struct Params {
+    /// Where publishers connect.
     pub addr: SocketAddr,
+    /// Where subscribers connect: `addr`, or another broker bridged to it.
+    pub subscribe_addr: SocketAddr,
     pub shape: Shape,
     pub clients: usize,
     pub qos: QoS,
@@ -120,7 +123,7 @@ pub fn run(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let mut subscribers = Vec::new();
     for (i, filter) in plan.subscriber_filters.iter().enumerate() {
         let mut connection =
-            Connection::open(params.addr, &format!("lt-{run_id}-s{i}"), params.version)?;
+            Connection::open(params.subscribe_addr, &format!("lt-{run_id}-s{i}"), params.version)?;
         connection.subscribe(filter, params.qos)?;
         subscribers.push(connection);
     }
@@ -328,4 +331,31 @@ fn subscribe_loop(
     }
     connection.disconnect();
     Ok((tally, last))
+}
+
+/// Publishes probes on `master` until one reaches a subscriber on `leaf`: the bridge between
+/// them is up. Probes go to `loadtest/ready`, which no scenario subscribes to.
+pub fn await_bridge(master: SocketAddr, leaf: SocketAddr) -> anyhow::Result<()> {
+    let version = ProtocolVersion::V311;
+    let mut subscriber = Connection::open(leaf, "lt-bridge-ready-sub", version)?;
+    subscriber.subscribe("loadtest/ready", QoS::AtMostOnce)?;
+    subscriber.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut prober = Connection::open(master, "lt-bridge-ready-pub", version)?;
+    let topic = TopicName::new("loadtest/ready")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        prober.queue_publish(&topic, Bytes::from_static(b"ready"), QoS::AtMostOnce, None);
+        prober.flush()?;
+        match subscriber.read_packet() {
+            Ok(Some(Packet::Publish(_))) => break,
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("{leaf} closed the probe subscriber"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no bridge from {master} to {leaf} in 20 s");
+    }
+    prober.disconnect();
+    subscriber.disconnect();
+    Ok(())
 }
