@@ -949,3 +949,34 @@ impl Backoff {
         self.previous
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backoff(config: &str) -> Backoff {
+        let text = format!("connection b\naddress h\ntopic #\nrestart_timeout {config}\n");
+        let (config, _) =
+            crate::config::Config::parse(&text, std::path::Path::new("t.conf")).unwrap();
+        Backoff::new(&config.bridges[0])
+    }
+
+    #[test]
+    fn a_single_restart_timeout_is_constant() {
+        let mut backoff = backoff("7");
+        assert!((0..5).all(|_| backoff.next() == Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn base_and_cap_give_a_jittered_backoff_within_them_that_resets() {
+        let mut backoff = backoff("2 30");
+        let delays: Vec<Duration> = (0..50).map(|_| backoff.next()).collect();
+        let (base, cap) = (Duration::from_secs(2), Duration::from_secs(30));
+        assert!(delays.iter().all(|d| *d >= base && *d <= cap), "{delays:?}");
+        assert!(delays.iter().any(|d| *d > Duration::from_secs(10)), "it grows: {delays:?}");
+        // Each delay is at most three times the one before.
+        assert!(delays.windows(2).all(|w| w[1] <= (w[0] * 3).max(base)), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_secs(6));
+    }
+}
