@@ -39,12 +39,7 @@ fn debians_default_config_passes_test_config() {
         return;
     }
     assert!(config.exists(), "the mosquitto package installs {}", config.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
-        .arg("-c")
-        .arg(config)
-        .arg("--test-config")
-        .output()
-        .unwrap();
+    let out = test_config(config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("option `persistence` is not implemented yet"), "{stdout}");
@@ -56,12 +51,7 @@ fn test_config_reports_errors_with_file_and_line() {
     let dir = common::TempDir::new();
     let conf = dir.0.join("bad.conf");
     std::fs::write(&conf, "listener 1883\ntopic a/# out\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
-        .arg("-c")
-        .arg(&conf)
-        .arg("--test-config")
-        .output()
-        .unwrap();
+    let out = test_config(&conf);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -87,12 +77,7 @@ fn the_tutorials_master_config_passes_test_config() {
     };
     let text = block("mytest", "127.0.0.88") + &block("mytest2", "127.0.0.89");
     std::fs::write(&conf, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
-        .arg("-c")
-        .arg(&conf)
-        .arg("--test-config")
-        .output()
-        .unwrap();
+    let out = test_config(&conf);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -101,4 +86,14 @@ fn the_tutorials_master_config_passes_test_config() {
         ),
         "{stdout}"
     );
+}
+
+/// `culex -c FILE --test-config`.
+fn test_config(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_culex"))
+        .arg("-c")
+        .arg(file)
+        .arg("--test-config")
+        .output()
+        .unwrap()
 }

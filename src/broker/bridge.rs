@@ -240,6 +240,19 @@ fn notification_topic(bridge: &Bridge) -> Option<TopicName> {
     TopicName::new(bridge.notification_topic()).ok()
 }
 
+/// The link state as a retained PUBLISH to the remote: QoS 1 with a packet id, else QoS 0.
+fn state_publish(topic: TopicName, up: bool, packet_id: Option<PacketId>) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: if packet_id.is_some() { QoS::AtLeastOnce } else { QoS::AtMostOnce },
+        retain: true,
+        topic,
+        packet_id,
+        properties: Properties::default(),
+        payload: state_payload(up),
+    })
+}
+
 fn state_payload(up: bool) -> Bytes {
     Bytes::from_static(if up { b"1" } else { b"0" })
 }
@@ -549,15 +562,7 @@ impl Link {
         if bridge.notifications && !bridge.notifications_local_only {
             if let Some(topic) = notification_topic(&bridge) {
                 let id = packet_id(NOTIFICATION_ID);
-                self.send(&Packet::Publish(Publish {
-                    dup: false,
-                    qos: QoS::AtLeastOnce,
-                    retain: true,
-                    topic,
-                    packet_id: Some(id),
-                    properties: Properties::default(),
-                    payload: state_payload(true),
-                }));
+                self.send(&state_publish(topic, true, Some(id)));
                 self.notification_ack = Some(id);
             }
         }
@@ -891,15 +896,7 @@ impl Link {
         let bridge = self.bridge.clone();
         if bridge.notifications && !bridge.notifications_local_only {
             if let Some(topic) = notification_topic(&bridge) {
-                self.send(&Packet::Publish(Publish {
-                    dup: false,
-                    qos: QoS::AtMostOnce,
-                    retain: true,
-                    topic,
-                    packet_id: None,
-                    properties: Properties::default(),
-                    payload: state_payload(false),
-                }));
+                self.send(&state_publish(topic, false, None));
             }
         }
         self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
