@@ -686,16 +686,16 @@ fn await_payload(sub: &mut RawClient, payload: &str, what: &str, logs: &[&Node])
 
 /// The link state is published as `1`/`0`, retained, on the master (local) and on the leaf
 /// (remote, `0` being the bridge's will).
-fn link_state_notifications(leaf_kind: Kind) {
+fn link_state_notifications(master_kind: Kind, leaf_kind: Kind) {
     let Some(mut leaf) = Node::start(leaf_kind, "127.0.0.88", "") else { return };
     let bridge = tutorial_connection(
         "master",
         &leaf,
         "mqttv311",
-        "remote_clientid culex-master\nrestart_timeout 1\n",
+        "remote_clientid bridging-master\nrestart_timeout 1\n",
     );
-    let Some(mut master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
-    let topic = "$SYS/broker/connection/culex-master/state";
+    let Some(mut master) = Node::start(master_kind, "127.0.0.53", &bridge) else { return };
+    let topic = "$SYS/broker/connection/bridging-master/state";
     let mut local = subscriber(&master, "state-local", topic);
     await_payload(&mut local, "1", "local state after connect", &[&master, &leaf]);
     let mut remote = subscriber(&leaf, "state-remote", topic);
@@ -714,13 +714,18 @@ fn link_state_notifications(leaf_kind: Kind) {
 }
 
 #[test]
-fn link_state_notifications_culex_leaf() {
-    link_state_notifications(Culex);
+fn link_state_notifications_culex_master_culex_leaf() {
+    link_state_notifications(Culex, Culex);
 }
 
 #[test]
-fn link_state_notifications_mosquitto_leaf() {
-    link_state_notifications(Mosquitto);
+fn link_state_notifications_culex_master_mosquitto_leaf() {
+    link_state_notifications(Culex, Mosquitto);
+}
+
+#[test]
+fn link_state_notifications_mosquitto_master_culex_leaf() {
+    link_state_notifications(Mosquitto, Culex);
 }
 
 #[test]
