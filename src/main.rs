@@ -124,12 +124,12 @@ fn init_logging(verbose: bool) {
 }
 
 /// SIGINT and SIGTERM tell clients the server is shutting down (5.0: DISCONNECT 0x8B), then end
-/// the process. Nothing is held that a restart would need (no persistence yet).
+/// the process. Nothing is held that a restart would need (no persistence yet). SIGHUP, which
+/// Mosquitto answers by reloading its auth, ACL and logging files, is logged and otherwise
+/// ignored until Culex has such files: `systemctl reload` must not stop the broker.
 fn exit_on_signals() {
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
         Err(error) => {
             eprintln!("Warning: cannot handle signals: {error}");
@@ -137,7 +137,13 @@ fn exit_on_signals() {
         }
     };
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
+        for signal in signals.forever() {
+            if signal == SIGHUP {
+                tracing::info!(
+                    "SIGHUP: nothing to reload yet; restart to apply a changed configuration"
+                );
+                continue;
+            }
             tracing::info!(signal, "shutting down");
             culex::broker::request_shutdown();
             std::thread::sleep(culex::broker::SHUTDOWN_GRACE);

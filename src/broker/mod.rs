@@ -59,6 +59,18 @@ pub enum StartError {
     TooManyShards(usize),
     #[error("cannot start shard executor: {0}")]
     Executor(String),
+    #[error(
+        "io_uring is not available ({0}): Culex needs it. Check `sysctl kernel.io_uring_disabled` \
+         (0 enables it for everyone) and, in a container, a seccomp profile that allows \
+         io_uring_setup; `tuning/check` reports what a host lacks"
+    )]
+    IoUringUnavailable(std::io::Error),
+    #[error(
+        "the locked-memory limit (memlock) is {soft_kib} KiB and cannot be raised (hard limit \
+         {hard_kib} KiB); Culex needs {needed_kib} KiB: raise it with `ulimit -l`, \
+         LimitMEMLOCK= in the systemd unit, or tuning/limits.conf"
+    )]
+    MemlockTooLow { soft_kib: u64, hard_kib: u64, needed_kib: u64 },
 }
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
@@ -85,8 +97,14 @@ enum Role {
     Bridges(Vec<crate::config::Bridge>),
 }
 
+/// glommio refuses to create an executor below this memlock limit (its `MIN_MEMLOCK_LIMIT`).
+const MEMLOCK_NEEDED_BYTES: u64 = 512 << 10;
+
 /// Starts every shard and blocks until they stop (they stop only with the process).
 pub fn run(config: Config) -> Result<(), StartError> {
+    // memlock first: below it, creating a ring fails too (ENOMEM), with a less helpful message.
+    ensure_memlock()?;
+    check_io_uring()?;
     let cpus = allowed_cpus();
     let worker_count = config.shards.unwrap_or(cpus.len().max(1));
     let bridge_shard_count = config.bridge_shards.min(config.bridges.len());
@@ -147,11 +165,63 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
+    // An executor that fails leaves the others waiting for it in the mesh, so wait for the
+    // first one to end, whichever it is, rather than for each in turn.
+    let (ended, first_end) = std::sync::mpsc::channel();
     for handle in handles {
-        if let Ok(Err(error)) = handle.join() {
-            return Err(error);
-        }
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            let result = match handle.join() {
+                Ok(result) => result,
+                Err(error) => Err(StartError::Executor(error.to_string())),
+            };
+            let _ = ended.send(result);
+        });
     }
+    first_end.recv().unwrap_or(Ok(()))
+}
+
+/// Creates and closes one small io_uring: the kernel may lack it, forbid it
+/// (`kernel.io_uring_disabled`), or a seccomp profile may refuse it.
+fn check_io_uring() -> Result<(), StartError> {
+    // struct io_uring_params is 120 bytes; zeroed asks for nothing special.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(2) with a valid pointer to a zeroed params struct.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        if let (Some(libc::ENOMEM), Some(limit)) = (error.raw_os_error(), memlock_limit()) {
+            return Err(memlock_too_low(limit));
+        }
+        return Err(StartError::IoUringUnavailable(error));
+    }
+    // SAFETY: `fd` is the ring just created, owned here.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Raises the soft memlock limit to what glommio needs when the hard limit allows; refuses to
+/// start, naming the fix, when it does not.
+fn ensure_memlock() -> Result<(), StartError> {
+    let Some(limit) = memlock_limit() else {
+        return Ok(()); // glommio will say what it finds
+    };
+    if limit.rlim_cur >= MEMLOCK_NEEDED_BYTES {
+        return Ok(());
+    }
+    if limit.rlim_max < MEMLOCK_NEEDED_BYTES {
+        return Err(memlock_too_low(limit));
+    }
+    let raised = libc::rlimit { rlim_cur: MEMLOCK_NEEDED_BYTES, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit(2) with a soft limit within the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
+        return Err(memlock_too_low(limit));
+    }
+    tracing::info!(
+        from_kib = limit.rlim_cur / 1024,
+        to_kib = MEMLOCK_NEEDED_BYTES / 1024,
+        "raised the soft memlock limit"
+    );
     Ok(())
 }
 
@@ -273,6 +343,20 @@ fn accepts_connections(addr: SocketAddr) -> bool {
         _ => addr,
     };
     std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok()
+}
+
+fn memlock_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes into `limit`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0).then_some(limit)
+}
+
+fn memlock_too_low(limit: libc::rlimit) -> StartError {
+    StartError::MemlockTooLow {
+        soft_kib: limit.rlim_cur / 1024,
+        hard_kib: limit.rlim_max / 1024,
+        needed_kib: MEMLOCK_NEEDED_BYTES / 1024,
+    }
 }
 
 /// CPUs this process may run on. `Placement::Fixed` panics for a CPU outside the affinity mask

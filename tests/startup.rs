@@ -1,0 +1,65 @@
+//! What the `culex` binary does at start-up on a host that lacks something, and with signals.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{free_port, Broker, RawClient};
+
+/// A memlock limit below glommio's minimum that cannot be raised: a clear error naming the
+/// fix, and exit status 1, not a panic or a hang.
+#[test]
+fn a_memlock_limit_too_low_is_refused_with_the_fix() {
+    let script = format!(
+        "ulimit -S -l 256 && ulimit -H -l 256 && exec {} -p {}",
+        env!("CARGO_BIN_EXE_culex"),
+        free_port()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("memlock) is 256 KiB and cannot be raised")
+            && stderr.contains("LimitMEMLOCK="),
+        "{stderr}"
+    );
+}
+
+/// A soft limit below the minimum is raised to it when the hard limit allows.
+#[test]
+fn a_low_soft_memlock_limit_is_raised() {
+    let port = free_port();
+    let script =
+        format!("ulimit -S -l 64 && exec {} -p {port} -c /dev/null", env!("CARGO_BIN_EXE_culex"));
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "culex did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (client, _) = RawClient::connect_addr(addr, "memlock", Default::default());
+    client.disconnect();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("raised the soft memlock limit"), "{stderr}");
+}
+
+/// `systemctl reload` sends SIGHUP: the broker logs it and keeps serving.
+#[test]
+fn sighup_does_not_stop_the_broker() {
+    let mut broker = Broker::start("");
+    // SAFETY: kill(2) with the pid of our own child.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(broker.is_running(), "{}", broker.log_text());
+    let (client, _) = RawClient::connect(&broker, "after-hup", Default::default());
+    client.disconnect();
+    assert!(broker.log_text().contains("SIGHUP"), "{}", broker.log_text());
+}
