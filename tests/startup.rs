@@ -48,7 +48,7 @@ fn a_low_soft_memlock_limit_is_raised() {
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("raised the soft memlock limit"), "{stderr}");
+    assert!(stderr.contains("raised the soft memlock limit to the hard limit"), "{stderr}");
 }
 
 /// `systemctl reload` sends SIGHUP: the broker logs it and keeps serving.

@@ -200,27 +200,31 @@ fn check_io_uring() -> Result<(), StartError> {
     Ok(())
 }
 
-/// Raises the soft memlock limit to what glommio needs when the hard limit allows; refuses to
-/// start, naming the fix, when it does not.
+/// Raises the soft memlock limit to the hard one: glommio refuses an executor below 512 KiB,
+/// and registering its buffers needs more (at 512 KiB exactly, two shards could not register
+/// theirs). Refuses to start, naming the fix, when even the hard limit is below the minimum.
 fn ensure_memlock() -> Result<(), StartError> {
     let Some(limit) = memlock_limit() else {
         return Ok(()); // glommio will say what it finds
     };
-    if limit.rlim_cur >= MEMLOCK_NEEDED_BYTES {
-        return Ok(());
-    }
     if limit.rlim_max < MEMLOCK_NEEDED_BYTES {
         return Err(memlock_too_low(limit));
     }
-    let raised = libc::rlimit { rlim_cur: MEMLOCK_NEEDED_BYTES, rlim_max: limit.rlim_max };
-    // SAFETY: setrlimit(2) with a soft limit within the hard one.
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(());
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit(2) with the soft limit equal to the hard one.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
+        if limit.rlim_cur >= MEMLOCK_NEEDED_BYTES {
+            return Ok(());
+        }
         return Err(memlock_too_low(limit));
     }
     tracing::info!(
         from_kib = limit.rlim_cur / 1024,
-        to_kib = MEMLOCK_NEEDED_BYTES / 1024,
-        "raised the soft memlock limit"
+        to_kib = limit.rlim_max / 1024,
+        "raised the soft memlock limit to the hard limit"
     );
     Ok(())
 }
