@@ -274,7 +274,6 @@ struct AddressCursor {
 struct Remote {
     stream: TcpStream,
     reader: PacketReader,
-    version: ProtocolVersion,
     session_present: bool,
     /// Index of the address in use.
     address: usize,
@@ -304,7 +303,6 @@ async fn connect_remote(
                     return Some(Remote {
                         stream,
                         reader,
-                        version: bridge.protocol,
                         session_present: connack.session_present,
                         address: index,
                         connack: connack.properties,
@@ -482,7 +480,6 @@ struct Link {
     local: Rc<ConnHandle>,
     stream: TcpStream,
     reader: PacketReader,
-    version: ProtocolVersion,
     peer: PeerLimits,
     /// Encoded packets for the remote, written once per turn.
     out: BytesMut,
@@ -537,7 +534,6 @@ impl Link {
             local,
             stream: remote.stream,
             reader: remote.reader,
-            version: remote.version,
             peer,
             out: BytesMut::with_capacity(4096),
             notification_ack: None,
@@ -595,8 +591,13 @@ impl Link {
         subscribe_local(&self.shard, &self.local, &bridge);
     }
 
+    /// The protocol of the remote link.
+    fn version(&self) -> ProtocolVersion {
+        self.bridge.protocol
+    }
+
     fn send(&mut self, packet: &Packet) {
-        packet.encode(self.version, &mut self.out);
+        packet.encode(self.version(), &mut self.out);
     }
 
     /// Moves packets both ways until the link ends. Shaped like a client connection's loop:
@@ -645,7 +646,7 @@ impl Link {
             }
             glommio::yield_if_needed().await;
             loop {
-                match self.reader.decode(self.version) {
+                match self.reader.decode(self.bridge.protocol) {
                     Ok(Some(packet)) => {
                         self.last_received = Instant::now();
                         self.ping_sent = None;
@@ -799,7 +800,7 @@ impl Link {
             publish.qos = self.peer.maximum_qos;
         }
         let packet = Packet::Publish(publish);
-        if packet.encoded_len(self.version) > self.peer.maximum_packet_size {
+        if packet.encoded_len(self.version()) > self.peer.maximum_packet_size {
             if let Packet::Publish(publish) = &packet {
                 self.drop_outgoing(publish, "larger than the peer accepts");
             }
