@@ -580,3 +580,29 @@ fn max_keepalive_becomes_the_server_keep_alive_of_v5_clients_only() {
         ConnectOptions { keep_alive_secs: 100, ..Default::default() },
     );
 }
+
+/// `retain_available false`: announced in CONNACK; a retained PUBLISH then gets DISCONNECT 0x9A
+/// from a 5.0 client's broker and closes a 3.1.1 client's connection (as Mosquitto 2.0.11),
+/// and nothing is delivered or stored. Without RETAIN, publishing works as usual.
+#[test]
+fn retained_publishes_are_refused_when_retain_is_unavailable() {
+    let broker = Broker::start("retain_available false");
+    let (mut watcher, _) = RawClient::connect(&broker, "ra-watch", v5());
+    watcher.subscribe("ra/#", QoS::AtMostOnce);
+
+    let mut client = RawClient::open(&broker);
+    let Packet::ConnAck(connack) = client.handshake("ra-v5", v5()) else { panic!("no CONNACK") };
+    assert_eq!(connack.properties.retain_available, Some(false));
+    client.publish("ra/plain", b"fine", QoS::AtMostOnce, false);
+    assert_eq!(&watcher.receive().payload[..], b"fine");
+    client.publish("ra/kept", b"no", QoS::AtMostOnce, true);
+    expect_disconnect(&mut client, ReasonCode::RetainNotSupported);
+
+    let (mut old, _) = RawClient::connect(&broker, "ra-v311", ConnectOptions::default());
+    old.publish("ra/kept", b"no", QoS::AtMostOnce, true);
+    assert!(old.is_closed_by_broker());
+    watcher.expect_silence();
+    let mut late = RawClient::connect(&broker, "ra-late", v5()).0;
+    late.subscribe("ra/#", QoS::AtMostOnce);
+    late.expect_silence();
+}

@@ -547,6 +547,13 @@ impl Shard {
 
     fn client_publish(&mut self, conn: &Rc<ConnHandle>, publish: Publish) -> Result<(), Close> {
         self.stats.messages_received += 1;
+        // With `retain_available false` a retained PUBLISH is refused: DISCONNECT 0x9A for 5.0
+        // clients, who were told in CONNACK [MQTT-3.3.1-11 (5.0)]; 3.x clients are closed, as
+        // Mosquitto 2.0.11 does (checked by hand). A bridge's own session just drops the flag:
+        // its remote cannot know this broker's setting.
+        if publish.retain && !self.config.retain_available && !conn.internal {
+            return Err(Close::ProtocolError(ReasonCode::RetainNotSupported));
+        }
         let topic = resolve_topic_alias(conn, &publish)?;
         let mut properties = publish.properties;
         properties.topic_alias = None;
