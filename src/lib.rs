@@ -1,5 +1,6 @@
 //! Culex: a thread-per-core MQTT broker, drop-in for Mosquitto 2.x.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod protocol;

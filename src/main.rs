@@ -55,6 +55,20 @@ fn main() -> ExitCode {
         for warning in &warnings {
             println!("warning: {warning}");
         }
+        if let Some(path) = &config.password_file {
+            match culex::auth::PasswordFile::load(path) {
+                Ok((passwords, warnings)) => {
+                    for warning in warnings {
+                        println!("warning: {warning}");
+                    }
+                    println!("password file {}: {} users", path.display(), passwords.len());
+                }
+                Err(error) => {
+                    eprintln!("Error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         println!("configuration OK: {}", describe(&config));
         return ExitCode::SUCCESS;
     }
@@ -124,9 +138,8 @@ fn init_logging(verbose: bool) {
 }
 
 /// SIGINT and SIGTERM tell clients the server is shutting down (5.0: DISCONNECT 0x8B), then end
-/// the process. Nothing is held that a restart would need (no persistence yet). SIGHUP, which
-/// Mosquitto answers by reloading its auth, ACL and logging files, is logged and otherwise
-/// ignored until Culex has such files: `systemctl reload` must not stop the broker.
+/// the process. Nothing is held that a restart would need (no persistence yet). SIGHUP reloads
+/// the password file, as Mosquitto does (connected clients stay); `systemctl reload` sends it.
 fn exit_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
@@ -139,9 +152,7 @@ fn exit_on_signals() {
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP {
-                tracing::info!(
-                    "SIGHUP: nothing to reload yet; restart to apply a changed configuration"
-                );
+                culex::broker::reload();
                 continue;
             }
             tracing::info!(signal, "shutting down");

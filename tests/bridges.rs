@@ -6,16 +6,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{free_port, mosquitto_tool, ConnectOptions, RawClient, TempDir};
+use common::node::{Kind, Node};
+use common::{mosquitto_tool, ConnectOptions, RawClient};
 use culex::protocol::{
     ConnAck, Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, PACKET_SIZE_MAX,
 };
@@ -23,150 +22,6 @@ use Kind::{Culex, Mosquitto};
 
 /// Longest wait for a bridge to come up (Mosquitto's first attempt can lag a second).
 const LINK_WAIT: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Culex,
-    Mosquitto,
-}
-
-/// A free port never handed out before in this run: nodes of parallel tests share the
-/// addresses 127.0.0.53/88/89, and a node stopped for a while (failover, restarts) must find
-/// its port still its own.
-fn unique_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = free_port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// A broker process on `host:port`, killed on drop. It can be stopped and started again on the
-/// same address.
-struct Node {
-    kind: Kind,
-    program: PathBuf,
-    host: &'static str,
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl Node {
-    /// `None` when Mosquitto is not installed: a loud skip locally, a failure under CI.
-    fn start(kind: Kind, host: &'static str, extra_config: &str) -> Option<Node> {
-        let program = match kind {
-            Culex => PathBuf::from(env!("CARGO_BIN_EXE_culex")),
-            Mosquitto => mosquitto_tool("mosquitto")?,
-        };
-        let dir = TempDir::new();
-        // Mosquitto started as root runs as the `mosquitto` user: its persistence goes here.
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let port = unique_port();
-        let mut config = format!("listener {port} {host}\nallow_anonymous true\n");
-        if kind == Culex {
-            config.push_str("shards 2\n");
-        }
-        config.push_str(&extra_config.replace("{dir}", &dir.0.display().to_string()));
-        std::fs::write(dir.0.join("node.conf"), config).unwrap();
-        let mut node = Node { kind, program, host, port, dir, child: None };
-        node.spawn();
-        Some(node)
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.0.join("node.log"))
-            .unwrap();
-        let child = Command::new(&self.program)
-            .arg("-c")
-            .arg(self.dir.0.join("node.conf"))
-            .arg("-v")
-            .env("CULEX_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        // A CONNACK, not just a TCP connect: the listener of a broker just stopped on this
-        // address outlives its process for a moment.
-        let deadline = Instant::now() + common::WAIT;
-        while !answers_mqtt(self.addr()) {
-            assert!(Instant::now() < deadline, "{:?} did not listen: {}", self.kind, self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::new(self.host.parse::<IpAddr>().unwrap(), self.port)
-    }
-
-    /// The `address` line value that points at this node.
-    fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("node.log")).unwrap_or_default()
-    }
-
-    /// SIGTERM, as an operator restarting a broker would, then waits for the process to end.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) with a pid we own.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + common::WAIT;
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    /// SIGKILL: the process dies without a word to anyone.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn answers_mqtt(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let connect = culex::protocol::Connect {
-        protocol: ProtocolVersion::V311,
-        bridge: false,
-        clean_start: true,
-        keep_alive_secs: 10,
-        properties: Properties::default(),
-        client_id: "readiness-probe".into(),
-        will: None,
-        username: None,
-        password: None,
-    };
-    let mut out = BytesMut::new();
-    Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V311, &mut out);
-    let mut answer = [0u8; 4];
-    stream.write_all(&out).is_ok() && stream.read_exact(&mut answer).is_ok() && answer[0] == 0x20
-}
 
 /// The tutorial's `connection` block, pointing at `leaf`, with extra lines appended.
 fn tutorial_connection(name: &str, leaf: &Node, protocol: &str, extra: &str) -> String {

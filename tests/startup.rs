@@ -63,3 +63,21 @@ fn sighup_does_not_stop_the_broker() {
     client.disconnect();
     assert!(broker.log_text().contains("SIGHUP"), "{}", broker.log_text());
 }
+
+/// A password file that cannot be read stops the broker with its path and the reason.
+#[test]
+fn an_unreadable_password_file_is_refused() {
+    let dir = common::TempDir::new();
+    let conf = dir.0.join("culex.conf");
+    let missing = dir.0.join("no-such-passwords");
+    let port = free_port();
+    let text = format!("listener {port} 127.0.0.1\npassword_file {}\n", missing.display());
+    std::fs::write(&conf, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read password file {}", missing.display())),
+        "{stderr}"
+    );
+}

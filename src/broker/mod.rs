@@ -24,12 +24,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use thiserror::Error;
 
+use crate::auth::Credentials;
 use crate::config::Config;
 use connection::Close;
 pub use mesh::SHARDS_MAX;
 use mesh::{Batch, BATCHES_IN_FLIGHT_MAX};
 use shard::Shard;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// io_uring memory per executor. glommio's default (10 MiB in three rings) exceeds the 8 MiB
 /// memlock limit that unprivileged users and containers get; 64 KiB with 128-entry rings
@@ -59,6 +61,8 @@ pub enum StartError {
     TooManyShards(usize),
     #[error("cannot start shard executor: {0}")]
     Executor(String),
+    #[error("{0}")]
+    PasswordFile(#[from] crate::auth::PasswordFileError),
     #[error(
         "io_uring is not available ({0}): Culex needs it. Check `sysctl kernel.io_uring_disabled` \
          (0 enables it for everyone) and, in a container, a seccomp profile that allows \
@@ -74,6 +78,22 @@ pub enum StartError {
 }
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// The credentials every shard checks, for SIGHUP to reload.
+static CREDENTIALS: std::sync::OnceLock<Arc<Credentials>> = std::sync::OnceLock::new();
+
+/// SIGHUP: reads the password file again, as Mosquitto does; connected clients stay. Safe
+/// from any thread.
+pub fn reload() {
+    let Some(credentials) = CREDENTIALS.get() else { return };
+    match credentials.reload() {
+        Ok(Some((before, now))) => {
+            tracing::info!(users_before = before, users_now = now, "password file reloaded")
+        }
+        Ok(None) => tracing::info!("SIGHUP: no password file to reload"),
+        Err(error) => tracing::error!("{error}; the previous password file stays in force"),
+    }
+}
 
 /// How long `shutdown` leaves the shards to tell their clients: two sweeps.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2 * KEEP_ALIVE_SWEEP_MS);
@@ -105,6 +125,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // memlock first: below it, creating a ring fails too (ENOMEM), with a less helpful message.
     ensure_memlock()?;
     check_io_uring()?;
+    let (credentials, warnings) =
+        Credentials::load(config.password_file.as_deref(), config.allow_anonymous)?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let _ = CREDENTIALS.set(credentials.clone());
     let cpus = allowed_cpus();
     let worker_count = config.shards.unwrap_or(cpus.len().max(1));
     let bridge_shard_count = config.bridge_shards.min(config.bridges.len());
@@ -152,6 +178,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             Role::Bridges(bridges.cloned().collect())
         };
         let config = config.clone();
+        let credentials = credentials.clone();
         let mesh = mesh.clone();
         let name = match role {
             Role::Worker { .. } => format!("culex-shard-{index}"),
@@ -161,7 +188,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .name(&name)
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(config, role, mesh, shard_count))
+            .spawn(move || run_shard(config, credentials, role, mesh, shard_count))
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
@@ -231,6 +258,7 @@ fn ensure_memlock() -> Result<(), StartError> {
 
 async fn run_shard(
     config: Config,
+    credentials: Arc<Credentials>,
     role: Role,
     mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     shard_count: usize,
@@ -239,7 +267,7 @@ async fn run_shard(
         mesh.join().await.map_err(|_| StartError::Executor("mesh join failed".into()))?;
     // Shard ids are mesh peer ids, so every shard agrees on who is who.
     let id = senders.peer_id();
-    let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, Rc::new(config))));
+    let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, Rc::new(config), credentials)));
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
     glommio::spawn_local(sweep_keep_alives(shard.clone())).detach();

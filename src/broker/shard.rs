@@ -23,6 +23,7 @@ use super::session::{
 use super::shared::SharedSubscriptions;
 use super::signal::Signal;
 use super::topic::{filter_matches, TopicTrie};
+use crate::auth::Credentials;
 use crate::config::Config;
 use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
@@ -108,6 +109,8 @@ pub struct Shard {
     id: ShardId,
     shard_count: usize,
     config: Rc<Config>,
+    /// Who may connect (shared by every shard, replaced whole on SIGHUP).
+    credentials: Arc<Credentials>,
     limits: Limits,
     sessions: AHashMap<ByteString, Session>,
     subscribers: TopicTrie<Subscribers>,
@@ -132,10 +135,16 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: ShardId, shard_count: usize, config: Rc<Config>) -> Self {
+    pub fn new(
+        id: ShardId,
+        shard_count: usize,
+        config: Rc<Config>,
+        credentials: Arc<Credentials>,
+    ) -> Self {
         Shard {
             id,
             shard_count,
+            credentials,
             limits: Limits::from_config(&config),
             config,
             sessions: AHashMap::new(),
@@ -190,8 +199,10 @@ impl Shard {
         let refuse = |reason| Err(refusal(version, reason));
         let peer = origin;
         let internal = matches!(origin, Origin::Bridge(_));
-        if !internal && !self.config.allow_anonymous && connect.username.is_none() {
-            tracing::info!(%peer, client_id = %connect.client_id, "refused: anonymous");
+        let username = connect.username.as_deref();
+        if !internal && !self.credentials.admits(username, connect.password.as_deref()) {
+            // Mosquitto answers every refusal "not authorised" (3.x code 5, 5.0 0x87).
+            tracing::info!(%peer, client_id = %connect.client_id, ?username, "refused: not authorised");
             return refuse(ReasonCode::NotAuthorized);
         }
         if connect.properties.authentication_method.is_some() {

@@ -40,6 +40,8 @@ pub struct Config {
     /// allows anonymous clients.
     pub local_only: bool,
     pub allow_anonymous: bool,
+    /// Mosquitto's `password_file` (read by `crate::auth`).
+    pub password_file: Option<PathBuf>,
     /// Worker shards (one per core by default).
     pub shards: Option<usize>,
     pub max_inflight_messages: u16,
@@ -66,6 +68,7 @@ impl Default for Config {
             listeners: vec![Listener { port: 1883, bind_address: None }],
             local_only: true,
             allow_anonymous: true,
+            password_file: None,
             shards: None,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
@@ -130,7 +133,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "message_size_limit",
     "mount_point",
     "ocsp_stapling",
-    "password_file",
     "per_listener_settings",
     "persistence",
     "persistence_file",
@@ -167,6 +169,7 @@ pub fn is_known_option(option: &str) -> bool {
         "listener",
         "port",
         "allow_anonymous",
+        "password_file",
         "shards",
         "max_inflight_messages",
         "max_queued_messages",
@@ -271,6 +274,12 @@ impl Parser {
             "allow_anonymous" => {
                 config.allow_anonymous = parse_bool(value, &invalid)?;
                 self.anonymous_set = true;
+            }
+            "password_file" => {
+                if value.is_empty() {
+                    return Err(invalid("expected the path of a password file"));
+                }
+                config.password_file = Some(PathBuf::from(value));
             }
             "shards" => {
                 let shards: usize = parse_number(value, &invalid)?;

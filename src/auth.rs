@@ -1,0 +1,252 @@
+//! Who may connect: Mosquitto's `password_file`, read in its own format, and the rule that
+//! joins it to `allow_anonymous`. Shared by every shard and replaced whole on SIGHUP, so a
+//! CONNECT reads it without a lock.
+//!
+//! A password file has one `username:hash` line per user, as `mosquitto_passwd` writes it:
+//! `$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512, Mosquitto 2.0's default) or `$6$SALT$HASH`
+//! (SHA-512 of password then salt, Mosquitto 1.6's), salt and hash in base64.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[error("cannot read password file {file}: {reason}")]
+pub struct PasswordFileError {
+    file: PathBuf,
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PasswordHash {
+    /// `$6$`: SHA-512 over the password followed by the salt.
+    Sha512 { salt: Vec<u8>, hash: Vec<u8> },
+    /// `$7$`: PBKDF2 with HMAC-SHA512.
+    Pbkdf2Sha512 { iterations: u32, salt: Vec<u8>, hash: Vec<u8> },
+}
+
+impl PasswordHash {
+    fn parse(text: &str) -> Option<PasswordHash> {
+        let base64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+        let mut parts = text.split('$');
+        match (parts.next()?, parts.next()?) {
+            ("", "6") => {
+                let (salt, hash) = (base64(parts.next()?)?, base64(parts.next()?)?);
+                parts.next().is_none().then_some(PasswordHash::Sha512 { salt, hash })
+            }
+            ("", "7") => {
+                let iterations = parts.next()?.parse().ok().filter(|i| *i > 0)?;
+                let (salt, hash) = (base64(parts.next()?)?, base64(parts.next()?)?);
+                let hash_fits = !hash.is_empty() && hash.len() <= 64;
+                (parts.next().is_none() && hash_fits).then_some(PasswordHash::Pbkdf2Sha512 {
+                    iterations,
+                    salt,
+                    hash,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn verify(&self, password: &[u8]) -> bool {
+        let computed = match self {
+            PasswordHash::Sha512 { salt, .. } => {
+                Sha512::new().chain_update(password).chain_update(salt).finalize().to_vec()
+            }
+            PasswordHash::Pbkdf2Sha512 { iterations, salt, hash } => {
+                let mut out = vec![0u8; hash.len()];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
+                out
+            }
+        };
+        let expected = match self {
+            PasswordHash::Sha512 { hash, .. } | PasswordHash::Pbkdf2Sha512 { hash, .. } => hash,
+        };
+        computed.ct_eq(expected).into()
+    }
+}
+
+/// The users of a password file.
+#[derive(Debug, Default)]
+pub struct PasswordFile {
+    users: AHashMap<String, PasswordHash>,
+}
+
+impl PasswordFile {
+    /// Reads a password file. Lines that are not `user:$6$...` or `user:$7$...` are dropped,
+    /// each with a warning naming file and line (Mosquitto drops them too, so such a user
+    /// cannot log in); an unreadable file is an error.
+    pub fn load(path: &Path) -> Result<(PasswordFile, Vec<String>), PasswordFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| PasswordFileError {
+            file: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+        Ok(Self::parse(&text, path))
+    }
+
+    pub fn parse(text: &str, path: &Path) -> (PasswordFile, Vec<String>) {
+        let mut file = PasswordFile::default();
+        let mut warnings = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let warn = |why: &str| format!("{}:{}: {why}", path.display(), index + 1);
+            match line.split_once(':') {
+                Some((user, hash)) if !user.is_empty() => match PasswordHash::parse(hash) {
+                    Some(hash) => {
+                        file.users.insert(user.to_string(), hash);
+                    }
+                    None => warnings.push(warn(&format!(
+                        "user `{user}` has no $6$ or $7$ password hash (run mosquitto_passwd -U \
+                         on a plain-text file): the user cannot log in"
+                    ))),
+                },
+                _ => warnings.push(warn("not `username:hash`: line ignored")),
+            }
+        }
+        (file, warnings)
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether `password` is the user's. An unknown user, or no password, is never accepted.
+    pub fn verify(&self, username: &str, password: Option<&[u8]>) -> bool {
+        match (self.users.get(username), password) {
+            (Some(hash), Some(password)) => hash.verify(password),
+            _ => false,
+        }
+    }
+}
+
+/// The broker's credentials: the password file as last loaded, if one is configured.
+#[derive(Debug)]
+pub struct Credentials {
+    path: Option<PathBuf>,
+    allow_anonymous: bool,
+    passwords: ArcSwapOption<PasswordFile>,
+}
+
+impl Credentials {
+    /// Loads the configured password file; warnings are for the log.
+    pub fn load(
+        path: Option<&Path>,
+        allow_anonymous: bool,
+    ) -> Result<(Arc<Credentials>, Vec<String>), PasswordFileError> {
+        let (passwords, warnings) = match path {
+            Some(path) => {
+                let (file, warnings) = PasswordFile::load(path)?;
+                (Some(Arc::new(file)), warnings)
+            }
+            None => (None, Vec::new()),
+        };
+        let credentials = Credentials {
+            path: path.map(Path::to_path_buf),
+            allow_anonymous,
+            passwords: ArcSwapOption::new(passwords),
+        };
+        Ok((Arc::new(credentials), warnings))
+    }
+
+    /// Reads the password file again (SIGHUP). On error the previous one stays in force.
+    /// Returns (users before, users now) when there is a file to reload.
+    pub fn reload(&self) -> Result<Option<(usize, usize)>, PasswordFileError> {
+        let Some(path) = &self.path else { return Ok(None) };
+        let (file, warnings) = PasswordFile::load(path)?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        let now = file.len();
+        let before = self.passwords.swap(Some(Arc::new(file))).map_or(0, |f| f.len());
+        Ok(Some((before, now)))
+    }
+
+    /// Mosquitto 2.0's rule. With a password file, a client that gives a username must match
+    /// it; a client without one is let in only with `allow_anonymous`. Without a password
+    /// file, only the anonymous rule applies (a username alone is not checked).
+    pub fn admits(&self, username: Option<&str>, password: Option<&[u8]>) -> bool {
+        match (username, self.passwords.load().as_deref()) {
+            (Some(username), Some(passwords)) => passwords.verify(username, password),
+            (Some(_), None) => true,
+            (None, _) => self.allow_anonymous,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by Mosquitto 2.0.11's `mosquitto_passwd -b` (alice, `$7$`) and
+    /// `mosquitto_passwd -H sha512 -b` (bob, `$6$`).
+    const MOSQUITTO_PASSWD: &str = "alice:$7$101$6ZmU5kY+ZGhREtOu$TqZcs9jPn/fZHBr/mxwmVbbFe5TtslfJ8uIJuTg0YC9houqSyRm3AXUZCsBOD95sbXC2h5WirwR+y1D6SIijhA==\n\
+bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n";
+
+    fn file(text: &str) -> (PasswordFile, Vec<String>) {
+        PasswordFile::parse(text, Path::new("pw"))
+    }
+
+    #[test]
+    fn hashes_made_by_mosquitto_passwd_verify() {
+        let (passwords, warnings) = file(MOSQUITTO_PASSWD);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(passwords.verify("alice", Some(b"secret1")));
+        assert!(passwords.verify("bob", Some(b"secret2")));
+        assert!(!passwords.verify("alice", Some(b"secret2")));
+        assert!(!passwords.verify("bob", Some(b"")));
+        assert!(!passwords.verify("alice", None));
+        assert!(!passwords.verify("carol", Some(b"secret1")));
+    }
+
+    #[test]
+    fn bad_lines_are_dropped_with_file_and_line() {
+        let (passwords, warnings) = file("# comment\n\nplain:text\nnocolon\nok:$6$AAAA$AAAA\n");
+        assert_eq!(passwords.len(), 1);
+        assert_eq!(
+            warnings,
+            [
+                "pw:3: user `plain` has no $6$ or $7$ password hash (run mosquitto_passwd -U on \
+                 a plain-text file): the user cannot log in",
+                "pw:4: not `username:hash`: line ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn mosquittos_rule_for_anonymous_and_usernames() {
+        let dir = std::env::temp_dir().join(format!("culex-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pw");
+        std::fs::write(&path, MOSQUITTO_PASSWD).unwrap();
+        for allow_anonymous in [false, true] {
+            let (with_file, _) = Credentials::load(Some(&path), allow_anonymous).unwrap();
+            assert!(with_file.admits(Some("alice"), Some(b"secret1")));
+            assert!(!with_file.admits(Some("alice"), Some(b"wrong")));
+            assert!(!with_file.admits(Some("mallory"), Some(b"x")));
+            assert_eq!(with_file.admits(None, None), allow_anonymous);
+            let (no_file, _) = Credentials::load(None, allow_anonymous).unwrap();
+            assert!(no_file.admits(Some("anyone"), None));
+            assert_eq!(no_file.admits(None, None), allow_anonymous);
+        }
+        let (credentials, _) = Credentials::load(Some(&path), false).unwrap();
+        std::fs::write(&path, "bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n").unwrap();
+        assert_eq!(credentials.reload().unwrap(), Some((2, 1)));
+        assert!(!credentials.admits(Some("alice"), Some(b"secret1")));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(credentials.reload().is_err(), "an unreadable file is an error");
+        assert!(credentials.admits(Some("bob"), Some(b"secret2")), "the old file stays");
+    }
+}
