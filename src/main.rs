@@ -69,6 +69,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        if let Some(path) = &config.acl_file {
+            if let Err(error) = culex::auth::AclFile::load(path) {
+                eprintln!("Error: {error}");
+                return ExitCode::FAILURE;
+            }
+            println!("acl file {}: OK", path.display());
+        }
         println!("configuration OK: {}", describe(&config));
         return ExitCode::SUCCESS;
     }

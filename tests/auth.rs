@@ -149,7 +149,7 @@ fn sighup_reloads_the_password_file_and_keeps_clients() {
     // SAFETY: kill(2) with the pid of our own child.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let deadline = Instant::now() + common::WAIT;
-    while !culex.log().contains("password file reloaded") {
+    while !culex.log().contains("password and acl files reloaded") {
         assert!(Instant::now() < deadline, "{}", culex.log());
         std::thread::sleep(Duration::from_millis(20));
     }

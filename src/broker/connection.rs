@@ -85,6 +85,8 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub version: ProtocolVersion,
     pub client_id: ByteString,
+    /// The username the client authenticated with, for the ACL file.
+    pub username: Option<ByteString>,
     /// The client sent an empty id and the broker assigned `client_id`.
     pub assigned_client_id: bool,
     /// A peer broker's bridge (Mosquitto's bridge bit in CONNECT): its subscriptions are No
@@ -132,6 +134,7 @@ impl ConnHandle {
             id,
             version,
             client_id,
+            username: None,
             assigned_client_id: false,
             is_bridge: false,
             internal: false,

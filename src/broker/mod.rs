@@ -62,7 +62,7 @@ pub enum StartError {
     #[error("cannot start shard executor: {0}")]
     Executor(String),
     #[error("{0}")]
-    PasswordFile(#[from] crate::auth::PasswordFileError),
+    AuthFile(#[from] crate::auth::AuthFileError),
     #[error(
         "io_uring is not available ({0}): Culex needs it. Check `sysctl kernel.io_uring_disabled` \
          (0 enables it for everyone) and, in a container, a seccomp profile that allows \
@@ -82,16 +82,18 @@ static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 /// The credentials every shard checks, for SIGHUP to reload.
 static CREDENTIALS: std::sync::OnceLock<Arc<Credentials>> = std::sync::OnceLock::new();
 
-/// SIGHUP: reads the password file again, as Mosquitto does; connected clients stay. Safe
-/// from any thread.
+/// SIGHUP: reads the password and ACL files again, as Mosquitto does; connected clients stay.
+/// Safe from any thread.
 pub fn reload() {
     let Some(credentials) = CREDENTIALS.get() else { return };
     match credentials.reload() {
-        Ok(Some((before, now))) => {
-            tracing::info!(users_before = before, users_now = now, "password file reloaded")
-        }
-        Ok(None) => tracing::info!("SIGHUP: no password file to reload"),
-        Err(error) => tracing::error!("{error}; the previous password file stays in force"),
+        Ok(reloaded) => tracing::info!(
+            users_before = reloaded.users_before,
+            users_now = reloaded.users_now,
+            acl_file = reloaded.acl_reloaded,
+            "SIGHUP: password and acl files reloaded"
+        ),
+        Err(error) => tracing::error!("{error}; the previous files stay in force"),
     }
 }
 
@@ -125,8 +127,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // memlock first: below it, creating a ring fails too (ENOMEM), with a less helpful message.
     ensure_memlock()?;
     check_io_uring()?;
-    let (credentials, warnings) =
-        Credentials::load(config.password_file.as_deref(), config.allow_anonymous)?;
+    let (credentials, warnings) = Credentials::load(config.auth())?;
     for warning in warnings {
         tracing::warn!("{warning}");
     }

@@ -58,6 +58,12 @@ impl Message {
     }
 }
 
+/// The identity a session's deliveries are checked against.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub username: Option<ByteString>,
+}
+
 /// One subscription of a session: its options and, in 5.0, its identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscription {
@@ -254,6 +260,9 @@ pub struct Session {
     pub state: SessionState,
     pub conn: Option<Rc<ConnHandle>>,
     pub will: Option<LastWill>,
+    /// Who the session belongs to, for the read rules of the ACL file; `None` for a bridge's
+    /// own session, which the ACL file does not restrict.
+    pub reader: Option<Reader>,
     /// A will held back by its Will Delay Interval, due at the instant given. It goes with the
     /// session: resuming the session (here or on another shard) drops it [MQTT-3.1.3-9].
     pub delayed_will: Option<(LastWill, Instant)>,
@@ -268,6 +277,7 @@ impl Session {
             state,
             conn: None,
             will: None,
+            reader: None,
             delayed_will: None,
         }
     }

@@ -18,12 +18,12 @@ use smallvec::SmallVec;
 use super::connection::{refusal, Close, ConnHandle, ConnId, TOPIC_ALIAS_MAXIMUM};
 use super::mesh::{Outbound, ShardId, ShardMsg, ShardSet};
 use super::session::{
-    Delivery, Limits, Message, Outgoing, Session, SessionExpiry, SessionState, Subscription,
+    Delivery, Limits, Message, Outgoing, Reader, Session, SessionExpiry, SessionState, Subscription,
 };
 use super::shared::SharedSubscriptions;
 use super::signal::Signal;
 use super::topic::{filter_matches, TopicTrie};
-use crate::auth::Credentials;
+use crate::auth::{Access, Credentials, Identity};
 use crate::config::Config;
 use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
@@ -237,6 +237,7 @@ impl Shard {
         conn.assigned_client_id = connect.client_id.is_empty();
         conn.is_bridge = connect.bridge;
         conn.internal = internal;
+        conn.username = connect.username.clone();
         if let Some(receive_maximum) = connect.properties.receive_maximum {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
@@ -290,7 +291,17 @@ impl Shard {
             state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
         let client_id = conn.client_id.clone();
         let mut session = Session::new(expiry, conn.id, state);
-        session.will = connect.will;
+        let identity = Identity { client_id: &client_id, username: conn.username.as_deref() };
+        // A will the client could not publish itself is dropped when it connects.
+        session.will = connect.will.filter(|will| {
+            let allowed =
+                conn.internal || self.credentials.allows(identity, &will.topic, Access::Write);
+            if !allowed {
+                tracing::info!(%client_id, topic = %will.topic, "will denied by the acl file");
+            }
+            allowed
+        });
+        session.reader = (!conn.internal).then(|| Reader { username: conn.username.clone() });
         self.sessions.insert(client_id.clone(), session);
         for (filter, subscription) in &filters {
             self.add_local_subscriber(&client_id, filter, *subscription);
@@ -566,6 +577,25 @@ impl Shard {
             return Err(Close::ProtocolError(ReasonCode::RetainNotSupported));
         }
         let topic = resolve_topic_alias(conn, &publish)?;
+        let who = Identity { client_id: &conn.client_id, username: conn.username.as_deref() };
+        if !conn.internal && !self.credentials.allows(who, &topic, Access::Write) {
+            // As Mosquitto 2.0.11: dropped, and acknowledged all the same; 5.0 clients learn
+            // why (0x87).
+            tracing::debug!(client_id = %conn.client_id, %topic, "publish denied by the acl file");
+            let denied = |packet_id| {
+                let mut ack = Ack::new(packet_id);
+                if conn.version.is_v5() {
+                    ack.reason = ReasonCode::NotAuthorized;
+                }
+                ack
+            };
+            match (publish.qos, publish.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => conn.send(&Packet::PubAck(denied(id))),
+                (QoS::ExactlyOnce, Some(id)) => conn.send(&Packet::PubRec(denied(id))),
+                _ => {}
+            }
+            return Ok(());
+        }
         let mut properties = publish.properties;
         properties.topic_alias = None;
         // Subscription ids are the broker's to set on delivery [MQTT-3.3.4-6].
@@ -688,7 +718,8 @@ impl Shard {
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
     /// matching subscriptions (as Mosquitto does for overlapping filters).
     fn deliver_local(&mut self, message: &Arc<Message>) {
-        let Shard { subscribers, sessions, limits, stats, congested, .. } = self;
+        let Shard { subscribers, sessions, limits, stats, congested, credentials, .. } = self;
+        let acl = credentials.has_acl();
         let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
             SmallVec::new();
         subscribers.matches(&message.topic, |subs| {
@@ -710,6 +741,9 @@ impl Shard {
         });
         for (client_id, options, subscription_ids) in targets {
             let Some(session) = sessions.get_mut(client_id) else { continue };
+            if acl && !may_read(credentials, client_id, session, &message.topic) {
+                continue;
+            }
             let outgoing = Outgoing {
                 message: message.clone(),
                 qos: message.qos.min(options.qos),
@@ -802,12 +836,22 @@ impl Shard {
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
         let limits = self.limits;
-        let Shard { sessions, retained, stats, .. } = self;
+        let Shard { sessions, retained, stats, credentials, .. } = self;
+        let acl = credentials.has_acl();
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
         for (filter, subscription) in &pending.retained_for {
-            for message in retained.values().filter(|m| filter_matches(filter, &m.topic)) {
+            let readable = |m: &&Arc<Message>| {
+                !acl || may_read(credentials, &pending.client_id, session, &m.topic)
+            };
+            let matching: Vec<Arc<Message>> = retained
+                .values()
+                .filter(|m| filter_matches(filter, &m.topic))
+                .filter(readable)
+                .cloned()
+                .collect();
+            for message in &matching {
                 let outgoing = Outgoing {
                     message: message.clone(),
                     qos: message.qos.min(subscription.options.qos),
@@ -1016,8 +1060,13 @@ impl Shard {
     ) {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
             let limits = self.limits;
-            let Shard { sessions, stats, congested, .. } = self;
+            let Shard { sessions, stats, congested, credentials, .. } = self;
             let Some(session) = sessions.get_mut(&client_id) else { return };
+            if credentials.has_acl() && !may_read(credentials, &client_id, session, &message.topic)
+            {
+                stats.messages_dropped += 1;
+                return;
+            }
             let outgoing = Outgoing {
                 message: message.clone(),
                 qos: message.qos.min(subscription.options.qos),
@@ -1072,6 +1121,15 @@ fn resolve_topic_alias(conn: &ConnHandle, publish: &Publish) -> Result<TopicName
         aliases.insert(alias.get(), publish.topic.clone());
         Ok(publish.topic.clone())
     }
+}
+
+/// Whether the ACL file lets a session receive a message on `topic` (a bridge's own session
+/// is not restricted).
+fn may_read(credentials: &Credentials, client_id: &str, session: &Session, topic: &str) -> bool {
+    session.reader.as_ref().is_none_or(|reader| {
+        let who = Identity { client_id, username: reader.username.as_deref() };
+        credentials.allows(who, topic, Access::Read)
+    })
 }
 
 /// Lists a session's connection as congested if the delivery took it past its high-water mark.

@@ -40,8 +40,9 @@ pub struct Config {
     /// allows anonymous clients.
     pub local_only: bool,
     pub allow_anonymous: bool,
-    /// Mosquitto's `password_file` (read by `crate::auth`).
+    /// Mosquitto's `password_file` and `acl_file` (read by `crate::auth`).
     pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
     /// Worker shards (one per core by default).
     pub shards: Option<usize>,
     pub max_inflight_messages: u16,
@@ -69,6 +70,7 @@ impl Default for Config {
             local_only: true,
             allow_anonymous: true,
             password_file: None,
+            acl_file: None,
             shards: None,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
@@ -99,7 +101,6 @@ pub enum ConfigError {
 /// Options of Mosquitto 2.0's mosquitto.conf(5) that Culex recognises but does not apply yet:
 /// each gets a warning naming file and line, never silence.
 const NOT_YET_IMPLEMENTED: &[&str] = &[
-    "acl_file",
     "allow_duplicate_messages",
     "auth_plugin",
     "auth_plugin_deny_special_chars",
@@ -170,6 +171,7 @@ pub fn is_known_option(option: &str) -> bool {
         "port",
         "allow_anonymous",
         "password_file",
+        "acl_file",
         "shards",
         "max_inflight_messages",
         "max_queued_messages",
@@ -195,6 +197,15 @@ pub fn is_known_option(option: &str) -> bool {
 const INCLUDE_DEPTH_MAX: usize = 8;
 
 impl Config {
+    /// What `crate::auth` needs to know.
+    pub fn auth(&self) -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            password_file: self.password_file.clone(),
+            acl_file: self.acl_file.clone(),
+            allow_anonymous: self.allow_anonymous,
+        }
+    }
+
     /// Parses a mosquitto.conf file (and the files it includes).
     pub fn from_file(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let mut parser = Parser::default();
@@ -275,11 +286,15 @@ impl Parser {
                 config.allow_anonymous = parse_bool(value, &invalid)?;
                 self.anonymous_set = true;
             }
-            "password_file" => {
+            "password_file" | "acl_file" => {
                 if value.is_empty() {
-                    return Err(invalid("expected the path of a password file"));
+                    return Err(invalid("expected the path of a file"));
                 }
-                config.password_file = Some(PathBuf::from(value));
+                let path = Some(PathBuf::from(value));
+                match option {
+                    "password_file" => config.password_file = path,
+                    _ => config.acl_file = path,
+                }
             }
             "shards" => {
                 let shards: usize = parse_number(value, &invalid)?;

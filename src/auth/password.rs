@@ -1,16 +1,10 @@
-//! Who may connect: Mosquitto's `password_file`, read in its own format, and the rule that
-//! joins it to `allow_anonymous`. Shared by every shard and replaced whole on SIGHUP, so a
-//! CONNECT reads it without a lock.
-//!
-//! A password file has one `username:hash` line per user, as `mosquitto_passwd` writes it:
-//! `$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512, Mosquitto 2.0's default) or `$6$SALT$HASH`
-//! (SHA-512 of password then salt, Mosquitto 1.6's), salt and hash in base64.
+//! Mosquitto's `password_file`: one `username:hash` line per user, as `mosquitto_passwd` writes
+//! it: `$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512, Mosquitto 2.0's default) or
+//! `$6$SALT$HASH` (SHA-512 of password then salt, Mosquitto 1.6's), salt and hash in base64.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use ahash::AHashMap;
-use arc_swap::ArcSwapOption;
 use base64::Engine;
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
@@ -132,67 +126,13 @@ impl PasswordFile {
     }
 }
 
-/// The broker's credentials: the password file as last loaded, if one is configured.
-#[derive(Debug)]
-pub struct Credentials {
-    path: Option<PathBuf>,
-    allow_anonymous: bool,
-    passwords: ArcSwapOption<PasswordFile>,
-}
-
-impl Credentials {
-    /// Loads the configured password file; warnings are for the log.
-    pub fn load(
-        path: Option<&Path>,
-        allow_anonymous: bool,
-    ) -> Result<(Arc<Credentials>, Vec<String>), PasswordFileError> {
-        let (passwords, warnings) = match path {
-            Some(path) => {
-                let (file, warnings) = PasswordFile::load(path)?;
-                (Some(Arc::new(file)), warnings)
-            }
-            None => (None, Vec::new()),
-        };
-        let credentials = Credentials {
-            path: path.map(Path::to_path_buf),
-            allow_anonymous,
-            passwords: ArcSwapOption::new(passwords),
-        };
-        Ok((Arc::new(credentials), warnings))
-    }
-
-    /// Reads the password file again (SIGHUP). On error the previous one stays in force.
-    /// Returns (users before, users now) when there is a file to reload.
-    pub fn reload(&self) -> Result<Option<(usize, usize)>, PasswordFileError> {
-        let Some(path) = &self.path else { return Ok(None) };
-        let (file, warnings) = PasswordFile::load(path)?;
-        for warning in warnings {
-            tracing::warn!("{warning}");
-        }
-        let now = file.len();
-        let before = self.passwords.swap(Some(Arc::new(file))).map_or(0, |f| f.len());
-        Ok(Some((before, now)))
-    }
-
-    /// Mosquitto 2.0's rule. With a password file, a client that gives a username must match
-    /// it; a client without one is let in only with `allow_anonymous`. Without a password
-    /// file, only the anonymous rule applies (a username alone is not checked).
-    pub fn admits(&self, username: Option<&str>, password: Option<&[u8]>) -> bool {
-        match (username, self.passwords.load().as_deref()) {
-            (Some(username), Some(passwords)) => passwords.verify(username, password),
-            (Some(_), None) => true,
-            (None, _) => self.allow_anonymous,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Written by Mosquitto 2.0.11's `mosquitto_passwd -b` (alice, `$7$`) and
     /// `mosquitto_passwd -H sha512 -b` (bob, `$6$`).
-    const MOSQUITTO_PASSWD: &str = "alice:$7$101$6ZmU5kY+ZGhREtOu$TqZcs9jPn/fZHBr/mxwmVbbFe5TtslfJ8uIJuTg0YC9houqSyRm3AXUZCsBOD95sbXC2h5WirwR+y1D6SIijhA==\n\
+    pub const MOSQUITTO_PASSWD: &str = "alice:$7$101$6ZmU5kY+ZGhREtOu$TqZcs9jPn/fZHBr/mxwmVbbFe5TtslfJ8uIJuTg0YC9houqSyRm3AXUZCsBOD95sbXC2h5WirwR+y1D6SIijhA==\n\
 bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n";
 
     fn file(text: &str) -> (PasswordFile, Vec<String>) {
@@ -223,30 +163,5 @@ bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlm
                 "pw:4: not `username:hash`: line ignored",
             ]
         );
-    }
-
-    #[test]
-    fn mosquittos_rule_for_anonymous_and_usernames() {
-        let dir = std::env::temp_dir().join(format!("culex-auth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pw");
-        std::fs::write(&path, MOSQUITTO_PASSWD).unwrap();
-        for allow_anonymous in [false, true] {
-            let (with_file, _) = Credentials::load(Some(&path), allow_anonymous).unwrap();
-            assert!(with_file.admits(Some("alice"), Some(b"secret1")));
-            assert!(!with_file.admits(Some("alice"), Some(b"wrong")));
-            assert!(!with_file.admits(Some("mallory"), Some(b"x")));
-            assert_eq!(with_file.admits(None, None), allow_anonymous);
-            let (no_file, _) = Credentials::load(None, allow_anonymous).unwrap();
-            assert!(no_file.admits(Some("anyone"), None));
-            assert_eq!(no_file.admits(None, None), allow_anonymous);
-        }
-        let (credentials, _) = Credentials::load(Some(&path), false).unwrap();
-        std::fs::write(&path, "bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n").unwrap();
-        assert_eq!(credentials.reload().unwrap(), Some((2, 1)));
-        assert!(!credentials.admits(Some("alice"), Some(b"secret1")));
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(credentials.reload().is_err(), "an unreadable file is an error");
-        assert!(credentials.admits(Some("bob"), Some(b"secret2")), "the old file stays");
     }
 }

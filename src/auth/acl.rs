@@ -1,0 +1,237 @@
+//! Mosquitto's `acl_file`:
+//!
+//! ```text
+//! topic [read|write|readwrite|deny] TOPIC     # before any `user` line: anonymous clients
+//! user USERNAME                               # the `topic` lines after it are this user's
+//! pattern [read|write|readwrite|deny] TOPIC   # every client, %c = client id, %u = username
+//! ```
+//!
+//! The access word may be left out (readwrite). As Mosquitto 2.0.11 applies it (checked side by
+//! side in `tests/acl.rs`): a matching `deny` wins over any grant; otherwise a rule that grants
+//! the access and matches allows it; anything else is denied. Rules with wildcards do not match
+//! `$` topics unless they start with `$` themselves.
+
+use std::path::{Path, PathBuf};
+
+use ahash::AHashMap;
+use thiserror::Error;
+
+use crate::broker::topic::filter_matches;
+use crate::protocol::TopicFilter;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AclFileError {
+    #[error("cannot read acl file {file}: {reason}")]
+    Unreadable { file: PathBuf, reason: String },
+    #[error("{file}:{line}: {reason}")]
+    Invalid { file: PathBuf, line: usize, reason: String },
+}
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Receive messages published to it (checked at delivery, retained messages included).
+    Read,
+    /// Publish to it (wills included).
+    Write,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+impl Grant {
+    fn allows(self, access: Access) -> bool {
+        matches!(
+            (self, access),
+            (Grant::ReadWrite, _) | (Grant::Read, Access::Read) | (Grant::Write, Access::Write)
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    grant: Grant,
+    filter: TopicFilter,
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    grant: Grant,
+    /// With `%c` and `%u` still in it.
+    template: String,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+}
+
+#[derive(Debug, Default)]
+pub struct AclFile {
+    anonymous: Vec<Rule>,
+    users: AHashMap<String, Vec<Rule>>,
+    patterns: Vec<Pattern>,
+}
+
+impl AclFile {
+    pub fn load(path: &Path) -> Result<AclFile, AclFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| AclFileError::Unreadable {
+            file: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// A line Mosquitto would not accept is an error naming file and line.
+    pub fn parse(text: &str, path: &Path) -> Result<AclFile, AclFileError> {
+        let mut acl = AclFile::default();
+        let mut user: Option<String> = None;
+        for (index, line) in text.lines().enumerate() {
+            let invalid = |reason: String| AclFileError::Invalid {
+                file: path.to_path_buf(),
+                line: index + 1,
+                reason,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keyword, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let rest = rest.trim();
+            match keyword {
+                "user" if !rest.is_empty() => {
+                    acl.users.entry(rest.to_string()).or_default();
+                    user = Some(rest.to_string());
+                }
+                "topic" | "pattern" => {
+                    let (grant, topic) = split_grant(rest);
+                    if topic.is_empty() {
+                        return Err(invalid(format!("`{keyword}` needs a topic")));
+                    }
+                    if keyword == "pattern" {
+                        acl.patterns.push(Pattern { grant, template: topic.to_string() });
+                        continue;
+                    }
+                    let filter = TopicFilter::new(topic.to_string())
+                        .map_err(|_| invalid(format!("`{topic}` is not a topic filter")))?;
+                    let rule = Rule { grant, filter };
+                    match &user {
+                        Some(user) => acl.users.entry(user.clone()).or_default().push(rule),
+                        None => acl.anonymous.push(rule),
+                    }
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "expected `user NAME`, `topic [read|write|readwrite|deny] TOPIC` or \
+                         `pattern [read|write|readwrite|deny] TOPIC`, found `{line}`"
+                    )))
+                }
+            }
+        }
+        Ok(acl)
+    }
+
+    /// Whether `who` may read or write `topic`.
+    pub fn allows(&self, who: Identity<'_>, topic: &str, access: Access) -> bool {
+        let rules = match who.username {
+            Some(username) => self.users.get(username).map_or(&[][..], Vec::as_slice),
+            None => &self.anonymous,
+        };
+        let patterns: Vec<Rule> = self.patterns.iter().filter_map(|p| p.for_client(who)).collect();
+        let all = || rules.iter().chain(&patterns);
+        if all().any(|r| r.grant == Grant::Deny && filter_matches(&r.filter, topic)) {
+            return false;
+        }
+        all().any(|r| r.grant.allows(access) && filter_matches(&r.filter, topic))
+    }
+}
+
+impl Pattern {
+    /// The rule this pattern makes for one client. None when it names the username of a
+    /// client without one, or when the substitution would bring wildcards into the filter.
+    fn for_client(&self, who: Identity<'_>) -> Option<Rule> {
+        if self.template.contains("%u") && who.username.is_none() {
+            return None;
+        }
+        let values = [Some(who.client_id), who.username];
+        if values.iter().flatten().any(|v| v.contains(['+', '#'])) {
+            return None;
+        }
+        let topic = self
+            .template
+            .replace("%c", who.client_id)
+            .replace("%u", who.username.unwrap_or_default());
+        Some(Rule { grant: self.grant, filter: TopicFilter::new(topic).ok()? })
+    }
+}
+
+/// `[read|write|readwrite|deny] TOPIC`: the access word is optional (readwrite).
+fn split_grant(rest: &str) -> (Grant, &str) {
+    let (word, topic) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let grant = match word {
+        "read" => Grant::Read,
+        "write" => Grant::Write,
+        "readwrite" => Grant::ReadWrite,
+        "deny" => Grant::Deny,
+        _ => return (Grant::ReadWrite, rest),
+    };
+    (grant, topic.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACL: &str = "# anonymous clients\ntopic read public/#\n\nuser alice\n\
+        topic readwrite alice/#\ntopic write sensors/#\ntopic deny alice/secret\n\
+        topic readwrite public/#\n\nuser bob\ntopic read sensors/#\ntopic alice/#\n\
+        pattern readwrite clients/%c/#\npattern read users/%u/#\n";
+
+    fn who<'a>(client_id: &'a str, username: Option<&'a str>) -> Identity<'a> {
+        Identity { client_id, username }
+    }
+
+    #[test]
+    fn users_anonymous_patterns_and_deny() {
+        let acl = AclFile::parse(ACL, Path::new("acl")).unwrap();
+        let (anon, alice, bob) = (who("a", None), who("c1", Some("alice")), who("c2", Some("bob")));
+        assert!(acl.allows(anon, "public/x", Access::Read));
+        assert!(!acl.allows(anon, "public/x", Access::Write));
+        assert!(acl.allows(alice, "alice/x", Access::Write));
+        assert!(!acl.allows(alice, "alice/secret", Access::Write), "deny wins");
+        assert!(!acl.allows(alice, "alice/secret", Access::Read));
+        assert!(acl.allows(alice, "sensors/t", Access::Write));
+        assert!(!acl.allows(alice, "sensors/t", Access::Read));
+        assert!(acl.allows(bob, "alice/x", Access::Write), "no access word: readwrite");
+        assert!(acl.allows(bob, "clients/c2/x", Access::Write));
+        assert!(!acl.allows(bob, "clients/c1/x", Access::Read));
+        assert!(acl.allows(bob, "users/bob/x", Access::Read));
+        assert!(!acl.allows(bob, "users/bob/x", Access::Write));
+        assert!(!acl.allows(anon, "users//x", Access::Read), "%u needs a username");
+        assert!(!acl.allows(who("c+", None), "clients/c+/x", Access::Read));
+        assert!(!acl.allows(bob, "other", Access::Read), "nothing matches: denied");
+    }
+
+    #[test]
+    fn wildcard_rules_do_not_reach_dollar_topics() {
+        let acl = AclFile::parse("topic #\ntopic read $SYS/#\n", Path::new("acl")).unwrap();
+        assert!(acl.allows(who("c", None), "a/b", Access::Write));
+        assert!(!acl.allows(who("c", None), "$SYS/broker/uptime", Access::Write));
+        assert!(acl.allows(who("c", None), "$SYS/broker/uptime", Access::Read));
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let error = AclFile::parse("user alice\ntopic read a/#/b\n", Path::new("acl")).unwrap_err();
+        assert_eq!(error.to_string(), "acl:2: `a/#/b` is not a topic filter");
+        let error = AclFile::parse("\ngrant all\n", Path::new("acl")).unwrap_err();
+        assert!(error.to_string().starts_with("acl:2: expected `user NAME`"), "{error}");
+    }
+}

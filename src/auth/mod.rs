@@ -1,0 +1,143 @@
+//! Who may connect, publish and receive: Mosquitto's `password_file` and `acl_file`, and the
+//! rules that join them to `allow_anonymous`. Shared by every shard and replaced whole on
+//! SIGHUP, so a CONNECT or a delivery reads them without a lock.
+
+mod acl;
+mod password;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+pub use acl::{Access, AclFile, AclFileError, Identity};
+pub use password::{PasswordFile, PasswordFileError};
+
+/// A password or ACL file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error(transparent)]
+    Password(#[from] PasswordFileError),
+    #[error(transparent)]
+    Acl(#[from] AclFileError),
+}
+
+/// Where the files are (`password_file`, `acl_file`), and `allow_anonymous`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
+    pub allow_anonymous: bool,
+}
+
+/// The broker's credentials and access rules, as last loaded.
+#[derive(Debug)]
+pub struct Credentials {
+    config: AuthConfig,
+    passwords: ArcSwapOption<PasswordFile>,
+    acl: ArcSwapOption<AclFile>,
+}
+
+/// What a reload found: users and whether an ACL file was read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    pub users_before: usize,
+    pub users_now: usize,
+    pub acl_reloaded: bool,
+}
+
+impl Credentials {
+    /// Loads the configured files; warnings are for the log.
+    pub fn load(config: AuthConfig) -> Result<(Arc<Credentials>, Vec<String>), AuthFileError> {
+        let credentials =
+            Credentials { config, passwords: ArcSwapOption::empty(), acl: ArcSwapOption::empty() };
+        let (_, warnings) = credentials.read_files()?;
+        Ok((Arc::new(credentials), warnings))
+    }
+
+    /// Reads the files again (SIGHUP). On error the previous ones stay in force.
+    pub fn reload(&self) -> Result<Reloaded, AuthFileError> {
+        let (reloaded, warnings) = self.read_files()?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(reloaded)
+    }
+
+    /// Reads both files, then installs both: a bad ACL file leaves the old passwords too.
+    fn read_files(&self) -> Result<(Reloaded, Vec<String>), AuthFileError> {
+        let (passwords, warnings) = match &self.config.password_file {
+            Some(path) => {
+                let (file, warnings) = PasswordFile::load(path)?;
+                (Some(Arc::new(file)), warnings)
+            }
+            None => (None, Vec::new()),
+        };
+        let acl = self.config.acl_file.as_deref().map(AclFile::load).transpose()?;
+        let reloaded = Reloaded {
+            users_before: self.passwords.load().as_deref().map_or(0, PasswordFile::len),
+            users_now: passwords.as_deref().map_or(0, PasswordFile::len),
+            acl_reloaded: acl.is_some(),
+        };
+        self.passwords.store(passwords);
+        self.acl.store(acl.map(Arc::new));
+        Ok((reloaded, warnings))
+    }
+
+    /// Mosquitto 2.0's rule. With a password file, a client that gives a username must match
+    /// it; a client without one is let in only with `allow_anonymous`. Without a password
+    /// file, only the anonymous rule applies (a username alone is not checked).
+    pub fn admits(&self, username: Option<&str>, password: Option<&[u8]>) -> bool {
+        match (username, self.passwords.load().as_deref()) {
+            (Some(username), Some(passwords)) => passwords.verify(username, password),
+            (Some(_), None) => true,
+            (None, _) => self.config.allow_anonymous,
+        }
+    }
+
+    /// Whether the ACL file lets `who` read or write `topic`; without one, everything is.
+    pub fn allows(&self, who: Identity<'_>, topic: &str, access: Access) -> bool {
+        self.acl.load().as_deref().is_none_or(|acl| acl.allows(who, topic, access))
+    }
+
+    /// Whether an ACL file is in force (deliveries are checked only then).
+    pub fn has_acl(&self) -> bool {
+        self.acl.load().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use password::tests::MOSQUITTO_PASSWD;
+
+    #[test]
+    fn mosquittos_rule_for_anonymous_and_usernames() {
+        let dir = std::env::temp_dir().join(format!("culex-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pw");
+        std::fs::write(&path, MOSQUITTO_PASSWD).unwrap();
+        for allow_anonymous in [false, true] {
+            let config =
+                AuthConfig { password_file: Some(path.clone()), acl_file: None, allow_anonymous };
+            let (with_file, _) = Credentials::load(config).unwrap();
+            assert!(with_file.admits(Some("alice"), Some(b"secret1")));
+            assert!(!with_file.admits(Some("alice"), Some(b"wrong")));
+            assert!(!with_file.admits(Some("mallory"), Some(b"x")));
+            assert_eq!(with_file.admits(None, None), allow_anonymous);
+            let config = AuthConfig { allow_anonymous, ..AuthConfig::default() };
+            let (no_file, _) = Credentials::load(config).unwrap();
+            assert!(no_file.admits(Some("anyone"), None));
+            assert_eq!(no_file.admits(None, None), allow_anonymous);
+        }
+        let config = AuthConfig { password_file: Some(path.clone()), ..AuthConfig::default() };
+        let (credentials, _) = Credentials::load(config).unwrap();
+        std::fs::write(&path, "bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n").unwrap();
+        let reloaded = credentials.reload().unwrap();
+        assert_eq!(reloaded, Reloaded { users_before: 2, users_now: 1, acl_reloaded: false });
+        assert!(!credentials.admits(Some("alice"), Some(b"secret1")));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(credentials.reload().is_err(), "an unreadable file is an error");
+        assert!(credentials.admits(Some("bob"), Some(b"secret2")), "the old file stays");
+    }
+}
