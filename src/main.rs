@@ -90,14 +90,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    exit_on_signals();
-    match culex::broker::run(config) {
+    // As Mosquitto: written whether or not in the background, and a pid file that cannot be
+    // written stops the broker.
+    if let Some(path) = &config.pid_file {
+        if let Err(error) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            eprintln!("Error: cannot write pid file {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let pid_file = config.pid_file.clone();
+    exit_on_signals(pid_file.clone());
+    let result = culex::broker::run(config);
+    remove_pid_file(pid_file.as_deref());
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
             eprintln!("Error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn remove_pid_file(path: Option<&std::path::Path>) {
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -147,7 +164,7 @@ fn init_logging(verbose: bool) {
 /// SIGINT and SIGTERM tell clients the server is shutting down (5.0: DISCONNECT 0x8B), then end
 /// the process. Nothing is held that a restart would need (no persistence yet). SIGHUP reloads
 /// the password file, as Mosquitto does (connected clients stay); `systemctl reload` sends it.
-fn exit_on_signals() {
+fn exit_on_signals(pid_file: Option<PathBuf>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
@@ -165,6 +182,7 @@ fn exit_on_signals() {
             tracing::info!(signal, "shutting down");
             culex::broker::request_shutdown();
             std::thread::sleep(culex::broker::SHUTDOWN_GRACE);
+            remove_pid_file(pid_file.as_deref());
             std::process::exit(0);
         }
     });

@@ -81,3 +81,37 @@ fn an_unreadable_password_file_is_refused() {
         "{stderr}"
     );
 }
+
+/// `pid_file`: written at start (with or without -d, as Mosquitto), removed at SIGTERM; one
+/// that cannot be written stops the broker.
+#[test]
+fn pid_file_is_written_and_removed() {
+    let dir = common::TempDir::new();
+    let pid_file = dir.0.join("culex.pid");
+    let mut broker = Broker::start(&format!("pid_file {}", pid_file.display()));
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", broker.pid()));
+    // SAFETY: kill(2) with the pid of our own child.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while broker.is_running() {
+        assert!(std::time::Instant::now() < deadline, "culex did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!pid_file.exists(), "the pid file outlived the broker");
+
+    let conf = dir.0.join("bad.conf");
+    let unwritable = dir.0.join("no-such-dir").join("culex.pid");
+    std::fs::write(&conf, format!("pid_file {}\n", unwritable.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["-p", &free_port().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write pid file {}", unwritable.display())),
+        "{stderr}"
+    );
+}

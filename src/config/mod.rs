@@ -43,6 +43,8 @@ pub struct Config {
     /// Mosquitto's `password_file` and `acl_file` (read by `crate::auth`).
     pub password_file: Option<PathBuf>,
     pub acl_file: Option<PathBuf>,
+    /// Where to write the process id (Mosquitto's `pid_file`), removed at exit.
+    pub pid_file: Option<PathBuf>,
     /// Worker shards (one per core by default).
     pub shards: Option<usize>,
     pub max_inflight_messages: u16,
@@ -71,6 +73,7 @@ impl Default for Config {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            pid_file: None,
             shards: None,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
@@ -139,7 +142,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "persistence_file",
     "persistence_location",
     "persistent_client_expiration",
-    "pid_file",
     "plugin",
     "protocol",
     "psk_file",
@@ -172,6 +174,7 @@ pub fn is_known_option(option: &str) -> bool {
         "allow_anonymous",
         "password_file",
         "acl_file",
+        "pid_file",
         "shards",
         "max_inflight_messages",
         "max_queued_messages",
@@ -286,14 +289,15 @@ impl Parser {
                 config.allow_anonymous = parse_bool(value, &invalid)?;
                 self.anonymous_set = true;
             }
-            "password_file" | "acl_file" => {
+            "password_file" | "acl_file" | "pid_file" => {
                 if value.is_empty() {
                     return Err(invalid("expected the path of a file"));
                 }
                 let path = Some(PathBuf::from(value));
                 match option {
                     "password_file" => config.password_file = path,
-                    _ => config.acl_file = path,
+                    "acl_file" => config.acl_file = path,
+                    _ => config.pid_file = path,
                 }
             }
             "shards" => {
