@@ -294,9 +294,19 @@ impl RawClient {
             properties: Properties::default(),
             filters: vec![(TopicFilter::new(filter.to_string()).unwrap(), options)],
         }));
-        match self.recv() {
-            Some(Packet::SubAck(suback)) if suback.packet_id == packet_id => suback.reasons,
-            other => panic!("expected SUBACK, got {other:?}"),
+        // "The Server is permitted to start sending PUBLISH Packets matching the Subscription
+        // before the Server sends the SUBACK Packet" (MQTT 3.1.1, 3.8.4): those are kept for
+        // the next `recv`.
+        let mut early = Vec::new();
+        loop {
+            match self.recv() {
+                Some(Packet::SubAck(suback)) if suback.packet_id == packet_id => {
+                    self.stash.extend(early);
+                    return suback.reasons;
+                }
+                Some(packet @ Packet::Publish(_)) => early.push(packet),
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
         }
     }
 
