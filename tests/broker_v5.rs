@@ -9,10 +9,10 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{clients_on_different_shards, Broker, ConnectOptions, RawClient};
+use common::{clients_on_different_shards, will, Broker, ConnectOptions, RawClient};
 use culex::protocol::{
-    Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionId,
-    SubscriptionOptions, TopicFilter, TopicName,
+    Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
+    SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
 };
 
 fn v5() -> ConnectOptions {
@@ -294,7 +294,16 @@ fn a_malformed_packet_from_a_v5_client_gets_0x81() {
     let (mut client, _) = RawClient::connect(&broker, "garbled", v5());
     // A PUBLISH whose property length runs past the packet.
     client.write_raw(b"\x30\x05\x00\x01a\x09\x01");
-    expect_disconnect(&mut client, ReasonCode::MalformedPacket);
+    match client.recv() {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::MalformedPacket);
+            // The Reason String is what the decoder found, not just the code's name.
+            let said = d.properties.reason_string.expect("a reason string");
+            assert_ne!(&*said, ReasonCode::MalformedPacket.description(), "{said}");
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(client.is_closed_by_broker());
 }
 
 fn with_delayed_will(expiry_secs: u32, delay_secs: u32) -> ConnectOptions {
@@ -605,4 +614,139 @@ fn retained_publishes_are_refused_when_retain_is_unavailable() {
     let mut late = RawClient::connect(&broker, "ra-late", v5()).0;
     late.subscribe("ra/#", QoS::AtMostOnce);
     late.expect_silence();
+}
+
+/// A QoS 1 PUBLISH and what the broker acknowledges it with.
+fn puback_of(client: &mut RawClient, topic: &str, properties: Properties, payload: &[u8]) -> Ack {
+    let packet_id = client.packet_id();
+    client.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: TopicName::new(topic.to_string()).unwrap(),
+        packet_id: Some(packet_id),
+        properties,
+        payload: Bytes::copy_from_slice(payload),
+    }));
+    match client.recv() {
+        Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => ack,
+        other => panic!("expected PUBACK {packet_id}, got {other:?}"),
+    }
+}
+
+fn qos2_publish(topic: &str, packet_id: PacketId) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: TopicName::new(topic.to_string()).unwrap(),
+        packet_id: Some(packet_id),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"too high"),
+    })
+}
+
+/// `max_qos 1`, compared by hand with Mosquitto 2.0.11: announced in CONNACK, subscriptions
+/// granted at most 1, and a QoS 2 PUBLISH gets DISCONNECT 0x9B (5.0) or a closed connection
+/// (3.1.1).
+#[test]
+fn max_qos_is_announced_granted_and_enforced() {
+    let broker = Broker::start("max_qos 1");
+    let mut client = RawClient::open(&broker);
+    let Packet::ConnAck(connack) = client.handshake("mq-v5", v5()) else { panic!("no CONNACK") };
+    assert_eq!(connack.properties.maximum_qos, Some(QoS::AtLeastOnce));
+    assert_eq!(client.subscribe("mq/#", QoS::ExactlyOnce), [ReasonCode::GrantedQos1]);
+    client.publish("mq/one", b"fine", QoS::AtLeastOnce, false);
+    assert_eq!(client.receive().qos, QoS::AtLeastOnce);
+    let packet_id = client.packet_id();
+    client.send(&qos2_publish("mq/two", packet_id));
+    expect_disconnect(&mut client, ReasonCode::QosNotSupported);
+
+    let (mut old, _) = RawClient::connect(&broker, "mq-v311", ConnectOptions::default());
+    assert_eq!(old.subscribe("mq/#", QoS::ExactlyOnce), [ReasonCode::GrantedQos1]);
+    let packet_id = old.packet_id();
+    old.send(&qos2_publish("mq/three", packet_id));
+    assert!(old.is_closed_by_broker());
+}
+
+/// A will the broker could not honour is refused at CONNECT: 5.0 clients get the CONNACK
+/// reason (0x9B above `max_qos`, 0x9A retained without `retain_available`, 0x99 a payload that
+/// is not the UTF-8 it claims); a 3.1.1 client is closed without CONNACK, as Mosquitto 2.0.11
+/// does (its return codes have no word for it).
+#[test]
+fn wills_the_broker_cannot_honour_are_refused_at_connect() {
+    let broker = Broker::start("max_qos 1\nretain_available false");
+    let mut not_utf8 = will("w/t", "", QoS::AtMostOnce, false);
+    not_utf8.payload = Bytes::from_static(b"\xff\xfe");
+    not_utf8.properties.payload_format_indicator = Some(true);
+    for (last_will, reason) in [
+        (will("w/t", "x", QoS::ExactlyOnce, false), ReasonCode::QosNotSupported),
+        (will("w/t", "x", QoS::AtMostOnce, true), ReasonCode::RetainNotSupported),
+        (not_utf8, ReasonCode::PayloadFormatInvalid),
+    ] {
+        let mut options = v5();
+        options.will = Some(last_will.clone());
+        let mut client = RawClient::open(&broker);
+        match client.handshake("will-v5", options) {
+            Packet::ConnAck(connack) => {
+                assert_eq!(connack.reason, reason);
+                let said = connack.properties.reason_string.expect("a reason string");
+                assert_eq!(&*said, reason.description());
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        assert!(client.is_closed_by_broker());
+        if last_will.properties.payload_format_indicator.is_none() {
+            let options = ConnectOptions { will: Some(last_will), ..Default::default() };
+            let mut old = RawClient::open(&broker);
+            assert_eq!(old.try_handshake("will-v311", options), None);
+        }
+    }
+    let mut fine = v5();
+    fine.will = Some(will("w/t", "x", QoS::AtLeastOnce, false));
+    RawClient::connect(&broker, "will-ok", fine);
+}
+
+/// A PUBLISH whose Payload Format Indicator claims UTF-8 must carry UTF-8: otherwise it is not
+/// delivered and the publisher is told 0x99, with a Reason String unless it declined them
+/// (Request Problem Information 0).
+#[test]
+fn a_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
+    let broker = Broker::start("");
+    let (mut watcher, _) = RawClient::connect(&broker, "pfi-watch", v5());
+    watcher.subscribe("pfi/#", QoS::AtLeastOnce);
+    let mut utf8 = Properties::default();
+    utf8.payload_format_indicator = Some(true);
+
+    let (mut client, _) = RawClient::connect(&broker, "pfi", v5());
+    let ack = puback_of(&mut client, "pfi/bad", utf8.clone(), b"\xc3\x28");
+    assert_eq!(ack.reason, ReasonCode::PayloadFormatInvalid);
+    assert_eq!(ack.properties.reason_string.as_deref(), Some("payload format invalid"));
+    assert_eq!(
+        puback_of(&mut client, "pfi/good", utf8.clone(), "héllo".as_bytes()).reason,
+        ReasonCode::Success
+    );
+    assert_eq!(watcher.receive().payload, "héllo".as_bytes());
+    watcher.expect_silence();
+
+    let mut quiet = v5();
+    quiet.properties.request_problem_information = Some(false);
+    let (mut client, _) = RawClient::connect(&broker, "pfi-quiet", quiet);
+    let ack = puback_of(&mut client, "pfi/bad", utf8, b"\xff");
+    assert_eq!(ack.reason, ReasonCode::PayloadFormatInvalid);
+    assert_eq!(ack.properties.reason_string, None);
+}
+
+/// As Mosquitto 2.0.11: a 5.0 publisher's PUBACK says 0x10 when nobody subscribes to the topic,
+/// on any shard, and 0x00 once someone does (here a client on the other shard).
+#[test]
+fn puback_says_when_nobody_subscribes() {
+    let broker = Broker::start("");
+    let (mut publisher, _, mut subscriber, _) = clients_on_different_shards(&broker, "nms", v5);
+    let ack = puback_of(&mut publisher, "nms/t", Properties::default(), b"x");
+    assert_eq!(ack.reason, ReasonCode::NoMatchingSubscribers);
+    subscriber.subscribe("nms/+", QoS::AtLeastOnce);
+    let ack = puback_of(&mut publisher, "nms/t", Properties::default(), b"x");
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert_eq!(&subscriber.receive().payload[..], b"x");
 }

@@ -19,8 +19,8 @@ use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
 use super::shard::{Origin, Shard};
 use super::signal::{Event, Signal};
 use crate::protocol::{
-    ConnAck, DecodeError, Disconnect, Packet, Properties, PropertyContext, ProtocolVersion,
-    Publish, ReasonCode, TopicName,
+    Ack, ConnAck, DecodeError, Disconnect, Packet, PacketId, Properties, PropertyContext,
+    ProtocolVersion, Publish, QoS, ReasonCode, TopicName,
 };
 
 /// Unique across shards: the shard id in the top bits, a counter below.
@@ -103,6 +103,9 @@ pub struct ConnHandle {
     max_packet_size: u32,
     /// The client's Receive Maximum (5.0): our in-flight window toward it never exceeds it.
     pub receive_maximum: usize,
+    /// The client's Request Problem Information (5.0): without it, acknowledgements carry no
+    /// Reason String [MQTT-3.1.2-29].
+    pub problem_information: bool,
     /// Topic aliases the client set on its PUBLISHes (5.0), up to `TOPIC_ALIAS_MAXIMUM`.
     pub topic_aliases: RefCell<AHashMap<u16, TopicName>>,
     /// The client's Topic Alias Maximum (5.0): how many aliases the broker may use toward it.
@@ -142,6 +145,7 @@ impl ConnHandle {
             server_keep_alive: None,
             max_packet_size,
             receive_maximum: usize::from(u16::MAX),
+            problem_information: true,
             topic_aliases: RefCell::new(AHashMap::new()),
             topic_alias_maximum: 0,
             topic_aliases_out: RefCell::new(AHashMap::new()),
@@ -224,17 +228,47 @@ impl ConnHandle {
         Some((publish.topic.clone(), next))
     }
 
-    /// Asks the connection task to close. A 5.0 client is sent DISCONNECT with the reason.
+    /// Asks the connection task to close. A 5.0 client is sent DISCONNECT with the reason
+    /// code, and its name as the Reason String.
     pub fn close(&self, close: Close) {
+        self.close_explained(close, close.reason_code().map_or("", ReasonCode::description));
+    }
+
+    /// As [`close`](Self::close), with a Reason String that says more than the code (what the
+    /// decoder found wrong). A DISCONNECT may carry one whatever the client's Request Problem
+    /// Information [MQTT-3.1.2-29].
+    pub fn close_explained(&self, close: Close, why: &str) {
         if self.close.get().is_some() {
             return;
         }
         if let (true, Some(reason)) = (self.version.is_v5(), close.reason_code()) {
-            Packet::Disconnect(Disconnect::new(reason))
-                .encode(self.version, &mut self.outbox.borrow_mut());
+            let mut disconnect = Disconnect::new(reason);
+            disconnect.properties.reason_string = Some(why.into());
+            let mut packet = Packet::Disconnect(disconnect);
+            if packet.encoded_len(self.version) > self.max_packet_size as usize {
+                packet = Packet::Disconnect(Disconnect::new(reason));
+            }
+            packet.encode(self.version, &mut self.outbox.borrow_mut());
         }
         self.close.set(Some(close));
         self.wake.notify();
+    }
+
+    /// Answers a QoS 1/2 PUBLISH that the broker did not accept. 3.x has no reason codes: the
+    /// acknowledgement alone tells the client to stop resending it.
+    pub fn refuse_publish(&self, qos: QoS, packet_id: PacketId, reason: ReasonCode) {
+        let mut ack = Ack::new(packet_id);
+        if self.version.is_v5() {
+            ack.reason = reason;
+            if self.problem_information {
+                ack.properties.reason_string = Some(reason.description().into());
+            }
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+        }
     }
 
     pub fn take_outbox(&self) -> BytesMut {
@@ -341,7 +375,8 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
         Ok(Ok(Some(Packet::Connect(connect)))) => connect,
         Ok(Err(DecodeError::UnsupportedProtocolVersion(level))) => {
             // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
-            let refused = refusal(ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion);
+            let refused =
+                refusal(ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion, u32::MAX);
             let _ = stream.write_all(&refused).await;
             tracing::info!(%peer, level, "refused: unsupported protocol version");
             return;
@@ -424,7 +459,10 @@ async fn run(
                 Ok(None) => break,
                 Err(error) => {
                     tracing::debug!(client_id = %conn.client_id, %error, "malformed packet");
-                    conn.close(Close::ProtocolError(error.reason_code()));
+                    conn.close_explained(
+                        Close::ProtocolError(error.reason_code()),
+                        &error.to_string(),
+                    );
                     break;
                 }
             }
@@ -447,9 +485,17 @@ async fn run(
 }
 
 /// The CONNACK bytes that refuse a client, in its own protocol version.
-pub fn refusal(version: ProtocolVersion, reason: ReasonCode) -> BytesMut {
+/// A 5.0 client also gets the reason in words, unless that would exceed the Maximum Packet Size
+/// it announced.
+pub fn refusal(version: ProtocolVersion, reason: ReasonCode, max_packet_size: u32) -> BytesMut {
+    let mut connack = ConnAck { session_present: false, reason, properties: Properties::default() };
+    if version.is_v5() {
+        connack.properties.reason_string = Some(reason.description().into());
+        if Packet::ConnAck(connack.clone()).encoded_len(version) > max_packet_size as usize {
+            connack.properties = Properties::default();
+        }
+    }
     let mut out = BytesMut::new();
-    Packet::ConnAck(ConnAck { session_present: false, reason, properties: Properties::default() })
-        .encode(version, &mut out);
+    Packet::ConnAck(connack).encode(version, &mut out);
     out
 }

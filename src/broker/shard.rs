@@ -196,7 +196,9 @@ impl Shard {
         origin: Origin<'_>,
     ) -> Result<(Rc<ConnHandle>, Rc<PendingClaim>), BytesMut> {
         let version = connect.protocol;
-        let refuse = |reason| Err(refusal(version, reason));
+        let max_packet_size =
+            connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
+        let refuse = |reason| Err(refusal(version, reason, max_packet_size));
         let peer = origin;
         let internal = matches!(origin, Origin::Bridge(_));
         let username = connect.username.as_deref();
@@ -208,6 +210,19 @@ impl Shard {
         if connect.properties.authentication_method.is_some() {
             // No enhanced authentication method is supported (Mosquitto without plugins).
             return refuse(ReasonCode::BadAuthenticationMethod);
+        }
+        if let Some(reason) = connect.will.as_ref().and_then(|will| self.refuses_will(will)) {
+            if internal {
+                // Our own bridge's will is its notification: not the client's to change.
+            } else if version.is_v5() {
+                tracing::info!(%peer, client_id = %connect.client_id, ?reason, "refused: will");
+                return refuse(reason);
+            } else {
+                // 3.x has no return code for these: Mosquitto 2.0.11 closes the connection
+                // without CONNACK (checked by hand), and so does Culex.
+                tracing::info!(%peer, client_id = %connect.client_id, ?reason, "closed: will");
+                return Err(BytesMut::new());
+            }
         }
         let client_id = if connect.client_id.is_empty() {
             // Mosquitto: an empty id is refused in 3.1, and with a persistent session.
@@ -224,8 +239,6 @@ impl Shard {
         };
         self.next_conn += 1;
         let conn_id = ((self.id as u64) << 48) | self.next_conn;
-        let max_packet_size =
-            connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
         // max_keepalive caps 5.0 clients through Server Keep Alive (Mosquitto 2.0: "This only
         // applies to MQTT v5 clients").
         let max = self.config.max_keepalive;
@@ -242,6 +255,7 @@ impl Shard {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
         conn.topic_alias_maximum = connect.properties.topic_alias_maximum.unwrap_or(0);
+        conn.problem_information = connect.properties.request_problem_information.unwrap_or(true);
         let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());
@@ -257,6 +271,20 @@ impl Shard {
             },
         );
         Ok((conn, claim))
+    }
+
+    /// Why a will cannot be accepted, as a 5.0 CONNACK says it: beyond `max_qos`, retained
+    /// while `retain_available` is false, or a payload that claims UTF-8 and is not.
+    fn refuses_will(&self, will: &crate::protocol::LastWill) -> Option<ReasonCode> {
+        if will.qos > self.config.max_qos {
+            Some(ReasonCode::QosNotSupported)
+        } else if will.retain && !self.config.retain_available {
+            Some(ReasonCode::RetainNotSupported)
+        } else if !payload_format_holds(&will.properties, &will.payload) {
+            Some(ReasonCode::PayloadFormatInvalid)
+        } else {
+            None
+        }
     }
 
     fn assign_client_id(&self) -> ByteString {
@@ -366,6 +394,9 @@ impl Shard {
             .and_then(std::num::NonZeroU16::new);
         if !self.config.retain_available {
             properties.retain_available = Some(false);
+        }
+        if self.config.max_qos < QoS::ExactlyOnce {
+            properties.maximum_qos = Some(self.config.max_qos);
         }
         if self.config.max_packet_size < crate::protocol::PACKET_SIZE_MAX {
             properties.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size);
@@ -576,23 +607,27 @@ impl Shard {
         if publish.retain && !self.config.retain_available && !conn.internal {
             return Err(Close::ProtocolError(ReasonCode::RetainNotSupported));
         }
+        // Above `max_qos` (announced in CONNACK): DISCONNECT 0x9B [MQTT-3.3.1-4], and 3.x
+        // clients are closed, as Mosquitto 2.0.11 does. A bridge's own session publishes
+        // what its remote sent; it is delivered at `max_qos` instead.
+        if publish.qos > self.config.max_qos && !conn.internal {
+            return Err(Close::ProtocolError(ReasonCode::QosNotSupported));
+        }
         let topic = resolve_topic_alias(conn, &publish)?;
-        let who = Identity { client_id: &conn.client_id, username: conn.username.as_deref() };
-        if !conn.internal && !self.credentials.allows(who, &topic, Access::Write) {
-            // As Mosquitto 2.0.11: dropped, and acknowledged all the same; 5.0 clients learn
-            // why (0x87).
-            tracing::debug!(client_id = %conn.client_id, %topic, "publish denied by the acl file");
-            let denied = |packet_id| {
-                let mut ack = Ack::new(packet_id);
-                if conn.version.is_v5() {
-                    ack.reason = ReasonCode::NotAuthorized;
-                }
-                ack
-            };
-            match (publish.qos, publish.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => conn.send(&Packet::PubAck(denied(id))),
-                (QoS::ExactlyOnce, Some(id)) => conn.send(&Packet::PubRec(denied(id))),
-                _ => {}
+        let refused = if !payload_format_holds(&publish.properties, &publish.payload) {
+            // The spec lets the receiver check [MQTT-3.3.2-4]; Mosquitto 2.0.11 does not, and
+            // passes the false claim on to every subscriber.
+            Some(ReasonCode::PayloadFormatInvalid)
+        } else {
+            let who = Identity { client_id: &conn.client_id, username: conn.username.as_deref() };
+            // As Mosquitto 2.0.11: dropped, and acknowledged all the same.
+            let denied = !conn.internal && !self.credentials.allows(who, &topic, Access::Write);
+            denied.then_some(ReasonCode::NotAuthorized)
+        };
+        if let Some(reason) = refused {
+            tracing::debug!(client_id = %conn.client_id, %topic, ?reason, "publish refused");
+            if let Some(packet_id) = publish.packet_id {
+                conn.refuse_publish(publish.qos, packet_id, reason);
             }
             return Ok(());
         }
@@ -605,7 +640,7 @@ impl Shard {
             expires_at,
             topic,
             payload: publish.payload,
-            qos: publish.qos,
+            qos: publish.qos.min(self.config.max_qos),
             retain: publish.retain && self.config.retain_available,
             properties,
             publisher: conn.client_id.clone(),
@@ -614,7 +649,12 @@ impl Shard {
         // subscribed to its own topic sees PUBACK/PUBREC first.
         match (publish.qos, publish.packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => {
-                conn.send(&Packet::PubAck(Ack::new(packet_id)));
+                let mut ack = Ack::new(packet_id);
+                // As Mosquitto 2.0.11, a 5.0 publisher learns that nobody subscribes (0x10).
+                if conn.version.is_v5() && !conn.internal && !self.has_subscribers(&message.topic) {
+                    ack.reason = ReasonCode::NoMatchingSubscribers;
+                }
+                conn.send(&Packet::PubAck(ack));
                 self.route(message);
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
@@ -707,6 +747,14 @@ impl Shard {
         }
     }
 
+    /// Whether `route` would deliver a message on `topic` to anyone, on any shard.
+    fn has_subscribers(&self, topic: &str) -> bool {
+        let mut any = false;
+        self.subscribers.matches(topic, |subs| any |= !subs.is_empty());
+        self.interest.matches(topic, |shards| any |= *shards != 0);
+        any || self.shared.any_group_matches(topic)
+    }
+
     fn store_retained(&mut self, message: &Arc<Message>) {
         if message.payload.is_empty() {
             self.retained.remove(&message.topic);
@@ -788,6 +836,8 @@ impl Shard {
         let mut retained_for = Vec::new();
         let id = subscribe.properties.subscription_identifiers.first().copied();
         for (filter, mut options) in subscribe.filters {
+            // Granted at most `max_qos`, as Mosquitto grants it.
+            options.qos = options.qos.min(self.config.max_qos);
             let shared = filter.shared().is_some();
             // Mosquitto's loop prevention for bridges that set the bridge bit: never echo what
             // the bridge published, and keep the retain flag it needs to mirror retained state.
@@ -1097,6 +1147,11 @@ impl Shard {
 }
 
 /// When a message with these properties expires (5.0 Message Expiry Interval).
+/// A payload whose Payload Format Indicator says UTF-8 must be UTF-8 [MQTT-3.3.2-4].
+fn payload_format_holds(properties: &Properties, payload: &[u8]) -> bool {
+    properties.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok()
+}
+
 fn expiry_deadline(properties: &Properties) -> Option<Instant> {
     let secs = properties.message_expiry_interval?;
     Some(Instant::now() + std::time::Duration::from_secs(u64::from(secs)))

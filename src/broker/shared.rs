@@ -145,6 +145,16 @@ impl SharedSubscriptions {
         picks
     }
 
+    /// Whether some group with members on any shard has a filter matching `topic` (without
+    /// taking a turn, unlike `pick_shards`).
+    pub fn any_group_matches(&self, topic: &str) -> bool {
+        let mut any = false;
+        self.trie.matches(topic, |groups| {
+            any |= groups.by_name.values().any(|g| g.remote != 0 || !g.local.is_empty());
+        });
+        any
+    }
+
     /// A member on this shard for a message of `group` on `filter`, taking turns.
     pub fn pick_member(&self, filter: &str, group: &str) -> Option<(ByteString, Subscription)> {
         self.trie.get(filter)?.by_name.get(group)?.pick_local().cloned()

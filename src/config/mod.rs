@@ -58,6 +58,8 @@ pub struct Config {
     pub allow_zero_length_clientid: bool,
     pub auto_id_prefix: String,
     pub retain_available: bool,
+    /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
+    pub max_qos: crate::protocol::QoS,
     /// One per `connection` block, in file order.
     pub bridges: Vec<Bridge>,
     /// Shards that run the bridges, beside the worker shards (Culex's own option).
@@ -84,6 +86,7 @@ impl Default for Config {
             allow_zero_length_clientid: true,
             auto_id_prefix: "auto-".to_string(),
             retain_available: true,
+            max_qos: crate::protocol::QoS::ExactlyOnce,
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -132,7 +135,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "log_type",
     "max_connections",
     "max_inflight_bytes",
-    "max_qos",
     "memory_limit",
     "message_size_limit",
     "mount_point",
@@ -185,6 +187,7 @@ pub fn is_known_option(option: &str) -> bool {
         "allow_zero_length_clientid",
         "auto_id_prefix",
         "retain_available",
+        "max_qos",
         "include_dir",
         "connection",
         "bridge_shards",
@@ -328,6 +331,11 @@ impl Parser {
             }
             "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
             "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
+            "max_qos" => {
+                let level: u8 = parse_number(value, &invalid)?;
+                config.max_qos = crate::protocol::QoS::from_u8(level)
+                    .map_err(|_| invalid("must be 0, 1 or 2"))?;
+            }
             "include_dir" => self.include_dir(value, file, line, depth, &invalid)?,
             "bridge_shards" => {
                 config.bridge_shards = parse_number(value, &invalid)?;
@@ -488,6 +496,48 @@ mod tests {
             parse("listener 70000\n").unwrap_err().to_string(),
             "test.conf:1: invalid value for `listener`: not a port number (0-65535)"
         );
+    }
+
+    /// The limit options: each value Mosquitto takes, and each it refuses, word for word.
+    #[test]
+    fn limit_options_take_mosquitto_values_and_refuse_bad_ones() {
+        use crate::protocol::QoS;
+        type Holds = fn(&Config) -> bool;
+        let accepted: &[(&str, Holds)] = &[
+            ("max_qos 0", |c| c.max_qos == QoS::AtMostOnce),
+            ("max_qos 1", |c| c.max_qos == QoS::AtLeastOnce),
+            ("max_qos 2", |c| c.max_qos == QoS::ExactlyOnce),
+            ("max_inflight_messages 0", |c| c.max_inflight_messages == 0),
+            ("max_queued_messages 5", |c| c.max_queued_messages == 5),
+            ("max_queued_bytes 4096", |c| c.max_queued_bytes == 4096),
+            ("queue_qos0_messages true", |c| c.queue_qos0_messages),
+            ("max_packet_size 0", |c| c.max_packet_size == crate::protocol::PACKET_SIZE_MAX),
+            ("max_packet_size 20", |c| c.max_packet_size == 20),
+            ("max_keepalive 30", |c| c.max_keepalive == 30),
+            ("retain_available false", |c| !c.retain_available),
+            ("allow_zero_length_clientid false", |c| !c.allow_zero_length_clientid),
+            ("auto_id_prefix cx-", |c| c.auto_id_prefix == "cx-"),
+        ];
+        for (line, holds) in accepted {
+            let config = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(holds(&config), "{line}");
+        }
+        let number = "not a number in the allowed range";
+        let refused = [
+            ("max_qos 3", "max_qos", "must be 0, 1 or 2"),
+            ("max_qos one", "max_qos", number),
+            ("max_inflight_messages 70000", "max_inflight_messages", number),
+            ("max_queued_messages -1", "max_queued_messages", number),
+            ("max_packet_size 19", "max_packet_size", "must be 0 or at least 20"),
+            ("max_keepalive 65536", "max_keepalive", number),
+            ("retain_available maybe", "retain_available", "expected `true` or `false`"),
+        ];
+        for (line, option, reason) in refused {
+            assert_eq!(
+                parse(line).unwrap_err().to_string(),
+                format!("test.conf:1: invalid value for `{option}`: {reason}"),
+            );
+        }
     }
 
     #[test]

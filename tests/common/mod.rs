@@ -210,6 +210,11 @@ impl RawClient {
     }
 
     pub fn handshake(&mut self, client_id: &str, options: ConnectOptions) -> Packet {
+        self.try_handshake(client_id, options).expect("CONNACK")
+    }
+
+    /// Sends CONNECT; `None` when the broker closes the connection without a CONNACK.
+    pub fn try_handshake(&mut self, client_id: &str, options: ConnectOptions) -> Option<Packet> {
         self.version = options.version;
         self.send(&Packet::Connect(Box::new(Connect {
             protocol: options.version,
@@ -222,7 +227,7 @@ impl RawClient {
             username: None,
             password: None,
         })));
-        self.recv().expect("CONNACK")
+        self.recv()
     }
 
     pub fn send(&mut self, packet: &Packet) {

@@ -4,12 +4,14 @@ Run by tests/paho.rs, which starts the broker and sets CULEX_PORT.
 """
 import os
 import queue
+import time
 import unittest
 import uuid
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 PORT = int(os.environ.get("CULEX_PORT", "1883"))
@@ -19,20 +21,29 @@ WAIT = 5
 class Client:
     """A paho client (5.0 unless told otherwise) whose messages land in a queue."""
 
-    def __init__(self, client_id=None, protocol=mqtt.MQTTv5, clean_start=True, expiry=None):
+    def __init__(
+        self, client_id=None, protocol=mqtt.MQTTv5, clean_start=True, expiry=None, will=None
+    ):
         self.messages = queue.Queue()
         self.acks = queue.Queue()
         self.connacks = queue.Queue()
+        self.published = queue.Queue()
+        self.disconnects = queue.Queue()
         kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
         self.mqtt = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"paho5-{uuid.uuid4().hex[:8]}",
+            client_id=f"paho5-{uuid.uuid4().hex[:8]}" if client_id is None else client_id,
             protocol=protocol,
             **kwargs,
         )
         self.mqtt.on_message = lambda c, u, m: self.messages.put(m)
         self.mqtt.on_connect = lambda c, u, flags, rc, p: self.connacks.put((flags, rc, p))
         self.mqtt.on_subscribe = lambda c, u, mid, rcs, p: self.acks.put(rcs)
+        self.mqtt.on_publish = lambda c, u, mid, rc, p: self.published.put((rc, p))
+        self.mqtt.on_disconnect = lambda c, u, flags, rc, p: self.disconnects.put((rc, p))
+        if will is not None:
+            topic, payload, qos, retain, properties = will
+            self.mqtt.will_set(topic, payload, qos, retain, properties)
         if protocol == mqtt.MQTTv5:
             properties = None
             if expiry is not None:
@@ -52,7 +63,9 @@ class Client:
         return self.acks.get(timeout=WAIT)
 
     def publish(self, topic, payload, qos=1, retain=False, properties=None):
+        """Publishes; for QoS 1/2, returns the broker's reason code and properties."""
         self.mqtt.publish(topic, payload, qos, retain, properties).wait_for_publish(timeout=WAIT)
+        return self.published.get(timeout=WAIT)
 
     def receive(self):
         return self.messages.get(timeout=WAIT)
@@ -151,6 +164,73 @@ class PahoV5(unittest.TestCase):
         self.assertEqual(sorted(got, key=int), [str(i).encode() for i in range(12)])
         for member in members + [pub]:
             member.close()
+
+    def test_connack_tells_the_client_what_the_broker_allows(self):
+        client = Client(client_id="")
+        properties = client.connack_properties
+        self.assertTrue(properties.AssignedClientIdentifier.startswith("auto-"))
+        self.assertEqual(properties.TopicAliasMaximum, 10)
+        self.assertEqual(properties.ReceiveMaximum, 20)
+        client.close()
+
+    def test_disconnect_0x04_sends_the_will_with_its_properties(self):
+        watcher = Client()
+        watcher.subscribe("will5/#", 1)
+        properties = Properties(PacketTypes.WILLMESSAGE)
+        properties.UserProperty = [("why", "gone")]
+        properties.ContentType = "text/plain"
+        leaving = Client(will=("will5/x", b"bye", 1, False, properties))
+        leaving.mqtt.disconnect(
+            reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+        )
+        leaving.mqtt.loop_stop()
+        got = watcher.receive()
+        self.assertEqual(got.payload, b"bye")
+        self.assertEqual(got.properties.UserProperty, [("why", "gone")])
+        self.assertEqual(got.properties.ContentType, "text/plain")
+        watcher.close()
+
+    def test_topic_aliases_from_the_client_and_message_expiry_counting_down(self):
+        client_id = f"paho5-alias-{uuid.uuid4().hex[:6]}"
+        first = Client(client_id, clean_start=False, expiry=30)
+        first.subscribe("alias5/#", 1)
+        first.close()
+        pub = Client()
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.TopicAlias = 3
+        properties.MessageExpiryInterval = 60
+        pub.publish("alias5/long/topic", b"one", 1, properties=properties)
+        pub.publish("", b"two", 1, properties=properties)  # the alias alone names the topic
+        time.sleep(1.2)
+        back = Client(client_id, clean_start=False, expiry=30)
+        got = [back.receive(), back.receive()]
+        self.assertEqual([(m.topic, m.payload) for m in got],
+                         [("alias5/long/topic", b"one"), ("alias5/long/topic", b"two")])
+        for message in got:
+            self.assertLess(message.properties.MessageExpiryInterval, 60)
+        back.close()
+        pub.close()
+
+    def test_puback_reason_codes_and_reason_strings(self):
+        pub = Client()
+        rc, _ = pub.publish("nobody5/here", b"x", 1)
+        self.assertEqual(rc.value, 0x10)  # no matching subscribers, as Mosquitto says
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.PayloadFormatIndicator = 1
+        rc, acked = pub.publish("nobody5/here", b"\xff\xfe", 1, properties=properties)
+        self.assertEqual(rc.value, 0x99)
+        self.assertEqual(acked.ReasonString, "payload format invalid")
+        pub.close()
+
+    def test_a_taken_over_client_hears_0x8e(self):
+        client_id = f"paho5-twice-{uuid.uuid4().hex[:6]}"
+        first = Client(client_id)
+        second = Client(client_id)
+        rc, properties = first.disconnects.get(timeout=WAIT)
+        first.mqtt.loop_stop()  # before paho's automatic reconnect takes the id back
+        self.assertEqual(rc.value, 0x8E)
+        self.assertEqual(properties.ReasonString, "session taken over")
+        second.close()
 
 
 if __name__ == "__main__":
