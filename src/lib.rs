@@ -4,3 +4,4 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod protocol;
+pub mod store;

@@ -135,8 +135,13 @@ fn describe(config: &Config) -> String {
             format!("{} -> {} ({} topics)", b.name, addresses.join(" "), b.topics.len())
         })
         .collect();
+    let persistence = if config.persistence {
+        format!("persistence {}", config.store_path(0).with_extension("shardN").display())
+    } else {
+        "no persistence".to_string()
+    };
     format!(
-        "listeners {}; anonymous {}; shards {shards}; max_inflight_messages {}; \
+        "listeners {}; anonymous {}; shards {shards}; {persistence}; max_inflight_messages {}; \
          max_queued_messages {}; max_packet_size {}; bridges: {}",
         listeners.join(", "),
         if config.allow_anonymous { "allowed" } else { "refused" },

@@ -4,6 +4,7 @@
 //! burst of deliveries costs one write.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -123,6 +124,10 @@ pub struct ConnHandle {
     pub stuck: Cell<bool>,
     pub last_seen: Cell<Instant>,
     pub dropped_messages: Cell<u64>,
+    /// Acknowledgements waiting for their messages to be durable (`persistence true`), in the
+    /// order the PUBLISHes came: (token, packet, durable yet). They leave in that order
+    /// [MQTT-4.6.0-2].
+    held_acks: RefCell<VecDeque<(u64, Packet, bool)>>,
 }
 
 impl ConnHandle {
@@ -157,6 +162,26 @@ impl ConnHandle {
             stuck: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             dropped_messages: Cell::new(0),
+            held_acks: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Holds an acknowledgement until `release_ack(token)`.
+    pub fn hold_ack(&self, token: u64, ack: Packet) {
+        self.held_acks.borrow_mut().push_back((token, ack, false));
+    }
+
+    /// The message behind `token` is durable: its acknowledgement leaves, with those held
+    /// behind it that are durable too.
+    pub fn release_ack(&self, token: u64) {
+        let mut held = self.held_acks.borrow_mut();
+        if let Some(entry) = held.iter_mut().find(|(t, _, _)| *t == token) {
+            entry.2 = true;
+        }
+        while held.front().is_some_and(|(_, _, durable)| *durable) {
+            if let Some((_, ack, _)) = held.pop_front() {
+                self.send(&ack);
+            }
         }
     }
 

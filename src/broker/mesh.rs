@@ -36,6 +36,23 @@ pub type Batch = Vec<ShardMsg>;
 pub enum ShardMsg {
     /// Deliver to this shard's matching subscribers.
     Publish(Arc<Message>),
+    /// The same with persistence: answer `origin` with `Durable { token }` once what the
+    /// delivery stored here is durable.
+    DurablePublish {
+        message: Arc<Message>,
+        origin: ShardId,
+        token: u64,
+    },
+    /// A message routed with `token` is durable on the sending shard.
+    Durable {
+        token: u64,
+    },
+    /// A session moved away and is durable on its new shard: forget its records of `epoch`
+    /// and before.
+    Forget {
+        client_id: ByteString,
+        epoch: u64,
+    },
     /// Store (or, with an empty payload, delete) in this shard's replica of the retained store.
     Retain(Arc<Message>),
     /// `from` gained its first (`added`) or lost its last subscriber on `filter`.
@@ -80,6 +97,8 @@ pub enum ShardMsg {
         filter: ByteString,
         group: ByteString,
         hops: u8,
+        /// Who waits for it to be stored (see `DurablePublish`).
+        durable: Option<(ShardId, u64)>,
     },
     /// The answer to a claim: the previous session's state, if it is to be resumed.
     Handoff {

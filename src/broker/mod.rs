@@ -5,7 +5,9 @@
 mod bridge;
 mod connection;
 mod flow;
+mod journal;
 mod mesh;
+mod recovery;
 mod session;
 mod shard;
 mod shared;
@@ -26,12 +28,15 @@ use thiserror::Error;
 
 use crate::auth::Credentials;
 use crate::config::Config;
+use crate::store::ShardStore;
 use connection::Close;
+use journal::{Journal, SharedJournal};
 pub use mesh::SHARDS_MAX;
 use mesh::{Batch, BATCHES_IN_FLIGHT_MAX};
+use recovery::ShardRecovery;
 use shard::Shard;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// io_uring memory per executor. glommio's default (10 MiB in three rings) exceeds the 8 MiB
 /// memlock limit that unprivileged users and containers get; 64 KiB with 128-entry rings
@@ -75,6 +80,8 @@ pub enum StartError {
          LimitMEMLOCK= in the systemd unit, or tuning/limits.conf"
     )]
     MemlockTooLow { soft_kib: u64, hard_kib: u64, needed_kib: u64 },
+    #[error("{0}")]
+    Store(String),
 }
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
@@ -163,6 +170,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "culex {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    // Shard ids are only known once the mesh is joined: each executor takes its own part.
+    let recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>> =
+        Arc::new(Mutex::new(if config.persistence {
+            recovery::recover(&config, shard_count)?.into_iter().map(Some).collect()
+        } else {
+            Vec::new()
+        }));
     let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -181,6 +195,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let config = config.clone();
         let credentials = credentials.clone();
         let mesh = mesh.clone();
+        let recoveries = recoveries.clone();
         let name = match role {
             Role::Worker { .. } => format!("culex-shard-{index}"),
             Role::Bridges(_) => format!("culex-bridge-{}", index - worker_count),
@@ -189,7 +204,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .name(&name)
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(config, credentials, role, mesh, shard_count))
+            .spawn(move || run_shard(config, credentials, role, mesh, shard_count, recoveries))
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
@@ -263,12 +278,20 @@ async fn run_shard(
     role: Role,
     mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     shard_count: usize,
+    recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>>,
 ) -> Result<(), StartError> {
     let (senders, receivers) =
         mesh.join().await.map_err(|_| StartError::Executor("mesh join failed".into()))?;
     // Shard ids are mesh peer ids, so every shard agrees on who is who.
     let id = senders.peer_id();
-    let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, Rc::new(config), credentials)));
+    let recovery = recoveries.lock().ok().and_then(|mut all| all.get_mut(id)?.take());
+    let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch));
+    let shard = Shard::new(id, shard_count, Rc::new(config), credentials, journal.clone());
+    let shard = Rc::new(RefCell::new(shard));
+    if let (Some(recovery), Some(journal)) = (recovery, journal) {
+        shard.borrow_mut().restore(recovery.restored);
+        glommio::spawn_local(persist(shard.clone(), journal, recovery.store)).detach();
+    }
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
     glommio::spawn_local(sweep_keep_alives(shard.clone())).detach();
@@ -301,6 +324,27 @@ async fn run_shard(
         task.await;
     }
     Ok(())
+}
+
+/// The shard's store task: commits what the journal collected, one transaction per batch on
+/// the shard's blocking thread (the executor never waits on the disk), then releases what
+/// waited for it. A commit that fails stops the broker: acknowledging what cannot be stored
+/// would break the promise persistence makes.
+async fn persist(shard: Rc<RefCell<Shard>>, journal: SharedJournal, store: Arc<ShardStore>) {
+    let wake = journal.borrow().wake();
+    loop {
+        wake.wait().await;
+        let (ops, waiters) = journal.borrow_mut().take();
+        if !ops.is_empty() {
+            let store = store.clone();
+            let written = glommio::executor().spawn_blocking(move || store.apply(ops)).await;
+            if let Err(error) = written {
+                tracing::error!("{error}: stopping, since nothing unstored may be acknowledged");
+                std::process::exit(1);
+            }
+        }
+        shard.borrow_mut().committed(waiters);
+    }
 }
 
 /// Binds a listener for this shard. glommio's own `bind` sets SO_REUSEPORT only; without

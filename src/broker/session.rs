@@ -14,11 +14,14 @@ use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::connection::{ConnHandle, ConnId};
+use super::journal::{restored_message, StoredAt};
+use super::mesh::ShardId;
 use crate::config::Config;
 use crate::protocol::{
     Ack, LastWill, Packet, PacketId, Properties, Publish, QoS, SubscriptionId, SubscriptionOptions,
     TopicFilter, TopicName,
 };
+use crate::store::{RecoveredSession, Stage, StoreOp, StoredSession};
 
 /// A published message as the broker routes it: one allocation shared by every shard and every
 /// subscriber it reaches.
@@ -102,6 +105,8 @@ pub struct Outgoing {
     /// The shared subscription (filter, group) it was delivered for, so that another member
     /// can take it if this session ends first.
     pub shared: Option<Box<(ByteString, ByteString)>>,
+    /// Its number in the session's store, once written there (persistent sessions only).
+    pub seq: Option<u64>,
 }
 
 impl Outgoing {
@@ -119,6 +124,16 @@ enum InflightState {
     AwaitPubRec,
     /// QoS 2 PUBREL sent: the message itself is delivered; only the release is retried.
     AwaitPubComp,
+}
+
+impl InflightState {
+    fn stage(self, packet_id: PacketId) -> Stage {
+        match self {
+            InflightState::AwaitPubAck => Stage::AwaitPubAck(packet_id),
+            InflightState::AwaitPubRec => Stage::AwaitPubRec(packet_id),
+            InflightState::AwaitPubComp => Stage::AwaitPubComp(packet_id),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -176,6 +191,9 @@ pub struct SessionState {
     awaiting_pubrel: AHashSet<PacketId>,
     /// Messages dropped (limits, expiry) since the count was last taken.
     dropped: u64,
+    /// Where this state is stored while it moves to another shard: (shard, epoch) of the
+    /// records that the new shard has that shard forget once it has written its own.
+    pub stored_at: Option<(ShardId, u64)>,
 }
 
 /// Messages sent and not yet acknowledged: in send order (a resumed session resends them in
@@ -192,16 +210,6 @@ struct InflightWindow {
 impl InflightWindow {
     fn len(&self) -> usize {
         self.order_of.len()
-    }
-
-    /// Records a message as sent under a fresh packet id, and returns the id.
-    fn push(&mut self, outgoing: Outgoing, state: InflightState) -> PacketId {
-        let packet_id = self.free_packet_id();
-        let order = self.next_order;
-        self.next_order += 1;
-        self.order_of.insert(packet_id, order);
-        self.by_order.insert(order, Inflight { packet_id, outgoing, state });
-        packet_id
     }
 
     /// The next packet id not in flight. Invariant: the window holds fewer than 65,535
@@ -224,12 +232,21 @@ impl InflightWindow {
     }
 
     /// Removes the message with this id if it is in the expected state.
-    fn complete(&mut self, packet_id: PacketId, expected: InflightState) -> bool {
+    fn complete(&mut self, packet_id: PacketId, expected: InflightState) -> Option<Inflight> {
         if self.get_mut(packet_id).is_none_or(|i| i.state != expected) {
-            return false;
+            return None;
         }
         let order = self.order_of.remove(&packet_id);
-        order.and_then(|o| self.by_order.remove(&o)).is_some()
+        order.and_then(|o| self.by_order.remove(&o))
+    }
+
+    /// Records a message as sent under `packet_id` (fresh, or the one it had before a restart).
+    fn insert(&mut self, packet_id: PacketId, outgoing: Outgoing, state: InflightState) {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.order_of.insert(packet_id, order);
+        self.by_order.insert(order, Inflight { packet_id, outgoing, state });
+        self.last_packet_id = packet_id.get();
     }
 
     fn iter(&self) -> impl Iterator<Item = &Inflight> {
@@ -266,6 +283,8 @@ pub struct Session {
     /// A will held back by its Will Delay Interval, due at the instant given. It goes with the
     /// session: resuming the session (here or on another shard) drops it [MQTT-3.1.3-9].
     pub delayed_will: Option<(LastWill, Instant)>,
+    /// Where its records are written (`persistence true`, persistent sessions only).
+    pub stored: Option<StoredAt>,
 }
 
 impl Session {
@@ -279,7 +298,91 @@ impl Session {
             will: None,
             reader: None,
             delayed_will: None,
+            stored: None,
         }
+    }
+
+    /// Restores a session that start-up found in a store: offline from now, its messages in
+    /// flight under their old packet ids (resent with DUP when the client returns), then queued.
+    pub fn restore(recovered: RecoveredSession, stored: StoredAt) -> Self {
+        let RecoveredSession { session, entries, incoming } = recovered;
+        let mut state = SessionState::default();
+        for (filter, options, id) in session.subscriptions {
+            state.subscriptions.insert(filter, Subscription { options, id });
+        }
+        for entry in entries {
+            let outgoing = Outgoing {
+                message: restored_message(entry.message),
+                qos: entry.qos,
+                retain: entry.retain,
+                subscription_ids: entry.subscription_ids.into_iter().collect(),
+                shared: None,
+                seq: Some(entry.seq),
+            };
+            let (packet_id, inflight) = match entry.stage {
+                Stage::Queued => {
+                    state.queued_bytes += outgoing.size_bytes();
+                    state.queue.push_back(outgoing);
+                    continue;
+                }
+                Stage::AwaitPubAck(id) => (id, InflightState::AwaitPubAck),
+                Stage::AwaitPubRec(id) => (id, InflightState::AwaitPubRec),
+                Stage::AwaitPubComp(id) => (id, InflightState::AwaitPubComp),
+            };
+            state.inflight.insert(packet_id, outgoing, inflight);
+        }
+        state.awaiting_pubrel.extend(incoming);
+        let expiry = SessionExpiry::from_interval_secs(session.expiry_secs);
+        let mut restored = Session::new(expiry, 0, state);
+        restored.offline_since = Some(Instant::now());
+        restored.stored = Some(stored);
+        restored
+    }
+
+    /// The session's record for the store (its messages are written one by one).
+    fn record(&self, stored: &StoredAt) -> StoredSession {
+        let expiry_secs = match self.expiry {
+            SessionExpiry::OnDisconnect => 0,
+            SessionExpiry::After(interval) => {
+                u32::try_from(interval.as_secs()).unwrap_or(u32::MAX - 1)
+            }
+            SessionExpiry::Never => u32::MAX,
+        };
+        StoredSession {
+            client_id: stored.client_id.clone(),
+            epoch: stored.epoch,
+            expiry_secs,
+            subscriptions: self
+                .state
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| (filter.clone(), s.options, s.id))
+                .collect(),
+        }
+    }
+
+    /// Writes the session's record again (subscriptions or expiry changed).
+    pub fn store_record(&self) {
+        if let Some(stored) = &self.stored {
+            stored.journal.borrow_mut().push(StoreOp::PutSession(self.record(stored)));
+        }
+    }
+
+    /// Writes the whole session under a new incarnation: its record, every message in flight
+    /// or queued (renumbered, in delivery order), and the QoS 2 ids awaiting release.
+    pub fn store_all(&mut self, stored: StoredAt) {
+        stored.journal.borrow_mut().push(StoreOp::PutSession(self.record(&stored)));
+        for inflight in self.state.inflight.by_order.values_mut() {
+            let stage = inflight.state.stage(inflight.packet_id);
+            inflight.outgoing.seq = Some(stored.put_entry(&inflight.outgoing, stage));
+        }
+        for outgoing in &mut self.state.queue {
+            outgoing.seq = Some(stored.put_entry(outgoing, Stage::Queued));
+        }
+        for packet_id in &self.state.awaiting_pubrel {
+            stored.put_incoming(*packet_id);
+        }
+        self.stored = Some(stored);
     }
 
     /// Whether the session outlives its connection at all.
@@ -345,6 +448,10 @@ impl Session {
             return Delivery::Dropped;
         }
         state.queued_bytes += size;
+        let mut outgoing = outgoing;
+        if let Some(stored) = &self.stored {
+            outgoing.seq = Some(stored.put_entry(&outgoing, Stage::Queued));
+        }
         // Queued for an absent client, the message may wait for hours: detach it from the read
         // buffer. Behind a live client's window it leaves soon (flow control bounds that queue),
         // so it stays zero-copy there.
@@ -357,10 +464,11 @@ impl Session {
         Delivery::Queued
     }
 
-    fn send_new(&mut self, outgoing: Outgoing) {
+    fn send_new(&mut self, mut outgoing: Outgoing) {
         let Some(conn) = &self.conn else { return };
         if outgoing.qos == QoS::AtMostOnce {
             conn.publish(publish_packet(&outgoing, None, false));
+            self.forget_entry(outgoing.seq);
             return;
         }
         let state = match outgoing.qos {
@@ -368,11 +476,27 @@ impl Session {
             QoS::AtLeastOnce | QoS::AtMostOnce => InflightState::AwaitPubAck,
         };
         let packet = publish_packet(&outgoing, None, false);
-        let packet_id = self.state.inflight.push(outgoing, state);
+        let packet_id = self.state.inflight.free_packet_id();
+        if let Some(stored) = &self.stored {
+            let stage = state.stage(packet_id);
+            match outgoing.seq {
+                Some(seq) => stored.set_stage(seq, stage),
+                None => outgoing.seq = Some(stored.put_entry(&outgoing, stage)),
+            }
+        }
+        self.state.inflight.insert(packet_id, outgoing, state);
         if !conn.publish(Publish { packet_id: Some(packet_id), ..packet }) {
             // Larger than the client accepts: discarded as if delivered [MQTT-3.1.2-25], or it
             // would hold a place in the window forever.
-            self.state.inflight.complete(packet_id, state);
+            let done = self.state.inflight.complete(packet_id, state);
+            self.forget_entry(done.and_then(|i| i.outgoing.seq));
+        }
+    }
+
+    /// A stored delivery is over (acknowledged, expired, discarded or moved away).
+    fn forget_entry(&self, seq: Option<u64>) {
+        if let (Some(stored), Some(seq)) = (&self.stored, seq) {
+            stored.delete_entry(seq);
         }
     }
 
@@ -391,7 +515,9 @@ impl Session {
             // Expired while queued: dropped [MQTT-3.3.2-5].
             let expired = outgoing.message.expires_at.is_some()
                 && outgoing.message.is_expired(*now.get_or_insert_with(Instant::now));
-            if !expired {
+            if expired {
+                self.forget_entry(outgoing.seq);
+            } else {
                 self.send_new(outgoing);
             }
         }
@@ -420,7 +546,8 @@ impl Session {
 
     /// PUBACK: a QoS 1 delivery is complete.
     pub fn on_puback(&mut self, packet_id: PacketId, limits: &Limits) {
-        if self.state.inflight.complete(packet_id, InflightState::AwaitPubAck) {
+        if let Some(done) = self.state.inflight.complete(packet_id, InflightState::AwaitPubAck) {
+            self.forget_entry(done.outgoing.seq);
             self.fill_window(limits);
         }
     }
@@ -430,6 +557,9 @@ impl Session {
         if let Some(inflight) = self.state.inflight.get_mut(packet_id) {
             if inflight.state == InflightState::AwaitPubRec {
                 inflight.state = InflightState::AwaitPubComp;
+                if let (Some(stored), Some(seq)) = (&self.stored, inflight.outgoing.seq) {
+                    stored.set_stage(seq, Stage::AwaitPubComp(packet_id));
+                }
             }
         }
         // A PUBREC for an unknown id still gets its PUBREL, so the client can finish.
@@ -440,7 +570,8 @@ impl Session {
 
     /// PUBCOMP: a QoS 2 delivery is complete.
     pub fn on_pubcomp(&mut self, packet_id: PacketId, limits: &Limits) {
-        if self.state.inflight.complete(packet_id, InflightState::AwaitPubComp) {
+        if let Some(done) = self.state.inflight.complete(packet_id, InflightState::AwaitPubComp) {
+            self.forget_entry(done.outgoing.seq);
             self.fill_window(limits);
         }
     }
@@ -460,7 +591,11 @@ impl Session {
         if awaiting.len() >= receive_maximum {
             return Err(ReceiveMaximumExceeded);
         }
-        Ok(awaiting.insert(packet_id))
+        awaiting.insert(packet_id);
+        if let Some(stored) = &self.stored {
+            stored.put_incoming(packet_id);
+        }
+        Ok(true)
     }
 
     /// Messages dropped since the last call.
@@ -470,12 +605,20 @@ impl Session {
 
     /// The peer started a new session: QoS 2 ids it never released are forgotten.
     pub fn forget_unreleased_qos2(&mut self) {
-        self.state.awaiting_pubrel.clear();
+        for packet_id in self.state.awaiting_pubrel.drain() {
+            if let Some(stored) = &self.stored {
+                stored.delete_incoming(packet_id);
+            }
+        }
     }
 
     /// PUBREL: forget the packet id so it can be reused.
     pub fn release_qos2(&mut self, packet_id: PacketId) {
-        self.state.awaiting_pubrel.remove(&packet_id);
+        if self.state.awaiting_pubrel.remove(&packet_id) {
+            if let Some(stored) = &self.stored {
+                stored.delete_incoming(packet_id);
+            }
+        }
     }
 }
 
@@ -540,7 +683,14 @@ mod tests {
             publisher: "p".into(),
             expires_at: None,
         });
-        Outgoing { message, qos, retain: false, subscription_ids: SmallVec::new(), shared: None }
+        Outgoing {
+            message,
+            qos,
+            retain: false,
+            subscription_ids: SmallVec::new(),
+            shared: None,
+            seq: None,
+        }
     }
 
     fn limits(inflight_max: usize, queued_messages_max: usize) -> Limits {
@@ -602,6 +752,7 @@ mod tests {
             retain: false,
             subscription_ids: SmallVec::new(),
             shared: None,
+            seq: None,
         };
         assert_eq!(session.deliver(outgoing, &limits(2, 10)), Delivery::Queued);
         let queued = &session.state.queue[0].message;

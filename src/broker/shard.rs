@@ -16,6 +16,7 @@ use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::connection::{refusal, Close, ConnHandle, ConnId, TOPIC_ALIAS_MAXIMUM};
+use super::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
 use super::mesh::{Outbound, ShardId, ShardMsg, ShardSet};
 use super::session::{
     Delivery, Limits, Message, Outgoing, Reader, Session, SessionExpiry, SessionState, Subscription,
@@ -29,9 +30,23 @@ use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
+use crate::store::{RecoveredSession, StoreOp};
 
 /// Local subscribers of one filter: client id and options. Most filters have one or two.
 type Subscribers = SmallVec<[(ByteString, Subscription); 2]>;
+
+/// What start-up recovered from the stores for one shard (see `broker::recover`).
+#[derive(Default)]
+pub struct Restored {
+    pub sessions: Vec<RecoveredSession>,
+    pub retained: Vec<Arc<Message>>,
+    /// Client ids whose registry entry this shard keeps, and the shard holding each session.
+    pub registered: Vec<(ByteString, ShardId)>,
+    /// Filters subscribed on other shards, for this shard's interest replica.
+    pub remote_interest: Vec<(ByteString, ShardId)>,
+    /// Shared groups (filter, group) with members on other shards.
+    pub remote_shared: Vec<(ByteString, ByteString, ShardId)>,
+}
 
 /// Where a client id's session lives, kept by the shard that owns the id.
 #[derive(Debug, Clone, Copy)]
@@ -130,8 +145,11 @@ pub struct Shard {
     /// Connections that took deliveries beyond their high-water mark this turn.
     congested: Vec<Rc<ConnHandle>>,
     pub stats: Stats,
-    /// Fixed per process so every shard agrees on which shard owns a client id.
-    registry_hasher: ahash::RandomState,
+    /// This shard's pending store changes (`persistence true`).
+    journal: Option<SharedJournal>,
+    /// Acknowledgements held until their message is durable everywhere it was stored:
+    /// token -> (confirmations missing, the publisher's connection).
+    durable: AHashMap<u64, (usize, Rc<ConnHandle>)>,
 }
 
 impl Shard {
@@ -140,6 +158,7 @@ impl Shard {
         shard_count: usize,
         config: Rc<Config>,
         credentials: Arc<Credentials>,
+        journal: Option<SharedJournal>,
     ) -> Self {
         Shard {
             id,
@@ -160,7 +179,38 @@ impl Shard {
             outbound: Outbound::new(shard_count),
             congested: Vec::new(),
             stats: Stats::default(),
-            registry_hasher: ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021),
+            journal,
+            durable: AHashMap::new(),
+        }
+    }
+
+    /// Installs what start-up recovered for this shard, before any client connects.
+    pub fn restore(&mut self, restored: Restored) {
+        let Some(journal) = self.journal.clone() else { return };
+        for message in restored.retained {
+            self.store_retained(&message);
+        }
+        for recovered in restored.sessions {
+            let client_id = recovered.session.client_id.clone();
+            let epoch = recovered.session.epoch;
+            let stored = StoredAt { journal: journal.clone(), client_id: client_id.clone(), epoch };
+            let session = Session::restore(recovered, stored);
+            let filters: Vec<(TopicFilter, Subscription)> =
+                session.state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
+            self.sessions.insert(client_id.clone(), session);
+            for (filter, subscription) in &filters {
+                self.add_local_subscriber(&client_id, filter, *subscription);
+            }
+        }
+        for (client_id, shard) in restored.registered {
+            // No connection yet: 0 is no connection's id.
+            self.registry.insert(client_id, RegistryEntry { shard, conn: 0 });
+        }
+        for (filter, shard) in restored.remote_interest {
+            *self.interest.entry(&filter, || 0) |= 1 << shard;
+        }
+        for (filter, group, shard) in restored.remote_shared {
+            self.shared.set_remote(&filter, &group, shard, true);
         }
     }
 
@@ -169,8 +219,7 @@ impl Shard {
     }
 
     fn owner_of(&self, client_id: &str) -> ShardId {
-        // Invariant: shard_count <= SHARDS_MAX, so the remainder fits usize.
-        (self.registry_hasher.hash_one(client_id) % self.shard_count as u64) as usize
+        registry_owner(client_id, self.shard_count)
     }
 
     /// Sends to a shard; to this shard, handles it at once.
@@ -314,7 +363,8 @@ impl Shard {
         } else {
             SessionExpiry::Never
         };
-        let state = previous.map(|s| *s).unwrap_or_default();
+        let mut state = previous.map(|s| *s).unwrap_or_default();
+        let stored_before = state.stored_at.take();
         let filters: Vec<(TopicFilter, Subscription)> =
             state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
         let client_id = conn.client_id.clone();
@@ -330,6 +380,7 @@ impl Shard {
             allowed
         });
         session.reader = (!conn.internal).then(|| Reader { username: conn.username.clone() });
+        self.store_session(&client_id, &mut session, stored_before);
         self.sessions.insert(client_id.clone(), session);
         for (filter, subscription) in &filters {
             self.add_local_subscriber(&client_id, filter, *subscription);
@@ -337,7 +388,36 @@ impl Shard {
         self.barrier(HeldReply::ConnAck { conn: conn.clone(), session_present, claim });
     }
 
+    /// Writes a session just installed here (persistent ones, with `persistence true`) under a
+    /// new incarnation, and retires the records of the one it continues: in the same commit
+    /// when they are in this shard's store, or by telling their shard once this commit is
+    /// durable (so that a crash in between leaves two copies, never none).
+    fn store_session(
+        &mut self,
+        client_id: &ByteString,
+        session: &mut Session,
+        before: Option<(ShardId, u64)>,
+    ) {
+        let Some(journal) = self.journal.clone() else { return };
+        if session.is_persistent() {
+            let epoch = journal.borrow_mut().next_epoch();
+            let client_id = client_id.clone();
+            session.store_all(StoredAt { journal: journal.clone(), client_id, epoch });
+        }
+        let Some((shard, epoch)) = before else { return };
+        let client_id = client_id.clone();
+        if shard == self.id {
+            journal.borrow_mut().push(StoreOp::ForgetSession { client_id, epoch });
+        } else if session.stored.is_some() {
+            journal.borrow_mut().wait(Waiter::Moved { shard, client_id, epoch });
+        } else {
+            self.dispatch(shard, ShardMsg::Forget { client_id, epoch });
+        }
+    }
+
     /// Sends a barrier to every other shard; `reply` goes out when all have answered.
+    /// With persistence, it also waits for this shard's pending changes (the session or
+    /// subscriptions the reply confirms) to be durable.
     fn barrier(&mut self, reply: HeldReply) {
         let token = self.next_token;
         self.next_token += 1;
@@ -345,10 +425,28 @@ impl Shard {
         for shard in &others {
             self.outbound.push(*shard, ShardMsg::Barrier { from: self.id, token });
         }
-        if others.is_empty() {
+        let mut waiting = others.len();
+        if let Some(journal) = &self.journal {
+            journal.borrow_mut().wait(Waiter::Barrier(token));
+            waiting += 1;
+        }
+        if waiting == 0 {
             self.release(reply);
         } else {
-            self.held.insert(token, (others.len(), reply));
+            self.held.insert(token, (waiting, reply));
+        }
+    }
+
+    /// One of the acknowledgements a barrier waits for came.
+    fn barrier_passed(&mut self, token: u64) {
+        let done = self.held.get_mut(&token).is_some_and(|(acks_missing, _)| {
+            *acks_missing -= 1;
+            *acks_missing == 0
+        });
+        if done {
+            if let Some((_, reply)) = self.held.remove(&token) {
+                self.release(reply);
+            }
         }
     }
 
@@ -432,6 +530,7 @@ impl Shard {
         }
         if !persistent {
             if let Some(session) = self.end_session(&conn.client_id) {
+                forget_stored(&session);
                 self.redeliver_shared(session.state);
             }
             let owner = self.owner_of(&conn.client_id);
@@ -464,7 +563,7 @@ impl Shard {
             properties,
             publisher: client_id.clone(),
         };
-        self.route(Arc::new(message));
+        self.route(Arc::new(message), None);
     }
 
     /// Ends offline sessions whose expiry interval has passed [MQTT-3.1.2-23]
@@ -488,6 +587,7 @@ impl Shard {
         for (client_id, conn) in expired {
             tracing::info!(%client_id, "session expired");
             if let Some(session) = self.end_session(&client_id) {
+                forget_stored(&session);
                 if let Some((will, _)) = session.delayed_will {
                     self.publish_will(&client_id, will);
                 }
@@ -568,6 +668,7 @@ impl Shard {
                         return Err(protocol_error);
                     }
                     session.expiry = SessionExpiry::from_interval_secs(secs);
+                    session.store_record();
                 }
                 Err(Close::ClientDisconnect {
                     publish_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
@@ -645,8 +746,9 @@ impl Shard {
             properties,
             publisher: conn.client_id.clone(),
         });
-        // The acknowledgement goes out before any delivery, as Mosquitto orders them: a client
-        // subscribed to its own topic sees PUBACK/PUBREC first.
+        // Without persistence the acknowledgement goes out before any delivery, as Mosquitto
+        // orders them: a client subscribed to its own topic sees PUBACK/PUBREC first. With it,
+        // the acknowledgement waits until the message is durable (`acknowledge`).
         match (publish.qos, publish.packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => {
                 let mut ack = Ack::new(packet_id);
@@ -654,8 +756,7 @@ impl Shard {
                 if conn.version.is_v5() && !conn.internal && !self.has_subscribers(&message.topic) {
                     ack.reason = ReasonCode::NoMatchingSubscribers;
                 }
-                conn.send(&Packet::PubAck(ack));
-                self.route(message);
+                self.acknowledge(conn, Packet::PubAck(ack), Some(message));
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 // The broker's Receive Maximum is `max_inflight_messages`, as Mosquitto's: QoS 1
@@ -674,21 +775,75 @@ impl Shard {
                         .map_err(|_| Close::ProtocolError(ReasonCode::ReceiveMaximumExceeded))?,
                     None => true,
                 };
-                conn.send(&Packet::PubRec(Ack::new(packet_id)));
-                if is_new {
-                    self.route(message);
-                }
+                let routed = is_new.then_some(message);
+                self.acknowledge(conn, Packet::PubRec(Ack::new(packet_id)), routed);
             }
-            _ => self.route(message),
+            _ => {
+                self.route(message, None);
+            }
         }
         Ok(())
+    }
+
+    /// Routes a QoS 1/2 message (if any: a retransmitted QoS 2 PUBLISH is not routed again)
+    /// and acknowledges it: at once without persistence, else once every shard that stored it
+    /// has made it durable, this one included (its QoS 2 packet id, a retained message).
+    fn acknowledge(&mut self, conn: &Rc<ConnHandle>, ack: Packet, message: Option<Arc<Message>>) {
+        let Some(journal) = self.journal.clone() else {
+            conn.send(&ack);
+            if let Some(message) = message {
+                self.route(message, None);
+            }
+            return;
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        let remote = message.map_or(0, |message| self.route(message, Some(token)));
+        conn.hold_ack(token, ack);
+        self.durable.insert(token, (remote + 1, conn.clone()));
+        journal.borrow_mut().wait(Waiter::Local(token));
+    }
+
+    /// One of the shards storing the message behind acknowledgement `token` made it durable.
+    fn durable_confirmed(&mut self, token: u64) {
+        let done = self.durable.get_mut(&token).is_some_and(|(missing, _)| {
+            *missing -= 1;
+            *missing == 0
+        });
+        if done {
+            if let Some((_, conn)) = self.durable.remove(&token) {
+                conn.release_ack(token);
+            }
+        }
+    }
+
+    /// A commit of this shard's journal is durable: release who waited for it.
+    pub fn committed(&mut self, waiters: Vec<Waiter>) {
+        for waiter in waiters {
+            match waiter {
+                Waiter::Local(token) => self.durable_confirmed(token),
+                Waiter::Barrier(token) => self.barrier_passed(token),
+                Waiter::Remote { shard, token } => {
+                    self.dispatch(shard, ShardMsg::Durable { token })
+                }
+                Waiter::Moved { shard, client_id, epoch } => {
+                    self.dispatch(shard, ShardMsg::Forget { client_id, epoch })
+                }
+            }
+        }
+    }
+
+    /// A message that another shard routed here waits for this shard's commit.
+    fn confirm_durable(&mut self, durable: Option<(ShardId, u64)>) {
+        let (Some((shard, token)), Some(journal)) = (durable, &self.journal) else { return };
+        journal.borrow_mut().wait(Waiter::Remote { shard, token });
     }
 
     // ---- What bridges ask of their shard ----------------------------------------------------
 
     /// Publishes a message the broker makes itself (bridge link state), as if `publisher` had.
     pub fn publish_internal(&mut self, message: Message) {
-        self.route(Arc::new(message));
+        self.route(Arc::new(message), None);
     }
 
     /// Messages waiting in an offline session's queue (a lazy bridge connects at a threshold).
@@ -713,26 +868,39 @@ impl Shard {
 
     /// Routes a message published on this shard: retained store (all replicas), local
     /// subscribers, and once to each other shard with a matching subscription.
-    fn route(&mut self, message: Arc<Message>) {
+    /// Delivers a message everywhere it is subscribed. With `durable` (an acknowledgement
+    /// token), the shards it is sent to confirm once they have stored it; returns how many.
+    fn route(&mut self, message: Arc<Message>, durable: Option<u64>) -> usize {
+        let mut confirmations = 0;
         if message.retain {
             // Stored on every shard, possibly for a long time: detached from the read buffer.
             let stored = Arc::new(message.detached());
             self.store_retained(&stored);
+            if let Some(journal) = &self.journal {
+                // Written by the shard it was published on; start-up keeps the newest record.
+                let stamp = retained_stamp(self.id);
+                let kept = (!stored.payload.is_empty()).then(|| Box::new(stored_message(&stored)));
+                let topic = ByteString::from(&*stored.topic);
+                journal.borrow_mut().push(StoreOp::PutRetained { topic, stamp, message: kept });
+            }
             for shard in self.other_shards().collect::<SmallVec<[ShardId; 16]>>() {
                 self.outbound.push(shard, ShardMsg::Retain(stored.clone()));
             }
         }
         self.deliver_local(&message);
+        let origin = durable.map(|token| (self.id, token));
         if !self.shared.is_empty() {
             for pick in self.shared.pick_shards(&message.topic, self.id) {
                 if pick.shard == self.id {
-                    self.deliver_shared(&message, &pick.filter, &pick.group, 0);
+                    self.deliver_shared(&message, &pick.filter, &pick.group, 0, None);
                 } else {
+                    confirmations += usize::from(durable.is_some());
                     let msg = ShardMsg::SharedPublish {
                         message: message.clone(),
                         filter: pick.filter,
                         group: pick.group,
                         hops: 0,
+                        durable: origin,
                     };
                     self.outbound.push(pick.shard, msg);
                 }
@@ -743,8 +911,16 @@ impl Shard {
         while shards != 0 {
             let shard = shards.trailing_zeros() as usize;
             shards &= shards - 1;
-            self.outbound.push(shard, ShardMsg::Publish(message.clone()));
+            let msg = match durable {
+                None => ShardMsg::Publish(message.clone()),
+                Some(token) => {
+                    confirmations += 1;
+                    ShardMsg::DurablePublish { message: message.clone(), origin: self.id, token }
+                }
+            };
+            self.outbound.push(shard, msg);
         }
+        confirmations
     }
 
     /// Whether `route` would deliver a message on `topic` to anyone, on any shard.
@@ -799,6 +975,7 @@ impl Shard {
                 retain: options.retain_as_published && message.retain,
                 subscription_ids,
                 shared: None,
+                seq: None,
             };
             if session.deliver(outgoing, limits) == Delivery::Dropped {
                 stats.messages_dropped += 1;
@@ -870,6 +1047,9 @@ impl Shard {
                 QoS::ExactlyOnce => ReasonCode::GrantedQos2,
             });
         }
+        if let Some(session) = self.session_of(conn) {
+            session.store_record();
+        }
         let suback = Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             properties: Properties::default(),
@@ -908,6 +1088,7 @@ impl Shard {
                     retain: true,
                     subscription_ids: subscription.id.into_iter().collect(),
                     shared: None,
+                    seq: None,
                 };
                 if session.deliver(outgoing, &limits) == Delivery::Dropped {
                     stats.messages_dropped += 1;
@@ -992,6 +1173,9 @@ impl Shard {
                 ReasonCode::NoSubscriptionExisted
             });
         }
+        if let Some(session) = self.session_of(conn) {
+            session.store_record();
+        }
         conn.send(&Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             properties: Properties::default(),
@@ -1019,23 +1203,23 @@ impl Shard {
             ShardMsg::SharedInterest { filter, group, from, has_members } => {
                 self.shared.set_remote(&filter, &group, from, has_members);
             }
-            ShardMsg::SharedPublish { message, filter, group, hops } => {
-                self.deliver_shared(&message, &filter, &group, hops);
+            ShardMsg::DurablePublish { message, origin, token } => {
+                self.deliver_local(&message);
+                self.confirm_durable(Some((origin, token)));
+            }
+            ShardMsg::Durable { token } => self.durable_confirmed(token),
+            ShardMsg::Forget { client_id, epoch } => {
+                if let Some(journal) = &self.journal {
+                    journal.borrow_mut().push(StoreOp::ForgetSession { client_id, epoch });
+                }
+            }
+            ShardMsg::SharedPublish { message, filter, group, hops, durable } => {
+                self.deliver_shared(&message, &filter, &group, hops, durable);
             }
             ShardMsg::Barrier { from, token } => {
                 self.dispatch(from, ShardMsg::BarrierAck { token })
             }
-            ShardMsg::BarrierAck { token } => {
-                let done = self.held.get_mut(&token).is_some_and(|(acks_missing, _)| {
-                    *acks_missing -= 1;
-                    *acks_missing == 0
-                });
-                if done {
-                    if let Some((_, reply)) = self.held.remove(&token) {
-                        self.release(reply);
-                    }
-                }
-            }
+            ShardMsg::BarrierAck { token } => self.barrier_passed(token),
             ShardMsg::Claim { client_id, from, conn, clean_start } => {
                 let entry = RegistryEntry { shard: from, conn };
                 match self.registry.insert(client_id.clone(), entry) {
@@ -1082,8 +1266,11 @@ impl Shard {
             }
         }
         if !clean_start && session.is_persistent() {
-            Some(Box::new(session.state))
+            let mut state = session.state;
+            state.stored_at = session.stored.map(|stored| (self.id, stored.epoch));
+            Some(Box::new(state))
         } else {
+            forget_stored(&session);
             self.redeliver_shared(session.state);
             None
         }
@@ -1094,19 +1281,20 @@ impl Shard {
     fn redeliver_shared(&mut self, mut state: SessionState) {
         for outgoing in state.take_shared_unfinished() {
             if let Some(share) = outgoing.shared {
-                self.deliver_shared(&outgoing.message, &share.0, &share.1, 0);
+                self.deliver_shared(&outgoing.message, &share.0, &share.1, 0, None);
             }
         }
     }
 
     /// Delivers to one member of a group on this shard, or forwards to another shard with
-    /// members if this one has none left.
+    /// members if this one has none left. `durable`: who waits for it to be stored.
     fn deliver_shared(
         &mut self,
         message: &Arc<Message>,
         filter: &ByteString,
         group: &ByteString,
         hops: u8,
+        durable: Option<(ShardId, u64)>,
     ) {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
             let limits = self.limits;
@@ -1115,6 +1303,7 @@ impl Shard {
             if credentials.has_acl() && !may_read(credentials, &client_id, session, &message.topic)
             {
                 stats.messages_dropped += 1;
+                self.confirm_durable(durable);
                 return;
             }
             let outgoing = Outgoing {
@@ -1123,16 +1312,19 @@ impl Shard {
                 retain: subscription.options.retain_as_published && message.retain,
                 subscription_ids: subscription.id.into_iter().collect(),
                 shared: Some(Box::new((filter.clone(), group.clone()))),
+                seq: None,
             };
             if session.deliver(outgoing, &limits) == Delivery::Dropped {
                 stats.messages_dropped += 1;
             }
             note_congestion(congested, session);
+            self.confirm_durable(durable);
             return;
         }
         let others = self.shared.remote_shards(filter, group) & !(1 << self.id);
         if others == 0 || usize::from(hops) >= self.shard_count {
             self.stats.messages_dropped += 1;
+            self.confirm_durable(durable);
             return;
         }
         let to = others.trailing_zeros() as usize;
@@ -1141,17 +1333,33 @@ impl Shard {
             filter: filter.clone(),
             group: group.clone(),
             hops: hops + 1,
+            durable,
         };
         self.outbound.push(to, msg);
     }
 }
 
-/// When a message with these properties expires (5.0 Message Expiry Interval).
+/// The shard keeping `client_id`'s registry entry. Fixed seeds, so that every shard (and
+/// start-up, placing recovered sessions) agrees.
+/// A session ends for good: its records go too.
+fn forget_stored(session: &Session) {
+    if let Some(stored) = &session.stored {
+        stored.forget();
+    }
+}
+
+pub fn registry_owner(client_id: &str, shard_count: usize) -> ShardId {
+    let hasher = ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021);
+    // Invariant: shard_count <= SHARDS_MAX, so the remainder fits usize.
+    (hasher.hash_one(client_id) % shard_count as u64) as usize
+}
+
 /// A payload whose Payload Format Indicator says UTF-8 must be UTF-8 [MQTT-3.3.2-4].
 fn payload_format_holds(properties: &Properties, payload: &[u8]) -> bool {
     properties.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok()
 }
 
+/// When a message with these properties expires (5.0 Message Expiry Interval).
 fn expiry_deadline(properties: &Properties) -> Option<Instant> {
     let secs = properties.message_expiry_interval?;
     Some(Instant::now() + std::time::Duration::from_secs(u64::from(secs)))

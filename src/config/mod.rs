@@ -58,6 +58,14 @@ pub struct Config {
     pub allow_zero_length_clientid: bool,
     pub auto_id_prefix: String,
     pub retain_available: bool,
+    /// Mosquitto's `persistence`: sessions, their messages and retained messages survive a
+    /// restart, written before they are acknowledged (`crate::store`).
+    pub persistence: bool,
+    /// Where the store files go (`persistence_location`; default: the working directory).
+    pub persistence_location: PathBuf,
+    /// The store files' name (`persistence_file`): each shard writes `NAME.shardN`, so that a
+    /// Mosquitto database of the same name is never overwritten.
+    pub persistence_file: String,
     /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
     pub max_qos: crate::protocol::QoS,
     /// One per `connection` block, in file order.
@@ -87,6 +95,9 @@ impl Default for Config {
             auto_id_prefix: "auto-".to_string(),
             retain_available: true,
             max_qos: crate::protocol::QoS::ExactlyOnce,
+            persistence: false,
+            persistence_location: PathBuf::new(),
+            persistence_file: "mosquitto.db".to_string(),
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -111,8 +122,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "auth_plugin",
     "auth_plugin_deny_special_chars",
     "auto_id_prefix_listener",
-    "autosave_interval",
-    "autosave_on_changes",
     "bind_interface",
     "cafile",
     "capath",
@@ -140,9 +149,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "mount_point",
     "ocsp_stapling",
     "per_listener_settings",
-    "persistence",
-    "persistence_file",
-    "persistence_location",
     "persistent_client_expiration",
     "plugin",
     "protocol",
@@ -188,6 +194,11 @@ pub fn is_known_option(option: &str) -> bool {
         "auto_id_prefix",
         "retain_available",
         "max_qos",
+        "persistence",
+        "persistence_location",
+        "persistence_file",
+        "autosave_interval",
+        "autosave_on_changes",
         "include_dir",
         "connection",
         "bridge_shards",
@@ -203,6 +214,11 @@ pub fn is_known_option(option: &str) -> bool {
 const INCLUDE_DEPTH_MAX: usize = 8;
 
 impl Config {
+    /// The store file of shard `shard` (with `persistence true`).
+    pub fn store_path(&self, shard: usize) -> PathBuf {
+        self.persistence_location.join(format!("{}.shard{shard}", self.persistence_file))
+    }
+
     /// What `crate::auth` needs to know.
     pub fn auth(&self) -> crate::auth::AuthConfig {
         crate::auth::AuthConfig {
@@ -331,6 +347,26 @@ impl Parser {
             }
             "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
             "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
+            "persistence" => config.persistence = parse_bool(value, &invalid)?,
+            "persistence_location" => config.persistence_location = PathBuf::from(value),
+            "persistence_file" => {
+                if value.is_empty() || value.contains('/') {
+                    return Err(invalid("expected a file name"));
+                }
+                config.persistence_file = value.to_string();
+            }
+            "autosave_interval" | "autosave_on_changes" => {
+                if option == "autosave_interval" {
+                    let _: u64 = parse_number(value, &invalid)?;
+                } else {
+                    parse_bool(value, &invalid)?;
+                }
+                self.warnings.push(format!(
+                    "{}:{line}: option `{option}` has no effect: with `persistence true` Culex \
+                     writes every change before acknowledging it, instead of saving snapshots",
+                    file.display()
+                ));
+            }
             "max_qos" => {
                 let level: u8 = parse_number(value, &invalid)?;
                 config.max_qos = crate::protocol::QoS::from_u8(level)
@@ -517,6 +553,13 @@ mod tests {
             ("retain_available false", |c| !c.retain_available),
             ("allow_zero_length_clientid false", |c| !c.allow_zero_length_clientid),
             ("auto_id_prefix cx-", |c| c.auto_id_prefix == "cx-"),
+            ("persistence true", |c| c.persistence),
+            ("persistence_location /var/lib/culex/", |c| {
+                c.store_path(2) == Path::new("/var/lib/culex/mosquitto.db.shard2")
+            }),
+            ("persistence_file culex.db", |c| c.store_path(0) == Path::new("culex.db.shard0")),
+            ("autosave_interval 1800", |c| !c.persistence),
+            ("autosave_on_changes false", |c| !c.persistence),
         ];
         for (line, holds) in accepted {
             let config = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -531,6 +574,9 @@ mod tests {
             ("max_packet_size 19", "max_packet_size", "must be 0 or at least 20"),
             ("max_keepalive 65536", "max_keepalive", number),
             ("retain_available maybe", "retain_available", "expected `true` or `false`"),
+            ("persistence yes", "persistence", "expected `true` or `false`"),
+            ("persistence_file a/b.db", "persistence_file", "expected a file name"),
+            ("autosave_interval soon", "autosave_interval", number),
         ];
         for (line, option, reason) in refused {
             assert_eq!(
@@ -630,10 +676,7 @@ mod tests {
     #[test]
     fn unimplemented_mosquitto_options_warn_with_file_and_line() {
         let (_, warnings) =
-            Config::parse("listener 1883\npersistence true\n", Path::new("m.conf")).unwrap();
-        assert_eq!(
-            warnings,
-            ["m.conf:2: option `persistence` is not implemented yet and is ignored"]
-        );
+            Config::parse("listener 1883\nlog_type all\n", Path::new("m.conf")).unwrap();
+        assert_eq!(warnings, ["m.conf:2: option `log_type` is not implemented yet and is ignored"]);
     }
 }

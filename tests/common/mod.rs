@@ -83,9 +83,11 @@ impl Broker {
         broker
     }
 
+    /// Waits for an MQTT answer, not just a TCP accept: the listener of a broker just killed
+    /// on the same port lingers a moment and accepts without ever answering.
     fn wait_listening(&self) {
         let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(self.addr()).is_err() {
+        while !answers_mqtt(self.addr()) {
             assert!(Instant::now() < deadline, "broker did not listen: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -424,4 +426,27 @@ pub fn clients_on_different_shards(
         client.disconnect();
     }
     panic!("64 connections all landed on one shard");
+}
+
+/// Whether a broker on `addr` answers a CONNECT with a CONNACK (whatever its code).
+pub fn answers_mqtt(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let connect = culex::protocol::Connect {
+        protocol: ProtocolVersion::V311,
+        bridge: false,
+        clean_start: true,
+        keep_alive_secs: 10,
+        properties: Properties::default(),
+        client_id: "readiness-probe".into(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    let mut out = BytesMut::new();
+    Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V311, &mut out);
+    let mut answer = [0u8; 4];
+    stream.write_all(&out).is_ok() && stream.read_exact(&mut answer).is_ok() && answer[0] == 0x20
 }

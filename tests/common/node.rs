@@ -1,18 +1,14 @@
 //! A broker process of either kind, Culex or Mosquitto, on a loopback alias: for the tests
 //! that run the same scenario against both, or mix them (bridges).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use culex::protocol::{Packet, Properties, ProtocolVersion};
-
-use super::{free_port, mosquitto_tool, TempDir, WAIT};
+use super::{answers_mqtt, free_port, mosquitto_tool, TempDir, WAIT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -134,26 +130,4 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn answers_mqtt(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let connect = culex::protocol::Connect {
-        protocol: ProtocolVersion::V311,
-        bridge: false,
-        clean_start: true,
-        keep_alive_secs: 10,
-        properties: Properties::default(),
-        client_id: "readiness-probe".into(),
-        will: None,
-        username: None,
-        password: None,
-    };
-    let mut out = BytesMut::new();
-    Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V311, &mut out);
-    let mut answer = [0u8; 4];
-    stream.write_all(&out).is_ok() && stream.read_exact(&mut answer).is_ok() && answer[0] == 0x20
 }

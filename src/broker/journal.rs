@@ -1,0 +1,190 @@
+//! A shard's side of persistence: the changes its sessions and retained messages made since the
+//! last commit, and the acknowledgements that wait for those changes to be durable.
+//!
+//! Sessions write here as they change (no I/O, no await); the shard's store task (`persist`)
+//! takes everything pending, commits it in one transaction on the shard's blocking thread, and
+//! then releases what waited on it. While one batch commits, the next one fills: group commit.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytestring::ByteString;
+
+use super::mesh::ShardId;
+use super::session::{Message, Outgoing};
+use super::signal::Signal;
+use crate::protocol::{PacketId, Publish};
+use crate::store::{Stage, StoreOp, StoredEntry, StoredMessage};
+
+/// Who waits for the pending changes to be durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiter {
+    /// An acknowledgement held on this shard (`Shard::durable`).
+    Local(u64),
+    /// A barrier of this shard (CONNACK, SUBACK): what they confirm must be durable first.
+    Barrier(u64),
+    /// One held on another shard, for a message it routed here.
+    Remote { shard: ShardId, token: u64 },
+    /// A session moved here from `shard`: once its records are durable here, that shard may
+    /// forget its own.
+    Moved { shard: ShardId, client_id: ByteString, epoch: u64 },
+}
+
+#[derive(Default)]
+pub struct Journal {
+    ops: Vec<StoreOp>,
+    waiters: Vec<Waiter>,
+    next_seq: u64,
+    next_epoch: u64,
+    /// Wakes the store task when there is something to commit or someone waiting.
+    wake: Rc<Signal>,
+}
+
+pub type SharedJournal = Rc<RefCell<Journal>>;
+
+/// Where a session's records live: its journal, and its incarnation there.
+#[derive(Clone)]
+pub struct StoredAt {
+    pub journal: SharedJournal,
+    pub client_id: ByteString,
+    pub epoch: u64,
+}
+
+impl Journal {
+    /// `next_seq` and `next_epoch` continue after what start-up found in the stores.
+    pub fn new(next_seq: u64, next_epoch: u64) -> SharedJournal {
+        Rc::new(RefCell::new(Journal { next_seq, next_epoch, ..Default::default() }))
+    }
+
+    pub fn push(&mut self, op: StoreOp) {
+        self.ops.push(op);
+        self.wake.notify();
+    }
+
+    /// `waiter` is released once everything pushed so far is durable.
+    pub fn wait(&mut self, waiter: Waiter) {
+        self.waiters.push(waiter);
+        self.wake.notify();
+    }
+
+    pub fn wake(&self) -> Rc<Signal> {
+        self.wake.clone()
+    }
+
+    /// Everything pending, to commit, and who waits for it.
+    pub fn take(&mut self) -> (Vec<StoreOp>, Vec<Waiter>) {
+        (std::mem::take(&mut self.ops), std::mem::take(&mut self.waiters))
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    pub fn next_epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+}
+
+impl StoredAt {
+    fn push(&self, op: StoreOp) {
+        self.journal.borrow_mut().push(op);
+    }
+
+    /// Records a delivery not stored yet, and returns its sequence number.
+    pub fn put_entry(&self, outgoing: &Outgoing, stage: Stage) -> u64 {
+        let seq = self.journal.borrow_mut().next_seq();
+        let entry = StoredEntry {
+            seq,
+            message: stored_message(&outgoing.message),
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            subscription_ids: outgoing.subscription_ids.to_vec(),
+            stage,
+        };
+        self.push(StoreOp::PutEntry {
+            client_id: self.client_id.clone(),
+            epoch: self.epoch,
+            entry: Box::new(entry),
+        });
+        seq
+    }
+
+    pub fn set_stage(&self, seq: u64, stage: Stage) {
+        let (client_id, epoch) = (self.client_id.clone(), self.epoch);
+        self.push(StoreOp::SetStage { client_id, epoch, seq, stage });
+    }
+
+    pub fn delete_entry(&self, seq: u64) {
+        let (client_id, epoch) = (self.client_id.clone(), self.epoch);
+        self.push(StoreOp::DeleteEntry { client_id, epoch, seq });
+    }
+
+    pub fn put_incoming(&self, packet_id: PacketId) {
+        let (client_id, epoch) = (self.client_id.clone(), self.epoch);
+        self.push(StoreOp::PutIncoming { client_id, epoch, packet_id });
+    }
+
+    pub fn delete_incoming(&self, packet_id: PacketId) {
+        let (client_id, epoch) = (self.client_id.clone(), self.epoch);
+        self.push(StoreOp::DeleteIncoming { client_id, epoch, packet_id });
+    }
+
+    pub fn forget(&self) {
+        let (client_id, epoch) = (self.client_id.clone(), self.epoch);
+        self.push(StoreOp::ForgetSession { client_id, epoch });
+    }
+}
+
+/// A message as the store keeps it: its expiry as wall-clock time, which survives a restart.
+pub fn stored_message(message: &Message) -> StoredMessage {
+    let expires_at_ms = message.expires_at.map(|at| {
+        let left = at.saturating_duration_since(Instant::now());
+        unix_millis(SystemTime::now() + left)
+    });
+    StoredMessage {
+        publish: Publish {
+            dup: false,
+            qos: message.qos,
+            retain: message.retain,
+            topic: message.topic.clone(),
+            packet_id: None,
+            properties: message.properties.clone(),
+            payload: message.payload.clone(),
+        },
+        publisher: message.publisher.clone(),
+        expires_at_ms,
+    }
+}
+
+/// The message again, with its expiry back on this process's clock.
+pub fn restored_message(stored: StoredMessage) -> Arc<Message> {
+    let expires_at = stored.expires_at_ms.map(|ms| {
+        let now_ms = unix_millis(SystemTime::now());
+        Instant::now() + std::time::Duration::from_millis(ms.saturating_sub(now_ms))
+    });
+    let publish = stored.publish;
+    Arc::new(Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties,
+        publisher: stored.publisher,
+        expires_at,
+    })
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Orders retained records of one topic written by different shards: wall-clock microseconds,
+/// with the shard id in the low bits to break ties.
+pub fn retained_stamp(shard: ShardId) -> u64 {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    (micros << 8) | (shard as u64 & 0xFF)
+}

@@ -1,0 +1,280 @@
+//! `persistence true`: what was acknowledged survives `kill -9`. Each test runs the real binary
+//! on a store directory of its own, kills it with SIGKILL (dropping a `Broker`) in the middle
+//! of the traffic, starts it again on the same port and store, and checks what comes out.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{free_port, Broker, ConnectOptions, RawClient, TempDir};
+use culex::protocol::{Ack, Packet, Properties, Publish, QoS, TopicName};
+
+/// A broker configuration with a store, started and killed as often as a test likes.
+struct Persistent {
+    store: TempDir,
+    port: u16,
+}
+
+impl Persistent {
+    fn new() -> Self {
+        Persistent { store: TempDir::new(), port: free_port() }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\nshards 2\nmax_queued_messages 100000\npersistence true\n\
+             persistence_location {}\n",
+            self.port,
+            self.store.0.display()
+        )
+    }
+
+    fn start(&self) -> Broker {
+        Broker::start_with_config(self.port, &self.config())
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn store_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.store.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".shard"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn store_bytes(&self) -> u64 {
+        self.store_files().iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+    }
+}
+
+/// A 3.1.1 session that outlives its connection.
+fn persistent() -> ConnectOptions {
+    ConnectOptions { clean_start: false, ..Default::default() }
+}
+
+/// Publishes `topic` messages numbered 0, 1, ... one at a time until the broker goes away
+/// (or `max`); returns the numbers the broker acknowledged (PUBACK; PUBREC for QoS 2).
+fn publish_until_killed(addr: SocketAddr, client_id: &str, topic: &str, qos: QoS) -> Vec<u32> {
+    const MAX: u32 = 5_000;
+    let (mut client, _) = RawClient::connect_addr(addr, client_id, persistent());
+    let mut acknowledged = Vec::new();
+    for n in 0..MAX {
+        let packet_id = client.packet_id();
+        client.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: TopicName::new(topic.to_string()).unwrap(),
+            packet_id: Some(packet_id),
+            properties: Properties::default(),
+            payload: Bytes::from(n.to_string()),
+        }));
+        match client.recv() {
+            Some(Packet::PubAck(a)) | Some(Packet::PubRec(a)) if a.packet_id == packet_id => {
+                acknowledged.push(n)
+            }
+            _ => break,
+        }
+        if qos == QoS::ExactlyOnce {
+            client.send(&Packet::PubRel(Ack::new(packet_id)));
+            if !matches!(client.recv(), Some(Packet::PubComp(_))) {
+                break;
+            }
+        }
+    }
+    acknowledged
+}
+
+/// Receives (and acknowledges) until nothing comes for a while; returns the payload numbers.
+fn drain_numbers(client: &mut RawClient) -> Vec<u32> {
+    let mut numbers = Vec::new();
+    while let Some(packet) = client.recv_within(Duration::from_millis(700)) {
+        match packet {
+            Packet::Publish(publish) => {
+                client.acknowledge(&publish);
+                numbers.push(std::str::from_utf8(&publish.payload).unwrap().parse().unwrap());
+            }
+            // A QoS 2 message whose PUBREC was sent before the crash: only its release is left.
+            Packet::PubRel(ack) => client.send(&Packet::PubComp(Ack::new(ack.packet_id))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    numbers
+}
+
+/// Checks a subscriber's numbers against what the broker acknowledged: each acknowledged one
+/// present (exactly once when `exactly_once`), and first deliveries in publishing order.
+fn check_delivery(name: &str, got: &[u32], acknowledged: &[u32], exactly_once: bool) {
+    let mut firsts = Vec::new();
+    for n in got {
+        if !firsts.contains(n) {
+            firsts.push(*n);
+        } else {
+            assert!(!exactly_once, "{name}: {n} delivered twice");
+        }
+    }
+    assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{name}: out of order: {firsts:?}");
+    for n in acknowledged {
+        assert!(firsts.contains(n), "{name}: acknowledged {n} lost (got {} messages)", got.len());
+    }
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_9_as_their_qos_promises() {
+    let setup = Persistent::new();
+    let broker = setup.start();
+    // Persistent subscribers, offline while the streams run: everything queues for them.
+    for (client_id, filter, qos) in
+        [("keep-q1", "q1/#", QoS::AtLeastOnce), ("keep-q2", "q2/#", QoS::ExactlyOnce)]
+    {
+        let (mut client, _) = RawClient::connect(&broker, client_id, persistent());
+        client.subscribe(filter, qos);
+        client.disconnect();
+    }
+    let mut kept = RawClient::connect(&broker, "retainer", ConnectOptions::default()).0;
+    kept.publish("state/door", b"open", QoS::AtLeastOnce, true);
+
+    let addr = setup.addr();
+    let q1 =
+        std::thread::spawn(move || publish_until_killed(addr, "pub-q1", "q1/x", QoS::AtLeastOnce));
+    let q2 =
+        std::thread::spawn(move || publish_until_killed(addr, "pub-q2", "q2/x", QoS::ExactlyOnce));
+    std::thread::sleep(Duration::from_millis(400));
+    drop(broker); // SIGKILL, mid-stream
+    let (acked_q1, acked_q2) = (q1.join().unwrap(), q2.join().unwrap());
+    assert!(!acked_q1.is_empty() && !acked_q2.is_empty(), "the streams did not get going");
+    eprintln!("acknowledged before the kill: {} QoS 1, {} QoS 2", acked_q1.len(), acked_q2.len());
+
+    let broker = setup.start();
+    let (mut q1_sub, present) = RawClient::connect(&broker, "keep-q1", persistent());
+    assert!(present, "the QoS 1 subscriber's session was lost");
+    check_delivery("QoS 1", &drain_numbers(&mut q1_sub), &acked_q1, false);
+    let (mut q2_sub, present) = RawClient::connect(&broker, "keep-q2", persistent());
+    assert!(present, "the QoS 2 subscriber's session was lost");
+    check_delivery("QoS 2", &drain_numbers(&mut q2_sub), &acked_q2, true);
+
+    // Subscriptions and retained messages are back too.
+    let mut publisher = RawClient::connect(&broker, "after", ConnectOptions::default()).0;
+    publisher.publish("q1/after", b"99999", QoS::AtLeastOnce, false);
+    assert_eq!(drain_numbers(&mut q1_sub), [99999]);
+    let mut late = RawClient::connect(&broker, "late", ConnectOptions::default()).0;
+    late.subscribe("state/#", QoS::AtLeastOnce);
+    assert_eq!(&late.receive().payload[..], b"open");
+}
+
+/// A QoS 2 message in flight when the broker dies: sent and not acknowledged comes again with
+/// DUP and the same packet id; PUBREC'd comes back as PUBREL only. Nothing twice.
+#[test]
+fn qos2_in_flight_resumes_where_it_stood_after_kill_9() {
+    let setup = Persistent::new();
+    let broker = setup.start();
+    let (mut sub, _) = RawClient::connect(&broker, "inflight", persistent());
+    sub.subscribe("f/#", QoS::ExactlyOnce);
+    let mut publisher = RawClient::connect(&broker, "f-pub", ConnectOptions::default()).0;
+    for n in 0..3u32 {
+        publisher.publish("f/x", n.to_string().as_bytes(), QoS::ExactlyOnce, false);
+    }
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        match sub.recv() {
+            Some(Packet::Publish(p)) => received.push(p),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    // 0: completed. 1: PUBREC sent (the broker answers PUBREL). 2: not acknowledged at all.
+    sub.acknowledge(&received[0]);
+    sub.send(&Packet::PubRec(Ack::new(received[1].packet_id.unwrap())));
+    assert!(matches!(sub.recv(), Some(Packet::PubRel(_))));
+    std::thread::sleep(Duration::from_millis(200)); // let the PUBREC's new stage be written
+    drop(sub);
+    drop(broker);
+
+    let broker = setup.start();
+    let mut sub = RawClient::open_addr(setup.addr());
+    let Some(Packet::ConnAck(connack)) = sub.try_handshake("inflight", persistent()) else {
+        panic!("no CONNACK: {}", broker.log_text())
+    };
+    assert!(connack.session_present);
+    match sub.recv() {
+        Some(Packet::PubRel(ack)) => assert_eq!(Some(ack.packet_id), received[1].packet_id),
+        other => panic!("expected PUBREL for message 1, got {other:?}"),
+    }
+    match sub.recv() {
+        Some(Packet::Publish(p)) => {
+            assert!(p.dup);
+            assert_eq!((p.packet_id, &p.payload[..]), (received[2].packet_id, &b"2"[..]));
+        }
+        other => panic!("expected message 2 again, got {other:?}"),
+    }
+}
+
+/// Steady publish and acknowledge: the store does not grow with the number of messages that
+/// went through it (acknowledged messages are deleted and their space reused).
+#[test]
+fn the_store_does_not_grow_under_steady_publish_and_acknowledge() {
+    let setup = Persistent::new();
+    let _broker = setup.start();
+    let (mut sub, _) = RawClient::connect_addr(setup.addr(), "steady-sub", persistent());
+    sub.subscribe("steady", QoS::AtLeastOnce);
+    let (mut publisher, _) = RawClient::connect_addr(setup.addr(), "steady-pub", persistent());
+    let payload = vec![b'x'; 200];
+    let mut round = |rounds: usize| {
+        for _ in 0..rounds {
+            // 50 in flight at a time: the subscriber's window is 20, the rest queue.
+            let ids: Vec<_> = (0..50).map(|_| publisher.packet_id()).collect();
+            for id in &ids {
+                publisher.send(&Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: TopicName::new("steady").unwrap(),
+                    packet_id: Some(*id),
+                    properties: Properties::default(),
+                    payload: Bytes::from(payload.clone()),
+                }));
+            }
+            for _ in &ids {
+                assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));
+            }
+            for _ in &ids {
+                sub.receive();
+            }
+        }
+    };
+    round(40); // 2,000 messages
+    let early = setup.store_bytes();
+    round(160); // 8,000 more
+    let late = setup.store_bytes();
+    assert!(late <= early + early / 2, "store grew from {early} to {late} bytes");
+}
+
+/// A store file cut short is refused at start with its name, and the broker does not listen.
+#[test]
+fn a_truncated_store_is_a_clear_error() {
+    let setup = Persistent::new();
+    let broker = setup.start();
+    let (mut sub, _) = RawClient::connect(&broker, "t-sub", persistent());
+    sub.subscribe("t/#", QoS::AtLeastOnce);
+    drop(broker);
+    let victim = setup.store_files().into_iter().next().expect("a store file");
+    let len = std::fs::metadata(&victim).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(len / 3).unwrap();
+
+    let conf = setup.store.0.join("culex.conf");
+    std::fs::write(&conf, setup.config()).unwrap();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&victim.display().to_string()), "{stderr}");
+}
