@@ -28,10 +28,13 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects; with `persistent`, the broker keeps the session (and what it queues for it)
+    /// after the connection: 3.1.1 clean session 0, 5.0 a session expiry of an hour.
     pub fn open(
         addr: SocketAddr,
         client_id: &str,
         version: ProtocolVersion,
+        persistent: bool,
     ) -> anyhow::Result<Connection> {
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
@@ -47,9 +50,12 @@ impl Connection {
         connection.queue(&Packet::Connect(Box::new(Connect {
             protocol: version,
             bridge: false,
-            clean_start: true,
+            clean_start: !persistent,
             keep_alive_secs: 60,
-            properties: Properties::default(),
+            properties: Properties {
+                session_expiry_interval: persistent.then_some(3600),
+                ..Properties::default()
+            },
             client_id: client_id.into(),
             will: None,
             username: None,

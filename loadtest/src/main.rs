@@ -53,6 +53,10 @@ enum Command {
         /// the first bridged to the second (`topic loadtest/# out 2`).
         #[arg(long)]
         bridged: bool,
+        /// Both brokers with `persistence true`, each on a fresh store directory (Mosquitto
+        /// snapshots every `autosave_interval`; Culex writes before acknowledging).
+        #[arg(long)]
+        persistence: bool,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -86,6 +90,10 @@ struct ScenarioArgs {
     /// max_inflight_messages, 20 by default in Mosquitto and Culex).
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// Subscribers keep their sessions after disconnecting (3.1.1 clean session 0): the
+    /// sessions persistence stores.
+    #[arg(long)]
+    persistent_sessions: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -109,6 +117,7 @@ impl ScenarioArgs {
             messages_max: self.messages,
             rate: self.rate,
             window: self.window.max(1),
+            persistent_sessions: self.persistent_sessions,
         })
     }
 }
@@ -124,7 +133,7 @@ fn main() -> anyhow::Result<()> {
             let outcome = scenario::run(&scenario.params(addr, subscribe_addr)?, &broker)?;
             report(&[outcome], scenario.json);
         }
-        Command::Compare { port, culex, mosquitto, cpus, bridged, scenario } => {
+        Command::Compare { port, culex, mosquitto, cpus, bridged, persistence, scenario } => {
             let brokers = [
                 ("culex", culex.unwrap_or_else(broker::default_culex)),
                 ("mosquitto", mosquitto.unwrap_or_else(broker::default_mosquitto)),
@@ -132,9 +141,9 @@ fn main() -> anyhow::Result<()> {
             let mut outcomes = Vec::new();
             for (name, command) in brokers {
                 let nodes = if bridged {
-                    Nodes::bridged(&command, port, cpus.as_deref())?
+                    Nodes::bridged(&command, port, cpus.as_deref(), persistence)?
                 } else {
-                    Nodes::single(&command, port, cpus.as_deref())?
+                    Nodes::single(&command, port, cpus.as_deref(), persistence)?
                 };
                 let params = scenario.params(nodes.publish_addr, nodes.subscribe_addr)?;
                 let before = nodes.usage();
@@ -165,43 +174,70 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The options both brokers understand; queues large enough not to drop under load.
-fn base_config(port: u16, host: &str) -> String {
-    format!(
+/// The options both brokers understand; queues large enough not to drop under load. With a
+/// store directory, persistence on.
+fn base_config(port: u16, host: &str, store: Option<&Path>) -> String {
+    let mut config = format!(
         "listener {port} {host}\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-    )
+    );
+    if let Some(dir) = store {
+        config += &format!("persistence true\npersistence_location {}/\n", dir.display());
+    }
+    config
 }
 
 /// The broker processes of one side of a comparison: one node, or two bridged.
 struct Nodes {
     processes: Vec<(BrokerProcess, SocketAddr)>,
+    /// Store directories (with --persistence), removed with the nodes.
+    _stores: Vec<tempfile::TempDir>,
     publish_addr: SocketAddr,
     subscribe_addr: SocketAddr,
 }
 
 impl Nodes {
-    fn single(command: &Path, port: u16, cpus: Option<&str>) -> anyhow::Result<Nodes> {
+    fn single(
+        command: &Path,
+        port: u16,
+        cpus: Option<&str>,
+        persistence: bool,
+    ) -> anyhow::Result<Nodes> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let process = BrokerProcess::start(command, &base_config(port, "127.0.0.1"), addr, cpus)?;
-        Ok(Nodes { processes: vec![(process, addr)], publish_addr: addr, subscribe_addr: addr })
+        let stores = stores(persistence, 1)?;
+        let config = base_config(port, "127.0.0.1", stores.first().map(|d| d.path()));
+        let process = BrokerProcess::start(command, &config, addr, cpus)?;
+        Ok(Nodes {
+            processes: vec![(process, addr)],
+            _stores: stores,
+            publish_addr: addr,
+            subscribe_addr: addr,
+        })
     }
 
     /// The subscribers' node first, then the publishers' node bridged to it; returns once a
     /// message crosses the bridge.
-    fn bridged(command: &Path, port: u16, cpus: Option<&str>) -> anyhow::Result<Nodes> {
+    fn bridged(
+        command: &Path,
+        port: u16,
+        cpus: Option<&str>,
+        persistence: bool,
+    ) -> anyhow::Result<Nodes> {
         let leaf = SocketAddr::from(([127, 0, 0, 88], port));
         let master = SocketAddr::from(([127, 0, 0, 53], port));
+        let stores = stores(persistence, 2)?;
+        let store = |i: usize| stores.get(i).map(|d| d.path());
         let leaf_process =
-            BrokerProcess::start(command, &base_config(port, "127.0.0.88"), leaf, cpus)?;
+            BrokerProcess::start(command, &base_config(port, "127.0.0.88", store(0)), leaf, cpus)?;
         let bridge = format!(
             "connection loadtest\naddress {leaf}\ntopic loadtest/# out 2\ncleansession true\n\
              restart_timeout 1\n"
         );
-        let master_config = base_config(port, "127.0.0.53") + &bridge;
+        let master_config = base_config(port, "127.0.0.53", store(1)) + &bridge;
         let master_process = BrokerProcess::start(command, &master_config, master, cpus)?;
         scenario::await_bridge(master, leaf)?;
         Ok(Nodes {
             processes: vec![(master_process, master), (leaf_process, leaf)],
+            _stores: stores,
             publish_addr: master,
             subscribe_addr: leaf,
         })
@@ -226,6 +262,12 @@ impl Nodes {
             process.stop(addr);
         }
     }
+}
+
+/// `count` fresh store directories, or none without persistence.
+fn stores(persistence: bool, count: usize) -> anyhow::Result<Vec<tempfile::TempDir>> {
+    let wanted = if persistence { count } else { 0 };
+    (0..wanted).map(|_| Ok(tempfile::tempdir()?)).collect()
 }
 
 fn report(outcomes: &[Outcome], json: bool) {

@@ -43,6 +43,8 @@ pub struct Params {
     pub rate: Option<u64>,
     /// Unacknowledged QoS 1/2 messages per publisher.
     pub window: usize,
+    /// Subscribers keep their sessions (what persistence stores).
+    pub persistent_sessions: bool,
 }
 
 /// The figures of one run.
@@ -122,8 +124,12 @@ pub fn run(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let run_id = std::process::id();
     let mut subscribers = Vec::new();
     for (i, filter) in plan.subscriber_filters.iter().enumerate() {
-        let mut connection =
-            Connection::open(params.subscribe_addr, &format!("lt-{run_id}-s{i}"), params.version)?;
+        let mut connection = Connection::open(
+            params.subscribe_addr,
+            &format!("lt-{run_id}-s{i}"),
+            params.version,
+            params.persistent_sessions,
+        )?;
         connection.subscribe(filter, params.qos)?;
         subscribers.push(connection);
     }
@@ -133,6 +139,7 @@ pub fn run(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
             params.addr,
             &format!("lt-{run_id}-p{i}"),
             params.version,
+            false,
         )?);
     }
     let publishing_done = AtomicBool::new(false);
@@ -337,10 +344,10 @@ fn subscribe_loop(
 /// them is up. Probes go to `loadtest/ready`, which no scenario subscribes to.
 pub fn await_bridge(master: SocketAddr, leaf: SocketAddr) -> anyhow::Result<()> {
     let version = ProtocolVersion::V311;
-    let mut subscriber = Connection::open(leaf, "lt-bridge-ready-sub", version)?;
+    let mut subscriber = Connection::open(leaf, "lt-bridge-ready-sub", version, false)?;
     subscriber.subscribe("loadtest/ready", QoS::AtMostOnce)?;
     subscriber.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut prober = Connection::open(master, "lt-bridge-ready-pub", version)?;
+    let mut prober = Connection::open(master, "lt-bridge-ready-pub", version, false)?;
     let topic = TopicName::new("loadtest/ready")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
