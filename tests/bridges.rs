@@ -416,8 +416,10 @@ fn stream_publisher(node: &Node, prefix: &'static str) -> std::thread::JoinHandl
 enum Disruption {
     /// The link between the brokers fails for a while (a proxy between them is cut).
     CutLink,
-    /// The leaf is stopped and started again (it keeps its sessions: Mosquitto persistence).
+    /// The leaf is stopped and started again (it keeps its sessions: persistence).
     RestartLeaf,
+    /// The leaf is killed with SIGKILL and started again: what it acknowledged must survive.
+    KillLeaf,
 }
 
 /// QoS 1 and QoS 2 streams cross the bridge (both ways when the leaf stays up) while the link
@@ -431,15 +433,13 @@ enum Disruption {
 fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
     let unlimited_window = |kind| if kind == Mosquitto { "max_inflight_messages 0\n" } else { "" };
     let mut leaf_config = unlimited_window(leaf_kind).to_string();
-    if disruption == Disruption::RestartLeaf {
+    let restarts_leaf = disruption != Disruption::CutLink;
+    if restarts_leaf {
         leaf_config.push_str("persistence true\npersistence_location {dir}/\n");
     }
     let Some(mut leaf) = Node::start(leaf_kind, "127.0.0.88", &leaf_config) else { return };
     let proxy = Proxy::start("127.0.0.89", leaf.addr());
-    let address = match disruption {
-        Disruption::CutLink => proxy.address(),
-        Disruption::RestartLeaf => leaf.address(),
-    };
+    let address = if restarts_leaf { leaf.address() } else { proxy.address() };
     // cleansession false: both brokers keep the bridge's session across the outage, which is
     // what exactly-once delivery through a reconnection needs.
     let bridge = format!(
@@ -465,7 +465,7 @@ fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
     let (mut disrupted, mut restored) = (false, false);
     let deadline = start + Duration::from_secs(60);
     while !(on_leaf.complete("myhouse/room1/down")
-        && (disruption == Disruption::RestartLeaf || on_master.complete("sensor/room1/up")))
+        && (restarts_leaf || on_master.complete("sensor/room1/up")))
     {
         assert!(Instant::now() < deadline, "streams incomplete\n{}\n{}", master.log(), leaf.log());
         let elapsed = start.elapsed();
@@ -477,13 +477,17 @@ fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
                     on_leaf.client = None;
                     leaf.stop();
                 }
+                Disruption::KillLeaf => {
+                    on_leaf.client = None;
+                    leaf.kill();
+                }
             }
         }
         if disrupted && !restored && elapsed > Duration::from_millis(2000) {
             restored = true;
             match disruption {
                 Disruption::CutLink => proxy.restore(),
-                Disruption::RestartLeaf => {
+                Disruption::RestartLeaf | Disruption::KillLeaf => {
                     leaf.spawn();
                     on_leaf.reconnect();
                 }
@@ -520,6 +524,17 @@ fn link_cut_mosquitto_master_culex_leaf() {
 #[test]
 fn leaf_restart_culex_master_mosquitto_leaf() {
     streams_survive(Culex, Mosquitto, Disruption::RestartLeaf);
+}
+
+#[test]
+fn leaf_restart_culex_master_culex_leaf() {
+    streams_survive(Culex, Culex, Disruption::RestartLeaf);
+}
+
+/// Mosquitto is not in this one: a leaf killed between snapshots loses what it acknowledged.
+#[test]
+fn leaf_kill_9_culex_master_culex_leaf() {
+    streams_survive(Culex, Culex, Disruption::KillLeaf);
 }
 
 // ---- Notifications, start types, failover, try_private -----------------------------------------

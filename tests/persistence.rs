@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::node::{Kind, Node};
 use common::{free_port, Broker, ConnectOptions, RawClient, TempDir};
 use culex::protocol::{Ack, Packet, Properties, Publish, QoS, TopicName};
 
@@ -277,4 +278,110 @@ fn a_truncated_store_is_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&victim.display().to_string()), "{stderr}");
+}
+
+/// A persistent session that moved to the other shard (takeover) and then lived through
+/// `kill -9`: its messages come back once, from its new shard's store, and the copy its old
+/// shard had is gone (no message twice).
+#[test]
+fn a_session_moved_between_shards_is_stored_where_it_went() {
+    let setup = Persistent::new();
+    let broker = setup.start();
+    let (mut first, _) = RawClient::connect(&broker, "mover", persistent());
+    first.subscribe("mv/#", QoS::ExactlyOnce);
+    let first_shard = broker.shard_of("mover");
+    first.disconnect();
+    let mut publisher = RawClient::connect(&broker, "mv-pub", ConnectOptions::default()).0;
+    for n in 0..5u32 {
+        publisher.publish("mv/x", n.to_string().as_bytes(), QoS::ExactlyOnce, false);
+    }
+    // Reconnect until the kernel puts the session's connection on the other shard.
+    let mut moved = None;
+    for _ in 0..64 {
+        let mut client = RawClient::open(&broker);
+        let Packet::ConnAck(connack) = client.handshake("mover", persistent()) else { panic!() };
+        assert!(connack.session_present);
+        if broker.shard_of("mover") != first_shard {
+            moved = Some(client);
+            break;
+        }
+        // Still on the first shard: take nothing, leave again.
+        client.drop_connection();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mover = moved.expect("64 connections all landed on one shard");
+    std::thread::sleep(Duration::from_millis(300)); // the move's commit and the old shard's forget
+    drop(mover);
+    for n in 5..8u32 {
+        publisher.publish("mv/x", n.to_string().as_bytes(), QoS::ExactlyOnce, false);
+    }
+    drop(broker);
+
+    let broker = setup.start();
+    let (mut back, present) = RawClient::connect(&broker, "mover", persistent());
+    assert!(present);
+    let got = drain_numbers(&mut back);
+    check_delivery("moved session", &got, &(0..8).collect::<Vec<_>>(), true);
+}
+
+/// The queue of a bridge with `cleansession false`, on a Culex master with persistence:
+/// messages acknowledged while the leaf is away survive `kill -9` of the master and reach the
+/// leaf once both are back, QoS 1 at least once, QoS 2 exactly once, in order.
+#[test]
+fn a_bridge_queue_survives_kill_9() {
+    for leaf_kind in [Kind::Culex, Kind::Mosquitto] {
+        let Some(mut leaf) = Node::start(leaf_kind, "127.0.0.88", "") else { return };
+        let bridge = format!(
+            "persistence true\npersistence_location {{dir}}/\nmax_queued_messages 0\n\
+             connection durable\naddress {}\ntopic q/# out 2\ncleansession false\n\
+             restart_timeout 1\nremote_clientid durable-bridge\n",
+            leaf.address()
+        );
+        let Some(mut master) = Node::start(Kind::Culex, "127.0.0.53", &bridge) else { return };
+        let (mut collector, _) = RawClient::connect_addr(leaf.addr(), "collector", persistent());
+        collector.subscribe("q/#", QoS::ExactlyOnce);
+        // The bridge is up once a probe crosses.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut probe =
+            RawClient::connect_addr(master.addr(), "probe", ConnectOptions::default()).0;
+        loop {
+            probe.publish("q/probe", b"1000000", QoS::AtLeastOnce, false);
+            if let Some(Packet::Publish(p)) = collector.recv_within(Duration::from_millis(300)) {
+                collector.acknowledge(&p);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the bridge never came up: {}", master.log());
+        }
+        drain_numbers(&mut collector);
+        drop(collector);
+        leaf.stop();
+
+        let mut publisher =
+            RawClient::connect_addr(master.addr(), "q-pub", ConnectOptions::default()).0;
+        for n in 0..50u32 {
+            publisher.publish("q/one", n.to_string().as_bytes(), QoS::AtLeastOnce, false);
+            publisher.publish("q/two", n.to_string().as_bytes(), QoS::ExactlyOnce, false);
+        }
+        drop(publisher);
+        master.kill();
+        leaf.spawn();
+        // The leaf has no persistence: its collector subscribes again.
+        let (mut collector, _) = RawClient::connect_addr(leaf.addr(), "collector", persistent());
+        collector.subscribe("q/#", QoS::ExactlyOnce);
+        master.spawn();
+        let mut got: [Vec<u32>; 2] = Default::default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got[1].len() < 50 && Instant::now() < deadline {
+            if let Some(Packet::Publish(p)) = collector.recv_within(Duration::from_millis(500)) {
+                collector.acknowledge(&p);
+                let n: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+                got[usize::from(&*p.topic == "q/two")].push(n);
+            }
+        }
+        got.iter_mut().for_each(|g| g.retain(|n| *n != 1_000_000));
+        let all: Vec<u32> = (0..50).collect();
+        let context = || format!("{leaf_kind:?} leaf\n{}\n{}", master.log(), leaf.log());
+        check_delivery(&format!("bridged QoS 1 {}", context()), &got[0], &all, false);
+        assert_eq!(got[1], all, "bridged QoS 2 {}", context());
+    }
 }

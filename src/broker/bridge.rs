@@ -57,8 +57,9 @@ const NOTIFICATION_ID: u16 = 1;
 pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
     let local_id: ByteString = bridge.local_clientid().into();
     // The session exists from the start, so what is published for the remote while the link
-    // is down waits in it.
-    let Some(local) = connect_local(&shard, &bridge, &local_id, true, None).await else {
+    // is down waits in it. Unless it is to start clean, it resumes what the store kept.
+    let clean = bridge.local_session_is_clean();
+    let Some(local) = connect_local(&shard, &bridge, &local_id, clean, None).await else {
         return;
     };
     subscribe_local(&shard, &local, &bridge);

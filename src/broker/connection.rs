@@ -194,6 +194,14 @@ impl ConnHandle {
         self.wake.notify();
     }
 
+    /// Whether the client's Maximum Packet Size admits this PUBLISH (before any topic alias,
+    /// which only makes it smaller).
+    pub fn accepts(&self, publish: &Publish) -> bool {
+        self.max_packet_size == u32::MAX
+            || Packet::Publish(publish.clone()).encoded_len(self.version)
+                <= self.max_packet_size as usize
+    }
+
     /// Queues a PUBLISH unless it is larger than the client accepts, or it is QoS 0 and the
     /// outbox is over its bound. Returns whether it was queued.
     pub fn publish(&self, mut publish: Publish) -> bool {

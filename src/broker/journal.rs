@@ -12,14 +12,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
 
+use super::connection::ConnHandle;
 use super::mesh::ShardId;
 use super::session::{Message, Outgoing};
 use super::signal::Signal;
-use crate::protocol::{PacketId, Publish};
+use crate::protocol::{Packet, PacketId, Publish};
 use crate::store::{Stage, StoreOp, StoredEntry, StoredMessage};
 
 /// Who waits for the pending changes to be durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Waiter {
     /// An acknowledgement held on this shard (`Shard::durable`).
     Local(u64),
@@ -30,6 +30,9 @@ pub enum Waiter {
     /// A session moved here from `shard`: once its records are durable here, that shard may
     /// forget its own.
     Moved { shard: ShardId, client_id: ByteString, epoch: u64 },
+    /// A packet to a stored session's client that must not leave before the change it
+    /// reflects (`Session::transmit`).
+    Send { conn: Rc<ConnHandle>, packet: Box<Packet> },
 }
 
 #[derive(Default)]
@@ -131,6 +134,10 @@ impl StoredAt {
     pub fn delete_incoming(&self, packet_id: PacketId) {
         let (client_id, epoch) = (self.client_id.clone(), self.epoch);
         self.push(StoreOp::DeleteIncoming { client_id, epoch, packet_id });
+    }
+
+    pub fn send_when_durable(&self, conn: Rc<ConnHandle>, packet: Packet) {
+        self.journal.borrow_mut().wait(Waiter::Send { conn, packet: Box::new(packet) });
     }
 
     pub fn forget(&self) {

@@ -421,16 +421,13 @@ impl Session {
             return Delivery::Dropped;
         }
         let window = self.window(limits);
-        if let Some(conn) = &self.conn {
+        if self.conn.is_some() {
             // Anything queued goes first, QoS 0 included: one publisher's messages reach a
             // subscriber in order whatever their QoS (stricter than MQTT 4.6's per-QoS order).
             if self.state.queue.is_empty() {
                 if outgoing.qos == QoS::AtMostOnce {
-                    return if conn.publish(publish_packet(&outgoing, None, false)) {
-                        Delivery::Sent
-                    } else {
-                        Delivery::Dropped
-                    };
+                    let packet = Packet::Publish(publish_packet(&outgoing, None, false));
+                    return if self.transmit(packet) { Delivery::Sent } else { Delivery::Dropped };
                 }
                 if self.state.inflight.len() < window {
                     self.send_new(outgoing);
@@ -465,9 +462,11 @@ impl Session {
     }
 
     fn send_new(&mut self, mut outgoing: Outgoing) {
-        let Some(conn) = &self.conn else { return };
+        if self.conn.is_none() {
+            return;
+        }
         if outgoing.qos == QoS::AtMostOnce {
-            conn.publish(publish_packet(&outgoing, None, false));
+            self.transmit(Packet::Publish(publish_packet(&outgoing, None, false)));
             self.forget_entry(outgoing.seq);
             return;
         }
@@ -485,7 +484,7 @@ impl Session {
             }
         }
         self.state.inflight.insert(packet_id, outgoing, state);
-        if !conn.publish(Publish { packet_id: Some(packet_id), ..packet }) {
+        if !self.transmit(Packet::Publish(Publish { packet_id: Some(packet_id), ..packet })) {
             // Larger than the client accepts: discarded as if delivered [MQTT-3.1.2-25], or it
             // would hold a place in the window forever.
             let done = self.state.inflight.complete(packet_id, state);
@@ -563,8 +562,30 @@ impl Session {
             }
         }
         // A PUBREC for an unknown id still gets its PUBREL, so the client can finish.
-        if let Some(conn) = &self.conn {
-            conn.send(&Packet::PubRel(Ack::new(packet_id)));
+        self.transmit(Packet::PubRel(Ack::new(packet_id)));
+    }
+
+    /// Sends a packet that follows a change of the session (a delivery, a PUBREL): at once, or
+    /// for a stored session once that change is durable. Otherwise a crash could leave the
+    /// client holding a packet id the store never heard of, and a QoS 2 message would be
+    /// delivered twice (once under that id, once again when its publisher resends it). Packets
+    /// of a session leave in the order they were made. False when the client cannot take it
+    /// (larger than its Maximum Packet Size, or a QoS 0 message over the outbox bound).
+    fn transmit(&self, packet: Packet) -> bool {
+        let Some(conn) = &self.conn else { return false };
+        match (&self.stored, packet) {
+            (Some(stored), packet) => {
+                if matches!(&packet, Packet::Publish(p) if !conn.accepts(p)) {
+                    return false;
+                }
+                stored.send_when_durable(conn.clone(), packet);
+                true
+            }
+            (None, Packet::Publish(publish)) => conn.publish(publish),
+            (None, other) => {
+                conn.send(&other);
+                true
+            }
         }
     }
 

@@ -648,7 +648,10 @@ impl Shard {
             }
             Packet::PubRel(ack) => {
                 self.update_session(conn, |session, _| session.release_qos2(ack.packet_id));
-                conn.send(&Packet::PubComp(Ack::new(ack.packet_id)));
+                // With persistence, not before the release is durable: the client reuses the
+                // id once it has PUBCOMP, and a store that still held it would take the next
+                // message under that id for a retransmission and drop it.
+                self.acknowledge(conn, Packet::PubComp(Ack::new(ack.packet_id)), None);
                 Ok(())
             }
             Packet::Subscribe(subscribe) => self.subscribe(conn, subscribe),
@@ -785,9 +788,10 @@ impl Shard {
         Ok(())
     }
 
-    /// Routes a QoS 1/2 message (if any: a retransmitted QoS 2 PUBLISH is not routed again)
-    /// and acknowledges it: at once without persistence, else once every shard that stored it
-    /// has made it durable, this one included (its QoS 2 packet id, a retained message).
+    /// Routes a QoS 1/2 message (if any: a retransmitted QoS 2 PUBLISH or a PUBREL routes
+    /// nothing) and acknowledges it: at once without persistence, else once every shard that
+    /// stored it has made it durable, this one included (its QoS 2 packet id, a retained
+    /// message).
     fn acknowledge(&mut self, conn: &Rc<ConnHandle>, ack: Packet, message: Option<Arc<Message>>) {
         let Some(journal) = self.journal.clone() else {
             conn.send(&ack);
@@ -829,6 +833,12 @@ impl Shard {
                 Waiter::Moved { shard, client_id, epoch } => {
                     self.dispatch(shard, ShardMsg::Forget { client_id, epoch })
                 }
+                Waiter::Send { conn, packet } => match *packet {
+                    Packet::Publish(publish) => {
+                        conn.publish(publish);
+                    }
+                    other => conn.send(&other),
+                },
             }
         }
     }

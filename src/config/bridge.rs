@@ -186,6 +186,13 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// Whether the bridge's local session starts clean: `local_cleansession`, by default the
+    /// value of `cleansession` (Mosquitto's rule). Kept, its queue survives restarts with
+    /// persistence.
+    pub fn local_session_is_clean(&self) -> bool {
+        self.local_cleansession.unwrap_or(self.cleansession)
+    }
+
     pub(super) fn new(name: &str, file: &std::path::Path, line: usize) -> Self {
         Bridge {
             name: name.to_string(),
