@@ -385,3 +385,57 @@ fn a_bridge_queue_survives_kill_9() {
         assert_eq!(got[1], all, "bridged QoS 2 {}", context());
     }
 }
+
+/// A will waiting for its Will Delay Interval outlives `kill -9`: it is published when due,
+/// after the restart.
+#[test]
+fn a_delayed_will_survives_kill_9() {
+    let setup = Persistent::new();
+    let broker = setup.start();
+    let mut last_will = common::will("wills/gone", "bye", QoS::AtLeastOnce, false);
+    last_will.properties.will_delay_interval = Some(2);
+    let properties = Properties { session_expiry_interval: Some(60), ..Default::default() };
+    let options = ConnectOptions {
+        version: culex::protocol::ProtocolVersion::V5,
+        clean_start: false,
+        will: Some(last_will),
+        properties,
+        ..Default::default()
+    };
+    let (client, _) = RawClient::connect(&broker, "leaving", options);
+    client.drop_connection(); // no DISCONNECT: the will is due in 2 s
+    std::thread::sleep(Duration::from_millis(300)); // the delayed will is written
+    drop(broker);
+
+    let broker = setup.start();
+    let mut watcher = RawClient::connect(&broker, "watcher", ConnectOptions::default()).0;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    let will = watcher.recv_within(Duration::from_secs(5));
+    assert!(
+        matches!(&will, Some(Packet::Publish(p)) if &p.payload[..] == b"bye"),
+        "{will:?}\n{}",
+        broker.log_text()
+    );
+}
+
+/// Retained messages are written by the shard they were published on; a later change made on
+/// another shard (a replacement, a deletion) must still win after `kill -9`.
+#[test]
+fn the_newest_retained_message_wins_across_shards_after_kill_9() {
+    let setup = Persistent::new();
+    let broker = setup.start();
+    let (mut a, _, mut b, _) =
+        common::clients_on_different_shards(&broker, "rt", ConnectOptions::default);
+    a.publish("r/deleted", b"old", QoS::AtLeastOnce, true);
+    b.publish("r/deleted", b"", QoS::AtLeastOnce, true);
+    b.publish("r/replaced", b"first", QoS::AtLeastOnce, true);
+    a.publish("r/replaced", b"second", QoS::AtLeastOnce, true);
+    drop(broker);
+
+    let broker = setup.start();
+    let mut late = RawClient::connect(&broker, "rt-late", ConnectOptions::default()).0;
+    late.subscribe("r/#", QoS::AtLeastOnce);
+    let publish = late.receive();
+    assert_eq!((&*publish.topic, &publish.payload[..]), ("r/replaced", &b"second"[..]));
+    late.expect_silence();
+}

@@ -16,7 +16,7 @@ use super::connection::ConnHandle;
 use super::mesh::ShardId;
 use super::session::{Message, Outgoing};
 use super::signal::Signal;
-use crate::protocol::{Packet, PacketId, Publish};
+use crate::protocol::{LastWill, Packet, PacketId, Publish};
 use crate::store::{Stage, StoreOp, StoredEntry, StoredMessage};
 
 /// Who waits for the pending changes to be durable.
@@ -183,6 +183,44 @@ pub fn restored_message(stored: StoredMessage) -> Arc<Message> {
         publisher: stored.publisher,
         expires_at,
     })
+}
+
+/// A will held back by its delay, as the store keeps it: the will as a message of its client,
+/// and when it is due.
+pub fn stored_will(client_id: &ByteString, will: &LastWill, due: Instant) -> (StoredMessage, u64) {
+    let left = due.saturating_duration_since(Instant::now());
+    // Stored as a PUBLISH, which cannot carry the one will-only property; `due` replaces it.
+    let mut properties = will.properties.clone();
+    properties.will_delay_interval = None;
+    let message = StoredMessage {
+        publish: Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic.clone(),
+            packet_id: None,
+            properties,
+            payload: will.payload.clone(),
+        },
+        publisher: client_id.clone(),
+        expires_at_ms: None,
+    };
+    (message, unix_millis(SystemTime::now() + left))
+}
+
+/// The delayed will again, due on this process's clock (at once if its time passed).
+pub fn restored_will(message: StoredMessage, due_ms: u64) -> (LastWill, Instant) {
+    let now_ms = unix_millis(SystemTime::now());
+    let due = Instant::now() + std::time::Duration::from_millis(due_ms.saturating_sub(now_ms));
+    let publish = message.publish;
+    let will = LastWill {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties,
+    };
+    (will, due)
 }
 
 fn unix_millis(at: SystemTime) -> u64 {

@@ -138,7 +138,7 @@ pub fn recover(config: &Config, shard_count: usize) -> Result<Vec<ShardRecovery>
 /// The records that recreate a recovered session in another store.
 fn rewrite(found: &crate::store::RecoveredSession) -> Vec<StoreOp> {
     let (client_id, epoch) = (found.session.client_id.clone(), found.session.epoch);
-    let mut ops = vec![StoreOp::PutSession(found.session.clone())];
+    let mut ops = vec![StoreOp::PutSession(Box::new(found.session.clone()))];
     for entry in &found.entries {
         let entry = Box::new(entry.clone());
         ops.push(StoreOp::PutEntry { client_id: client_id.clone(), epoch, entry });

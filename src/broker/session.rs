@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::connection::{ConnHandle, ConnId};
-use super::journal::{restored_message, StoredAt};
+use super::journal::{restored_message, restored_will, stored_will, StoredAt};
 use super::mesh::ShardId;
 use crate::config::Config;
 use crate::protocol::{
@@ -335,6 +335,7 @@ impl Session {
         let expiry = SessionExpiry::from_interval_secs(session.expiry_secs);
         let mut restored = Session::new(expiry, 0, state);
         restored.offline_since = Some(Instant::now());
+        restored.delayed_will = session.delayed_will.map(|(will, due)| restored_will(will, due));
         restored.stored = Some(stored);
         restored
     }
@@ -358,20 +359,24 @@ impl Session {
                 .iter()
                 .map(|(filter, s)| (filter.clone(), s.options, s.id))
                 .collect(),
+            delayed_will: self
+                .delayed_will
+                .as_ref()
+                .map(|(will, due)| stored_will(&stored.client_id, will, *due)),
         }
     }
 
     /// Writes the session's record again (subscriptions or expiry changed).
     pub fn store_record(&self) {
         if let Some(stored) = &self.stored {
-            stored.journal.borrow_mut().push(StoreOp::PutSession(self.record(stored)));
+            stored.journal.borrow_mut().push(StoreOp::PutSession(Box::new(self.record(stored))));
         }
     }
 
     /// Writes the whole session under a new incarnation: its record, every message in flight
     /// or queued (renumbered, in delivery order), and the QoS 2 ids awaiting release.
     pub fn store_all(&mut self, stored: StoredAt) {
-        stored.journal.borrow_mut().push(StoreOp::PutSession(self.record(&stored)));
+        stored.journal.borrow_mut().push(StoreOp::PutSession(Box::new(self.record(&stored))));
         for inflight in self.state.inflight.by_order.values_mut() {
             let stage = inflight.state.stage(inflight.packet_id);
             inflight.outgoing.seq = Some(stored.put_entry(&inflight.outgoing, stage));
@@ -390,11 +395,18 @@ impl Session {
         self.expiry != SessionExpiry::OnDisconnect
     }
 
-    pub fn has_expired(&self, now: Instant) -> bool {
-        match (self.expiry, self.offline_since) {
-            (SessionExpiry::After(interval), Some(since)) => now.duration_since(since) >= interval,
-            _ => false,
-        }
+    /// Whether the session has been offline for its whole expiry interval. Sessions that never
+    /// expire do after `never_after` when it is set (Mosquitto's `persistent_client_expiration`).
+    pub fn has_expired(&self, now: Instant, never_after: Option<Duration>) -> bool {
+        let interval = match self.expiry {
+            SessionExpiry::After(interval) => interval,
+            SessionExpiry::Never => match never_after {
+                Some(limit) => limit,
+                None => return false,
+            },
+            SessionExpiry::OnDisconnect => return false,
+        };
+        self.offline_since.is_some_and(|since| now.duration_since(since) >= interval)
     }
 
     /// The in-flight window: the configured maximum, and never more than the client's Receive
@@ -869,5 +881,23 @@ mod tests {
         );
         session.release_qos2(id);
         assert_eq!(session.receive_qos2(id, 1), Ok(true));
+    }
+
+    /// `persistent_client_expiration` ends sessions that would never expire, and only those.
+    #[test]
+    fn sessions_that_never_expire_do_after_the_persistent_client_expiration() {
+        let hour = Duration::from_secs(3600);
+        let offline = |expiry| {
+            let mut session = Session::new(expiry, 1, SessionState::default());
+            session.offline_since = Some(Instant::now());
+            session
+        };
+        let never = offline(SessionExpiry::Never);
+        let later = Instant::now() + hour;
+        assert!(!never.has_expired(later, None));
+        assert!(never.has_expired(later, Some(hour)));
+        assert!(!never.has_expired(Instant::now(), Some(hour)));
+        let interval = offline(SessionExpiry::After(2 * hour));
+        assert!(!interval.has_expired(later, Some(hour)), "its own interval rules");
     }
 }

@@ -524,6 +524,7 @@ impl Shard {
             if persistent && delay_secs > 0 {
                 let due = now + std::time::Duration::from_secs(u64::from(delay_secs));
                 session.delayed_will = Some((will, due));
+                session.store_record();
             } else {
                 self.publish_will(&conn.client_id, will);
             }
@@ -573,15 +574,20 @@ impl Shard {
             .sessions
             .iter_mut()
             .filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|(_, due)| *due <= now))
-            .filter_map(|(client_id, s)| Some((client_id.clone(), s.delayed_will.take()?.0)))
+            .filter_map(|(client_id, s)| {
+                let (will, _) = s.delayed_will.take()?;
+                s.store_record();
+                Some((client_id.clone(), will))
+            })
             .collect();
         for (client_id, will) in due_wills {
             self.publish_will(&client_id, will);
         }
+        let never_after = self.config.persistent_client_expiration;
         let expired: Vec<(ByteString, ConnId)> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.conn.is_none() && s.has_expired(now))
+            .filter(|(_, s)| s.conn.is_none() && s.has_expired(now, never_after))
             .map(|(client_id, s)| (client_id.clone(), s.conn_id))
             .collect();
         for (client_id, conn) in expired {

@@ -66,6 +66,9 @@ pub struct Config {
     /// The store files' name (`persistence_file`): each shard writes `NAME.shardN`, so that a
     /// Mosquitto database of the same name is never overwritten.
     pub persistence_file: String,
+    /// Sessions that never expire (3.x clean session 0, 5.0 0xFFFFFFFF) end after this long
+    /// offline (Mosquitto's `persistent_client_expiration`; `None`: never).
+    pub persistent_client_expiration: Option<std::time::Duration>,
     /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
     pub max_qos: crate::protocol::QoS,
     /// One per `connection` block, in file order.
@@ -96,6 +99,7 @@ impl Default for Config {
             retain_available: true,
             max_qos: crate::protocol::QoS::ExactlyOnce,
             persistence: false,
+            persistent_client_expiration: None,
             persistence_location: PathBuf::new(),
             persistence_file: "mosquitto.db".to_string(),
             bridges: Vec::new(),
@@ -149,7 +153,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "mount_point",
     "ocsp_stapling",
     "per_listener_settings",
-    "persistent_client_expiration",
     "plugin",
     "protocol",
     "psk_file",
@@ -195,6 +198,7 @@ pub fn is_known_option(option: &str) -> bool {
         "retain_available",
         "max_qos",
         "persistence",
+        "persistent_client_expiration",
         "persistence_location",
         "persistence_file",
         "autosave_interval",
@@ -355,6 +359,9 @@ impl Parser {
                 }
                 config.persistence_file = value.to_string();
             }
+            "persistent_client_expiration" => {
+                config.persistent_client_expiration = Some(parse_expiration(value, &invalid)?)
+            }
             "autosave_interval" | "autosave_on_changes" => {
                 if option == "autosave_interval" {
                     let _: u64 = parse_number(value, &invalid)?;
@@ -474,6 +481,29 @@ impl Parser {
     }
 }
 
+/// Mosquitto's expiration periods: a number and h, d, w, m or y (hours, days, weeks, months
+/// of 30 days, years of 365 days).
+fn parse_expiration(
+    value: &str,
+    invalid: &impl Fn(&str) -> ConfigError,
+) -> Result<std::time::Duration, ConfigError> {
+    let expected = || invalid("expected a number followed by h, d, w, m or y (e.g. 2d)");
+    let unit = value.chars().last().ok_or_else(expected)?;
+    let hours: u64 = match unit {
+        'h' => 1,
+        'd' => 24,
+        'w' => 24 * 7,
+        'm' => 24 * 30,
+        'y' => 24 * 365,
+        _ => return Err(expected()),
+    };
+    let count: u64 = value[..value.len() - 1].parse().map_err(|_| expected())?;
+    if count == 0 {
+        return Err(expected());
+    }
+    Ok(std::time::Duration::from_secs(count.saturating_mul(hours).saturating_mul(3600)))
+}
+
 fn parse_port(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<u16, ConfigError> {
     value.parse::<u16>().map_err(|_| invalid("not a port number (0-65535)"))
 }
@@ -559,6 +589,12 @@ mod tests {
             }),
             ("persistence_file culex.db", |c| c.store_path(0) == Path::new("culex.db.shard0")),
             ("autosave_interval 1800", |c| !c.persistence),
+            ("persistent_client_expiration 2d", |c| {
+                c.persistent_client_expiration == Some(std::time::Duration::from_secs(2 * 86_400))
+            }),
+            ("persistent_client_expiration 1y", |c| {
+                c.persistent_client_expiration == Some(std::time::Duration::from_secs(365 * 86_400))
+            }),
             ("autosave_on_changes false", |c| !c.persistence),
         ];
         for (line, holds) in accepted {
@@ -577,6 +613,11 @@ mod tests {
             ("persistence yes", "persistence", "expected `true` or `false`"),
             ("persistence_file a/b.db", "persistence_file", "expected a file name"),
             ("autosave_interval soon", "autosave_interval", number),
+            (
+                "persistent_client_expiration 10s",
+                "persistent_client_expiration",
+                "expected a number followed by h, d, w, m or y (e.g. 2d)",
+            ),
         ];
         for (line, option, reason) in refused {
             assert_eq!(

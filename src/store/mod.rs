@@ -36,7 +36,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// One change to a shard's store.
 #[derive(Debug)]
 pub enum StoreOp {
-    PutSession(StoredSession),
+    PutSession(Box<StoredSession>),
     /// Removes the session's record if its epoch is at most `epoch`, and every entry and
     /// incoming id of incarnations up to `epoch`.
     ForgetSession {
@@ -341,7 +341,13 @@ mod tests {
     }
 
     fn session(epoch: u64) -> StoredSession {
-        StoredSession { client_id: "c".into(), epoch, expiry_secs: 60, subscriptions: Vec::new() }
+        StoredSession {
+            client_id: "c".into(),
+            epoch,
+            expiry_secs: 60,
+            subscriptions: Vec::new(),
+            delayed_will: None,
+        }
     }
 
     #[test]
@@ -349,7 +355,7 @@ mod tests {
         let path = temp_path("apply");
         let store = ShardStore::open(&path).unwrap();
         let client_id: ByteString = "c".into();
-        let mut ops = vec![StoreOp::PutSession(session(1))];
+        let mut ops = vec![StoreOp::PutSession(Box::new(session(1)))];
         for seq in [3, 1, 2] {
             ops.push(StoreOp::PutEntry {
                 client_id: client_id.clone(),
@@ -388,7 +394,7 @@ mod tests {
     fn a_truncated_store_is_an_error_naming_the_file() {
         let path = temp_path("truncated");
         let store = ShardStore::open(&path).unwrap();
-        store.apply(vec![StoreOp::PutSession(session(1))]).unwrap();
+        store.apply(vec![StoreOp::PutSession(Box::new(session(1)))]).unwrap();
         drop(store);
         let len = std::fs::metadata(&path).unwrap().len();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

@@ -23,6 +23,8 @@ pub struct StoredSession {
     /// 5.0 Session Expiry Interval (0xFFFFFFFF: never).
     pub expiry_secs: u32,
     pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<SubscriptionId>)>,
+    /// A will waiting for its Will Delay Interval, and when it is due (Unix milliseconds).
+    pub delayed_will: Option<(StoredMessage, u64)>,
 }
 
 /// A message as published, with what the broker knows of it beyond the PUBLISH.
@@ -162,6 +164,10 @@ pub fn encode_session(session: &StoredSession) -> Vec<u8> {
         };
         put_packet(&mut buf, &Packet::Subscribe(subscribe));
     }
+    if let Some((will, due_ms)) = &session.delayed_will {
+        buf.put_u64(*due_ms);
+        encode_message(will, &mut buf);
+    }
     buf.to_vec()
 }
 
@@ -183,10 +189,23 @@ pub fn decode_session(client_id: &str, bytes: &[u8]) -> Result<StoredSession, Re
         let (filter, options) = subscribe.filters.pop().ok_or_else(|| damaged(what))?;
         subscriptions.push((filter, options, id));
     }
-    if buf.has_remaining() {
-        return Err(damaged(what));
-    }
-    Ok(StoredSession { client_id: client_id.into(), epoch, expiry_secs, subscriptions })
+    let delayed_will = if buf.has_remaining() {
+        let due_ms = take_u64(&mut buf, what)?;
+        let will = decode_message(&mut buf, what)?;
+        if buf.has_remaining() {
+            return Err(damaged(what));
+        }
+        Some((will, due_ms))
+    } else {
+        None
+    };
+    Ok(StoredSession {
+        client_id: client_id.into(),
+        epoch,
+        expiry_secs,
+        subscriptions,
+        delayed_will,
+    })
 }
 
 pub fn encode_message(message: &StoredMessage, buf: &mut BytesMut) {
@@ -326,6 +345,7 @@ mod tests {
                 (TopicFilter::new("a/#").unwrap(), options, SubscriptionId::new(9)),
                 (TopicFilter::new("$share/g/x").unwrap(), SubscriptionOptions::default(), None),
             ],
+            delayed_will: Some((message(), 1_790_000_000_000)),
         };
         assert_eq!(decode_session("c1", &encode_session(&session)), Ok(session));
 
