@@ -18,19 +18,25 @@ use culex::protocol::{Ack, Packet, Properties, Publish, QoS, TopicName};
 struct Persistent {
     store: TempDir,
     port: u16,
+    extra: &'static str,
 }
 
 impl Persistent {
     fn new() -> Self {
-        Persistent { store: TempDir::new(), port: free_port() }
+        Self::with("")
+    }
+
+    fn with(extra: &'static str) -> Self {
+        Persistent { store: TempDir::new(), port: free_port(), extra }
     }
 
     fn config(&self) -> String {
         format!(
             "listener {} 127.0.0.1\nallow_anonymous true\nshards 2\nmax_queued_messages 100000\npersistence true\n\
-             persistence_location {}\n",
+             persistence_location {}\n{}",
             self.port,
-            self.store.0.display()
+            self.store.0.display(),
+            self.extra
         )
     }
 
@@ -438,4 +444,35 @@ fn the_newest_retained_message_wins_across_shards_after_kill_9() {
     let publish = late.receive();
     assert_eq!((&*publish.topic, &publish.payload[..]), ("r/replaced", &b"second"[..]));
     late.expect_silence();
+}
+
+/// `persistence_sync interval`: changes are synced every `autosave_interval`; what is older
+/// survives `kill -9`, what is newer may not (the trade Mosquitto's snapshots make).
+#[test]
+fn persistence_sync_interval_syncs_every_autosave_interval() {
+    for (interval, survives) in [("1", true), ("3600", false)] {
+        let extra = if survives {
+            "persistence_sync interval\nautosave_interval 1\n"
+        } else {
+            "persistence_sync interval\nautosave_interval 3600\n"
+        };
+        let setup = Persistent::with(extra);
+        let broker = setup.start();
+        let (mut sub, _) = RawClient::connect(&broker, "iv-sub", persistent());
+        sub.subscribe("iv/#", QoS::AtLeastOnce);
+        sub.disconnect();
+        let mut publisher = RawClient::connect(&broker, "iv-pub", ConnectOptions::default()).0;
+        for n in 0..10u32 {
+            publisher.publish("iv/x", n.to_string().as_bytes(), QoS::AtLeastOnce, false);
+        }
+        std::thread::sleep(Duration::from_millis(1600));
+        drop(broker);
+
+        let broker = setup.start();
+        let (mut sub, present) = RawClient::connect(&broker, "iv-sub", persistent());
+        assert_eq!(present, survives, "autosave_interval {interval}");
+        let got = drain_numbers(&mut sub);
+        let expected: Vec<u32> = if survives { (0..10).collect() } else { Vec::new() };
+        assert_eq!(got, expected, "autosave_interval {interval}");
+    }
 }

@@ -41,6 +41,8 @@ pub struct Journal {
     waiters: Vec<Waiter>,
     next_seq: u64,
     next_epoch: u64,
+    /// `persistence_sync ack`: acknowledgements and sends wait for their commit.
+    holds: bool,
     /// Wakes the store task when there is something to commit or someone waiting.
     wake: Rc<Signal>,
 }
@@ -56,9 +58,14 @@ pub struct StoredAt {
 }
 
 impl Journal {
-    /// `next_seq` and `next_epoch` continue after what start-up found in the stores.
-    pub fn new(next_seq: u64, next_epoch: u64) -> SharedJournal {
-        Rc::new(RefCell::new(Journal { next_seq, next_epoch, ..Default::default() }))
+    /// `next_seq` and `next_epoch` continue after what start-up found in the stores. `holds`:
+    /// what depends on a change waits until it is durable (`persistence_sync ack`).
+    pub fn new(next_seq: u64, next_epoch: u64, holds: bool) -> SharedJournal {
+        Rc::new(RefCell::new(Journal { next_seq, next_epoch, holds, ..Default::default() }))
+    }
+
+    pub fn holds(&self) -> bool {
+        self.holds
     }
 
     pub fn push(&mut self, op: StoreOp) {

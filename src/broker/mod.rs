@@ -27,7 +27,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use thiserror::Error;
 
 use crate::auth::Credentials;
-use crate::config::Config;
+use crate::config::{Config, PersistenceSync};
 use crate::store::ShardStore;
 use connection::Close;
 use journal::{Journal, SharedJournal};
@@ -285,12 +285,16 @@ async fn run_shard(
     // Shard ids are mesh peer ids, so every shard agrees on who is who.
     let id = senders.peer_id();
     let recovery = recoveries.lock().ok().and_then(|mut all| all.get_mut(id)?.take());
-    let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch));
+    let holds = config.persistence_sync == PersistenceSync::Ack;
+    let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch, holds));
+    // `persistence_sync interval`: a durable commit at least this often, the others not synced.
+    let sync_every = (!holds).then_some(config.autosave_interval);
     let shard = Shard::new(id, shard_count, Rc::new(config), credentials, journal.clone());
     let shard = Rc::new(RefCell::new(shard));
     if let (Some(recovery), Some(journal)) = (recovery, journal) {
         shard.borrow_mut().restore(recovery.restored);
-        glommio::spawn_local(persist(shard.clone(), journal, recovery.store)).detach();
+        let store = recovery.store;
+        glommio::spawn_local(persist(shard.clone(), journal, store, sync_every)).detach();
     }
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
@@ -328,22 +332,52 @@ async fn run_shard(
 
 /// The shard's store task: commits what the journal collected, one transaction per batch on
 /// the shard's blocking thread (the executor never waits on the disk), then releases what
-/// waited for it. A commit that fails stops the broker: acknowledging what cannot be stored
-/// would break the promise persistence makes.
-async fn persist(shard: Rc<RefCell<Shard>>, journal: SharedJournal, store: Arc<ShardStore>) {
+/// waited for it. Every commit is durable, or with `sync_every` (`persistence_sync interval`)
+/// only one at least that often. A commit that fails stops the broker: acknowledging what
+/// cannot be stored would break the promise persistence makes.
+async fn persist(
+    shard: Rc<RefCell<Shard>>,
+    journal: SharedJournal,
+    store: Arc<ShardStore>,
+    sync_every: Option<Duration>,
+) {
     let wake = journal.borrow().wake();
+    // Since when changes are written but not synced (`persistence_sync interval` only).
+    let mut unsynced_since: Option<Instant> = None;
+    // Released by the next durable commit.
+    let mut waiting = Vec::new();
     loop {
-        wake.wait().await;
+        match (sync_every, unsynced_since) {
+            (Some(every), Some(since)) => {
+                let left = (since + every).saturating_duration_since(Instant::now());
+                futures_lite::future::or(wake.wait(), glommio::timer::sleep(left)).await;
+            }
+            _ => wake.wait().await,
+        }
         let (ops, waiters) = journal.borrow_mut().take();
-        if !ops.is_empty() {
+        waiting.extend(waiters);
+        let durable = match sync_every {
+            None => true,
+            Some(every) => unsynced_since.is_some_and(|since| since.elapsed() >= every),
+        };
+        if !ops.is_empty() || (durable && unsynced_since.is_some()) {
             let store = store.clone();
-            let written = glommio::executor().spawn_blocking(move || store.apply(ops)).await;
+            let written =
+                glommio::executor().spawn_blocking(move || store.apply(ops, durable)).await;
             if let Err(error) = written {
                 tracing::error!("{error}: stopping, since nothing unstored may be acknowledged");
                 std::process::exit(1);
             }
+            if !durable && unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
+            }
         }
-        shard.borrow_mut().committed(waiters);
+        if durable {
+            unsynced_since = None;
+            shard.borrow_mut().committed(std::mem::take(&mut waiting));
+        } else if !waiting.is_empty() && unsynced_since.is_none() {
+            unsynced_since = Some(Instant::now());
+        }
     }
 }
 

@@ -108,7 +108,7 @@ pub fn recover(config: &Config, shard_count: usize) -> Result<Vec<ShardRecovery>
     }
     place_interest(&mut shards);
     for (index, ops) in cleanup.into_iter().enumerate() {
-        stores[index].apply(ops).map_err(|e| StartError::Store(e.to_string()))?;
+        stores[index].apply(ops, true).map_err(|e| StartError::Store(e.to_string()))?;
     }
     let mut recoveries = Vec::with_capacity(shard_count);
     for (index, store) in stores.into_iter().enumerate() {

@@ -586,15 +586,15 @@ impl Session {
     fn transmit(&self, packet: Packet) -> bool {
         let Some(conn) = &self.conn else { return false };
         match (&self.stored, packet) {
-            (Some(stored), packet) => {
+            (Some(stored), packet) if stored.journal.borrow().holds() => {
                 if matches!(&packet, Packet::Publish(p) if !conn.accepts(p)) {
                     return false;
                 }
                 stored.send_when_durable(conn.clone(), packet);
                 true
             }
-            (None, Packet::Publish(publish)) => conn.publish(publish),
-            (None, other) => {
+            (_, Packet::Publish(publish)) => conn.publish(publish),
+            (_, other) => {
                 conn.send(&other);
                 true
             }

@@ -426,7 +426,7 @@ impl Shard {
             self.outbound.push(*shard, ShardMsg::Barrier { from: self.id, token });
         }
         let mut waiting = others.len();
-        if let Some(journal) = &self.journal {
+        if let Some(journal) = self.holding_journal() {
             journal.borrow_mut().wait(Waiter::Barrier(token));
             waiting += 1;
         }
@@ -799,7 +799,7 @@ impl Shard {
     /// stored it has made it durable, this one included (its QoS 2 packet id, a retained
     /// message).
     fn acknowledge(&mut self, conn: &Rc<ConnHandle>, ack: Packet, message: Option<Arc<Message>>) {
-        let Some(journal) = self.journal.clone() else {
+        let Some(journal) = self.holding_journal() else {
             conn.send(&ack);
             if let Some(message) = message {
                 self.route(message, None);
@@ -812,6 +812,11 @@ impl Shard {
         conn.hold_ack(token, ack);
         self.durable.insert(token, (remote + 1, conn.clone()));
         journal.borrow_mut().wait(Waiter::Local(token));
+    }
+
+    /// The journal, when what depends on a change waits for it (`persistence_sync ack`).
+    fn holding_journal(&self) -> Option<SharedJournal> {
+        self.journal.clone().filter(|journal| journal.borrow().holds())
     }
 
     /// One of the shards storing the message behind acknowledgement `token` made it durable.

@@ -33,6 +33,17 @@ impl Listener {
     }
 }
 
+/// Culex's `persistence_sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistenceSync {
+    /// A change is durable before anyone hears of it (PUBACK, PUBREC, CONNACK, SUBACK, a
+    /// delivery): nothing acknowledged is lost, even to a crash of the machine.
+    Ack,
+    /// Changes are written as they come and made durable every `autosave_interval`: a crash
+    /// loses at most that much, as Mosquitto's snapshots do, for the throughput of no waiting.
+    Interval,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listeners: Vec<Listener>,
@@ -63,6 +74,12 @@ pub struct Config {
     pub persistence: bool,
     /// Where the store files go (`persistence_location`; default: the working directory).
     pub persistence_location: PathBuf,
+    /// When a change is durable (Culex's `persistence_sync`): before it is acknowledged
+    /// (`ack`, the default), or within `autosave_interval` (`interval`).
+    pub persistence_sync: PersistenceSync,
+    /// Mosquitto's `autosave_interval`: with `persistence_sync interval`, the longest a change
+    /// waits to be made durable (0 is taken as 1 s).
+    pub autosave_interval: std::time::Duration,
     /// The store files' name (`persistence_file`): each shard writes `NAME.shardN`, so that a
     /// Mosquitto database of the same name is never overwritten.
     pub persistence_file: String,
@@ -100,6 +117,8 @@ impl Default for Config {
             max_qos: crate::protocol::QoS::ExactlyOnce,
             persistence: false,
             persistent_client_expiration: None,
+            persistence_sync: PersistenceSync::Ack,
+            autosave_interval: std::time::Duration::from_secs(1800),
             persistence_location: PathBuf::new(),
             persistence_file: "mosquitto.db".to_string(),
             bridges: Vec::new(),
@@ -199,6 +218,7 @@ pub fn is_known_option(option: &str) -> bool {
         "max_qos",
         "persistence",
         "persistent_client_expiration",
+        "persistence_sync",
         "persistence_location",
         "persistence_file",
         "autosave_interval",
@@ -362,15 +382,22 @@ impl Parser {
             "persistent_client_expiration" => {
                 config.persistent_client_expiration = Some(parse_expiration(value, &invalid)?)
             }
-            "autosave_interval" | "autosave_on_changes" => {
-                if option == "autosave_interval" {
-                    let _: u64 = parse_number(value, &invalid)?;
-                } else {
-                    parse_bool(value, &invalid)?;
+            "persistence_sync" => {
+                config.persistence_sync = match value {
+                    "ack" => PersistenceSync::Ack,
+                    "interval" => PersistenceSync::Interval,
+                    _ => return Err(invalid("expected `ack` or `interval`")),
                 }
+            }
+            "autosave_interval" => {
+                let secs: u64 = parse_number(value, &invalid)?;
+                config.autosave_interval = std::time::Duration::from_secs(secs.max(1));
+            }
+            "autosave_on_changes" => {
+                parse_bool(value, &invalid)?;
                 self.warnings.push(format!(
-                    "{}:{line}: option `{option}` has no effect: with `persistence true` Culex \
-                     writes every change before acknowledging it, instead of saving snapshots",
+                    "{}:{line}: option `{option}` has no effect: Culex writes every change as it \
+                     comes (see `persistence_sync`)",
                     file.display()
                 ));
             }
@@ -588,7 +615,10 @@ mod tests {
                 c.store_path(2) == Path::new("/var/lib/culex/mosquitto.db.shard2")
             }),
             ("persistence_file culex.db", |c| c.store_path(0) == Path::new("culex.db.shard0")),
-            ("autosave_interval 1800", |c| !c.persistence),
+            ("autosave_interval 30", |c| c.autosave_interval.as_secs() == 30),
+            ("autosave_interval 0", |c| c.autosave_interval.as_secs() == 1),
+            ("persistence_sync interval", |c| c.persistence_sync == PersistenceSync::Interval),
+            ("persistence_sync ack", |c| c.persistence_sync == PersistenceSync::Ack),
             ("persistent_client_expiration 2d", |c| {
                 c.persistent_client_expiration == Some(std::time::Duration::from_secs(2 * 86_400))
             }),
@@ -613,6 +643,7 @@ mod tests {
             ("persistence yes", "persistence", "expected `true` or `false`"),
             ("persistence_file a/b.db", "persistence_file", "expected a file name"),
             ("autosave_interval soon", "autosave_interval", number),
+            ("persistence_sync always", "persistence_sync", "expected `ack` or `interval`"),
             (
                 "persistent_client_expiration 10s",
                 "persistent_client_expiration",

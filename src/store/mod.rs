@@ -230,9 +230,13 @@ impl ShardStore {
         Ok(recovered)
     }
 
-    /// Commits a batch of changes in one durable transaction.
-    pub fn apply(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
-        let write = self.db.begin_write().map_err(|e| self.io_error(e))?;
+    /// Commits a batch of changes in one transaction: durable (synced to disk, with everything
+    /// committed before it), or not (kept in this process until the next durable commit).
+    pub fn apply(&self, ops: Vec<StoreOp>, durable: bool) -> Result<(), StoreError> {
+        let mut write = self.db.begin_write().map_err(|e| self.io_error(e))?;
+        if !durable {
+            write.set_durability(redb::Durability::None).map_err(|e| self.io_error(e))?;
+        }
         self.write_ops(&write, ops).map_err(|e| self.io_error(e))?;
         write.commit().map_err(|e| self.io_error(e))
     }
@@ -372,7 +376,7 @@ mod tests {
         });
         ops.push(StoreOp::DeleteEntry { client_id: client_id.clone(), epoch: 1, seq: 2 });
         ops.push(StoreOp::PutIncoming { client_id: client_id.clone(), epoch: 1, packet_id: id });
-        store.apply(ops).unwrap();
+        store.apply(ops, true).unwrap();
         drop(store);
 
         let store = ShardStore::open(&path).unwrap();
@@ -385,7 +389,7 @@ mod tests {
         assert_eq!((recovered.max_seq, recovered.max_epoch), (3, 1));
 
         // A newer incarnation elsewhere: forgetting epoch 1 removes everything of it.
-        store.apply(vec![StoreOp::ForgetSession { client_id, epoch: 1 }]).unwrap();
+        store.apply(vec![StoreOp::ForgetSession { client_id, epoch: 1 }], true).unwrap();
         let recovered = store.recover().unwrap();
         assert!(recovered.sessions.is_empty());
     }
@@ -394,7 +398,7 @@ mod tests {
     fn a_truncated_store_is_an_error_naming_the_file() {
         let path = temp_path("truncated");
         let store = ShardStore::open(&path).unwrap();
-        store.apply(vec![StoreOp::PutSession(Box::new(session(1)))]).unwrap();
+        store.apply(vec![StoreOp::PutSession(Box::new(session(1)))], true).unwrap();
         drop(store);
         let len = std::fs::metadata(&path).unwrap().len();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
