@@ -83,6 +83,15 @@ class Client:
         self.mqtt.loop_stop()
 
 
+def offline_session(name, topic):
+    """A 5.0 session (expiry 30 s) subscribed to `topic` at QoS 1 and left offline: its id."""
+    client_id = f"paho5-{name}-{uuid.uuid4().hex[:6]}"
+    first = Client(client_id, clean_start=False, expiry=30)
+    first.subscribe(topic, 1)
+    first.close()
+    return client_id
+
+
 class PahoV5(unittest.TestCase):
     def test_properties_pass_through_and_reach_311_subscribers_as_plain_messages(self):
         v5_sub = Client()
@@ -116,10 +125,7 @@ class PahoV5(unittest.TestCase):
         pub.close()
 
     def test_session_expiry_resumes_a_session(self):
-        client_id = f"paho5-exp-{uuid.uuid4().hex[:6]}"
-        first = Client(client_id, clean_start=False, expiry=30)
-        first.subscribe("exp5/#", 1)
-        first.close()
+        client_id = offline_session("exp", "exp5/#")
         pub = Client()
         pub.publish("exp5/x", b"waiting", 1)
         back = Client(client_id, clean_start=False, expiry=30)
@@ -191,10 +197,7 @@ class PahoV5(unittest.TestCase):
         watcher.close()
 
     def test_topic_aliases_from_the_client_and_message_expiry_counting_down(self):
-        client_id = f"paho5-alias-{uuid.uuid4().hex[:6]}"
-        first = Client(client_id, clean_start=False, expiry=30)
-        first.subscribe("alias5/#", 1)
-        first.close()
+        client_id = offline_session("alias", "alias5/#")
         pub = Client()
         properties = Properties(PacketTypes.PUBLISH)
         properties.TopicAlias = 3
