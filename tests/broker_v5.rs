@@ -750,3 +750,22 @@ fn puback_says_when_nobody_subscribes() {
     assert_eq!(ack.reason, ReasonCode::Success);
     assert_eq!(&subscriber.receive().payload[..], b"x");
 }
+
+/// `message_size_limit`, compared by hand with Mosquitto 2.0.11: a larger payload is dropped
+/// and still acknowledged, and the connection stays. A 5.0 client is told 0x97 (Mosquitto's
+/// 0x95 is not a PUBACK reason code).
+#[test]
+fn payloads_over_message_size_limit_are_dropped_and_acknowledged() {
+    let broker = Broker::start("message_size_limit 10");
+    let (mut watcher, _) = RawClient::connect(&broker, "msl-watch", v5());
+    watcher.subscribe("msl/#", QoS::AtLeastOnce);
+    let (mut client, _) = RawClient::connect(&broker, "msl-v5", v5());
+    let ack = puback_of(&mut client, "msl/big", Properties::default(), &[b'x'; 11]);
+    assert_eq!(ack.reason, ReasonCode::QuotaExceeded);
+    let ack = puback_of(&mut client, "msl/small", Properties::default(), &[b'y'; 10]);
+    assert_eq!(ack.reason, ReasonCode::Success);
+    let (mut old, _) = RawClient::connect(&broker, "msl-v311", ConnectOptions::default());
+    old.publish("msl/big", &[b'z'; 11], QoS::AtLeastOnce, false);
+    assert_eq!(&watcher.receive().payload[..], &[b'y'; 10][..]);
+    watcher.expect_silence();
+}

@@ -86,6 +86,8 @@ pub struct Config {
     /// Sessions that never expire (3.x clean session 0, 5.0 0xFFFFFFFF) end after this long
     /// offline (Mosquitto's `persistent_client_expiration`; `None`: never).
     pub persistent_client_expiration: Option<std::time::Duration>,
+    /// The largest PUBLISH payload accepted (Mosquitto's `message_size_limit`; 0: no limit).
+    pub message_size_limit: usize,
     /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
     pub max_qos: crate::protocol::QoS,
     /// One per `connection` block, in file order.
@@ -117,6 +119,7 @@ impl Default for Config {
             max_qos: crate::protocol::QoS::ExactlyOnce,
             persistence: false,
             persistent_client_expiration: None,
+            message_size_limit: 0,
             persistence_sync: PersistenceSync::Ack,
             autosave_interval: std::time::Duration::from_secs(1800),
             persistence_location: PathBuf::new(),
@@ -168,7 +171,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "max_connections",
     "max_inflight_bytes",
     "memory_limit",
-    "message_size_limit",
     "mount_point",
     "ocsp_stapling",
     "per_listener_settings",
@@ -216,6 +218,7 @@ pub fn is_known_option(option: &str) -> bool {
         "auto_id_prefix",
         "retain_available",
         "max_qos",
+        "message_size_limit",
         "persistence",
         "persistent_client_expiration",
         "persistence_sync",
@@ -371,6 +374,13 @@ impl Parser {
             }
             "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
             "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
+            "message_size_limit" => {
+                config.message_size_limit = parse_number(value, &invalid)?;
+                // The largest remaining length MQTT can express.
+                if config.message_size_limit > 268_435_455 {
+                    return Err(invalid("must be at most 268435455"));
+                }
+            }
             "persistence" => config.persistence = parse_bool(value, &invalid)?,
             "persistence_location" => config.persistence_location = PathBuf::from(value),
             "persistence_file" => {
@@ -610,6 +620,7 @@ mod tests {
             ("retain_available false", |c| !c.retain_available),
             ("allow_zero_length_clientid false", |c| !c.allow_zero_length_clientid),
             ("auto_id_prefix cx-", |c| c.auto_id_prefix == "cx-"),
+            ("message_size_limit 1024", |c| c.message_size_limit == 1024),
             ("persistence true", |c| c.persistence),
             ("persistence_location /var/lib/culex/", |c| {
                 c.store_path(2) == Path::new("/var/lib/culex/mosquitto.db.shard2")
@@ -641,6 +652,7 @@ mod tests {
             ("max_keepalive 65536", "max_keepalive", number),
             ("retain_available maybe", "retain_available", "expected `true` or `false`"),
             ("persistence yes", "persistence", "expected `true` or `false`"),
+            ("message_size_limit 268435456", "message_size_limit", "must be at most 268435455"),
             ("persistence_file a/b.db", "persistence_file", "expected a file name"),
             ("autosave_interval soon", "autosave_interval", number),
             ("persistence_sync always", "persistence_sync", "expected `ack` or `interval`"),
