@@ -800,10 +800,10 @@ impl Shard {
         Ok(())
     }
 
-    /// Routes a QoS 1/2 message (if any: a retransmitted QoS 2 PUBLISH or a PUBREL routes
-    /// nothing) and acknowledges it: at once without persistence, else once every shard that
-    /// stored it has made it durable, this one included (its QoS 2 packet id, a retained
-    /// message).
+    /// Routes a QoS 1/2 message, if any, and sends `ack`: at once without persistence, else
+    /// once every shard that stored the message has made it durable, this one included (with
+    /// the QoS 2 packet id, retained message or session change the ack confirms). PUBCOMP and
+    /// UNSUBACK come here with no message.
     fn acknowledge(&mut self, conn: &Rc<ConnHandle>, ack: Packet, message: Option<Arc<Message>>) {
         let Some(journal) = self.holding_journal() else {
             conn.send(&ack);
@@ -1203,11 +1203,13 @@ impl Shard {
         if let Some(session) = self.session_of(conn) {
             session.store_record();
         }
-        conn.send(&Packet::UnsubAck(UnsubAck {
+        let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             properties: Properties::default(),
             reasons: if conn.version.is_v5() { reasons } else { Vec::new() },
-        }));
+        });
+        // With persistence, once the session's record without those filters is durable.
+        self.acknowledge(conn, unsuback, None);
     }
 
     // ---- Messages from other shards ---------------------------------------------------------
