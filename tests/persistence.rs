@@ -162,6 +162,14 @@ fn acknowledged_messages_survive_kill_9_as_their_qos_promises() {
     eprintln!("acknowledged before the kill: {} QoS 1, {} QoS 2", acked_q1.len(), acked_q2.len());
 
     let broker = setup.start();
+    // Before the subscriber is back, from connections on either shard: the restored session
+    // must already be in every shard's interest replica.
+    let mut acked_q1 = acked_q1;
+    for n in 99_990..99_994u32 {
+        let (mut early, _) = RawClient::connect(&broker, &format!("early-{n}"), persistent());
+        early.publish("q1/early", n.to_string().as_bytes(), QoS::AtLeastOnce, false);
+        acked_q1.push(n);
+    }
     let (mut q1_sub, present) = RawClient::connect(&broker, "keep-q1", persistent());
     assert!(present, "the QoS 1 subscriber's session was lost");
     check_delivery("QoS 1", &drain_numbers(&mut q1_sub), &acked_q1, false);

@@ -9,7 +9,6 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 
 use super::journal::restored_message;
-use super::mesh::ShardId;
 use super::shard::{registry_owner, Restored};
 use super::StartError;
 use crate::config::Config;
@@ -156,11 +155,11 @@ fn rewrite(found: &crate::store::RecoveredSession) -> Vec<StoreOp> {
 /// Each shard's interest replica and shared groups learn what the other shards' restored
 /// sessions subscribe, before any message is routed.
 fn place_interest(shards: &mut [Restored]) {
-    let mut subscribed: Vec<(ShardId, ByteString)> = Vec::new();
+    let mut subscribed = Vec::new();
     for (home, restored) in shards.iter().enumerate() {
         for found in &restored.sessions {
             for (filter, _, _) in &found.session.subscriptions {
-                subscribed.push((home, ByteString::from(&**filter)));
+                subscribed.push((home, filter.clone()));
             }
         }
     }
@@ -169,12 +168,11 @@ fn place_interest(shards: &mut [Restored]) {
             if index == home {
                 continue;
             }
-            let parsed = crate::protocol::TopicFilter::new(filter.to_string());
-            match parsed.as_ref().ok().and_then(|f| f.shared()) {
+            match filter.shared() {
                 Some(share) => {
                     restored.remote_shared.push((share.filter.into(), share.group.into(), home))
                 }
-                None => restored.remote_interest.push((filter.clone(), home)),
+                None => restored.remote_interest.push((ByteString::from(&*filter), home)),
             }
         }
     }
