@@ -522,3 +522,57 @@ fn daemon_mode_detaches_and_serves() {
         Command::new("kill").arg(pid).status().unwrap();
     }
 }
+
+/// CONNECT with a username, answered by the CONNACK's reason (`None`: closed without one).
+fn connect_as(broker: &Broker, client_id: &str, username: Option<&str>) -> (RawClient, ReasonCode) {
+    let mut client = RawClient::open(broker);
+    client.send(&Packet::Connect(Box::new(culex::protocol::Connect {
+        protocol: ProtocolVersion::V311,
+        bridge: false,
+        clean_start: true,
+        keep_alive_secs: 60,
+        properties: Default::default(),
+        client_id: client_id.into(),
+        will: None,
+        username: username.map(Into::into),
+        password: None,
+    })));
+    match client.recv() {
+        Some(Packet::ConnAck(connack)) => (client, connack.reason),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// `clientid_prefixes` and `use_username_as_clientid`, compared by hand with Mosquitto 2.0.11:
+/// an id without the prefix is not authorised (return code 5); with the username as client id,
+/// a client without a username is not authorised, and one with it takes over the session of
+/// that name.
+#[test]
+fn client_id_prefixes_and_usernames_as_client_ids() {
+    let broker = Broker::start("clientid_prefixes dev-\nuse_username_as_clientid true");
+    assert_eq!(connect_as(&broker, "other", Some("dev-a")).1, ReasonCode::NotAuthorized);
+    assert_eq!(connect_as(&broker, "dev-1", None).1, ReasonCode::NotAuthorized);
+    let (mut first, reason) = connect_as(&broker, "dev-1", Some("dev-user"));
+    assert_eq!(reason, ReasonCode::Success);
+    // The broker's connect line names the client by its username (`shard_of` waits for it).
+    broker.shard_of("dev-user");
+    // Another id, same username: the same client as far as the broker is concerned.
+    let (_second, reason) = connect_as(&broker, "dev-2", Some("dev-user"));
+    assert_eq!(reason, ReasonCode::Success);
+    assert!(first.is_closed_by_broker(), "the first connection was taken over");
+}
+
+/// `upgrade_outgoing_qos true`, as Mosquitto 2.0.11 (checked by hand): a QoS 0 message reaches a
+/// QoS 2 subscription at QoS 2, retained messages included.
+#[test]
+fn upgrade_outgoing_qos_delivers_at_the_subscription_qos() {
+    let broker = Broker::start("upgrade_outgoing_qos true");
+    let (mut publisher, _) = RawClient::connect(&broker, "up-pub", ConnectOptions::default());
+    publisher.publish("up/kept", b"r", QoS::AtMostOnce, true);
+    let (mut sub, _) = RawClient::connect(&broker, "up-sub", ConnectOptions::default());
+    sub.subscribe("up/#", QoS::ExactlyOnce);
+    assert_eq!(sub.receive().qos, QoS::ExactlyOnce);
+    publisher.publish("up/live", b"l", QoS::AtMostOnce, false);
+    let live = sub.receive();
+    assert_eq!((&live.payload[..], live.qos), (&b"l"[..], QoS::ExactlyOnce));
+}

@@ -273,7 +273,20 @@ impl Shard {
                 return Err(BytesMut::new());
             }
         }
-        let client_id = if connect.client_id.is_empty() {
+        // Mosquitto's `clientid_prefixes`: checked on the id the client sent.
+        if let Some(prefix) = self.config.clientid_prefixes.as_deref() {
+            if !internal && !connect.client_id.starts_with(prefix) {
+                tracing::info!(%peer, client_id = %connect.client_id, "refused: client id prefix");
+                return refuse(ReasonCode::NotAuthorized);
+            }
+        }
+        let client_id = if self.config.use_username_as_clientid && !internal {
+            // Mosquitto: the username replaces the id; no username, no connection.
+            match &connect.username {
+                Some(username) => username.clone(),
+                None => return refuse(ReasonCode::NotAuthorized),
+            }
+        } else if connect.client_id.is_empty() {
             // Mosquitto: an empty id is refused in 3.1, and with a persistent session.
             let persistent = !connect.clean_start && !version.is_v5();
             if version == crate::protocol::ProtocolVersion::V31
@@ -969,7 +982,9 @@ impl Shard {
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
     /// matching subscriptions (as Mosquitto does for overlapping filters).
     fn deliver_local(&mut self, message: &Arc<Message>) {
-        let Shard { subscribers, sessions, limits, stats, congested, credentials, .. } = self;
+        let Shard { subscribers, sessions, limits, stats, congested, credentials, config, .. } =
+            self;
+        let upgrade = config.upgrade_outgoing_qos;
         let acl = credentials.has_acl();
         let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
             SmallVec::new();
@@ -997,7 +1012,7 @@ impl Shard {
             }
             let outgoing = Outgoing {
                 message: message.clone(),
-                qos: message.qos.min(options.qos),
+                qos: delivery_qos(message.qos, options.qos, upgrade),
                 // Retained messages reach existing subscriptions with retain 0 [MQTT-3.3.1-9].
                 retain: options.retain_as_published && message.retain,
                 subscription_ids,
@@ -1093,7 +1108,8 @@ impl Shard {
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
         let limits = self.limits;
-        let Shard { sessions, retained, stats, credentials, .. } = self;
+        let Shard { sessions, retained, stats, credentials, config, .. } = self;
+        let upgrade = config.upgrade_outgoing_qos;
         let acl = credentials.has_acl();
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
@@ -1111,7 +1127,7 @@ impl Shard {
             for message in &matching {
                 let outgoing = Outgoing {
                     message: message.clone(),
-                    qos: message.qos.min(subscription.options.qos),
+                    qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
                     retain: true,
                     subscription_ids: subscription.id.into_iter().collect(),
                     shared: None,
@@ -1327,6 +1343,7 @@ impl Shard {
     ) {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
             let limits = self.limits;
+            let upgrade = self.config.upgrade_outgoing_qos;
             let Shard { sessions, stats, congested, credentials, .. } = self;
             let Some(session) = sessions.get_mut(&client_id) else { return };
             if credentials.has_acl() && !may_read(credentials, &client_id, session, &message.topic)
@@ -1337,7 +1354,7 @@ impl Shard {
             }
             let outgoing = Outgoing {
                 message: message.clone(),
-                qos: message.qos.min(subscription.options.qos),
+                qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
                 retain: subscription.options.retain_as_published && message.retain,
                 subscription_ids: subscription.id.into_iter().collect(),
                 shared: Some(Box::new((filter.clone(), group.clone()))),
@@ -1381,6 +1398,16 @@ pub fn registry_owner(client_id: &str, shard_count: usize) -> ShardId {
     let hasher = ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021);
     // Invariant: shard_count <= SHARDS_MAX, so the remainder fits usize.
     (hasher.hash_one(client_id) % shard_count as u64) as usize
+}
+
+/// The QoS a subscriber receives a message at: the lower of the two, or with Mosquitto's
+/// `upgrade_outgoing_qos` the subscription's own.
+fn delivery_qos(published: QoS, granted: QoS, upgrade: bool) -> QoS {
+    if upgrade {
+        granted
+    } else {
+        published.min(granted)
+    }
 }
 
 /// A payload whose Payload Format Indicator says UTF-8 must be UTF-8 [MQTT-3.3.2-4].

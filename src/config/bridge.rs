@@ -454,11 +454,7 @@ fn non_empty(value: &str) -> Result<String, String> {
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
-    match value {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err("expected `true` or `false`".into()),
-    }
+    super::bool_value(value).ok_or_else(|| super::BOOL_EXPECTED.to_string())
 }
 
 fn parse_number<T: std::str::FromStr>(value: &str) -> Result<T, String> {

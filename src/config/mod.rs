@@ -86,6 +86,13 @@ pub struct Config {
     /// Sessions that never expire (3.x clean session 0, 5.0 0xFFFFFFFF) end after this long
     /// offline (Mosquitto's `persistent_client_expiration`; `None`: never).
     pub persistent_client_expiration: Option<std::time::Duration>,
+    /// Only client ids starting with this may connect (Mosquitto's `clientid_prefixes`).
+    pub clientid_prefixes: Option<String>,
+    /// The username replaces the client id (Mosquitto's `use_username_as_clientid`).
+    pub use_username_as_clientid: bool,
+    /// Deliver at the subscription's QoS, not the lower of it and the publisher's (Mosquitto's
+    /// `upgrade_outgoing_qos`).
+    pub upgrade_outgoing_qos: bool,
     /// The largest PUBLISH payload accepted (Mosquitto's `message_size_limit`; 0: no limit).
     pub message_size_limit: usize,
     /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
@@ -120,6 +127,9 @@ impl Default for Config {
             persistence: false,
             persistent_client_expiration: None,
             message_size_limit: 0,
+            clientid_prefixes: None,
+            use_username_as_clientid: false,
+            upgrade_outgoing_qos: false,
             persistence_sync: PersistenceSync::Ack,
             autosave_interval: std::time::Duration::from_secs(1800),
             persistence_location: PathBuf::new(),
@@ -155,7 +165,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "check_retain_source",
     "ciphers",
     "ciphers_tls1.3",
-    "clientid_prefixes",
     "connection_messages",
     "crlfile",
     "dhparamfile",
@@ -186,10 +195,8 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "tls_engine_kpass_sha1",
     "tls_keyform",
     "tls_version",
-    "upgrade_outgoing_qos",
     "use_identity_as_username",
     "use_subject_as_username",
-    "use_username_as_clientid",
     "user",
     "websockets_headers_size",
     "websockets_log_level",
@@ -219,6 +226,9 @@ pub fn is_known_option(option: &str) -> bool {
         "retain_available",
         "max_qos",
         "message_size_limit",
+        "clientid_prefixes",
+        "use_username_as_clientid",
+        "upgrade_outgoing_qos",
         "persistence",
         "persistent_client_expiration",
         "persistence_sync",
@@ -374,6 +384,11 @@ impl Parser {
             }
             "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
             "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
+            "clientid_prefixes" => config.clientid_prefixes = Some(value.to_string()),
+            "use_username_as_clientid" => {
+                config.use_username_as_clientid = parse_bool(value, &invalid)?
+            }
+            "upgrade_outgoing_qos" => config.upgrade_outgoing_qos = parse_bool(value, &invalid)?,
             "message_size_limit" => {
                 config.message_size_limit = parse_number(value, &invalid)?;
                 // The largest remaining length MQTT can express.
@@ -546,10 +561,17 @@ fn parse_port(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<u16
 }
 
 fn parse_bool(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<bool, ConfigError> {
+    bool_value(value).ok_or_else(|| invalid(BOOL_EXPECTED))
+}
+
+const BOOL_EXPECTED: &str = "expected `true` or `false`";
+
+/// A boolean as Mosquitto reads one: `true` or `false`, and also `1` or `0`.
+fn bool_value(value: &str) -> Option<bool> {
     match value {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(invalid("expected `true` or `false`")),
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -621,6 +643,12 @@ mod tests {
             ("allow_zero_length_clientid false", |c| !c.allow_zero_length_clientid),
             ("auto_id_prefix cx-", |c| c.auto_id_prefix == "cx-"),
             ("message_size_limit 1024", |c| c.message_size_limit == 1024),
+            ("clientid_prefixes dev-", |c| c.clientid_prefixes.as_deref() == Some("dev-")),
+            ("use_username_as_clientid true", |c| c.use_username_as_clientid),
+            ("upgrade_outgoing_qos true", |c| c.upgrade_outgoing_qos),
+            // Mosquitto takes 1 and 0 for booleans too.
+            ("upgrade_outgoing_qos 1", |c| c.upgrade_outgoing_qos),
+            ("retain_available 0", |c| !c.retain_available),
             ("persistence true", |c| c.persistence),
             ("persistence_location /var/lib/culex/", |c| {
                 c.store_path(2) == Path::new("/var/lib/culex/mosquitto.db.shard2")
@@ -653,6 +681,7 @@ mod tests {
             ("retain_available maybe", "retain_available", "expected `true` or `false`"),
             ("persistence yes", "persistence", "expected `true` or `false`"),
             ("message_size_limit 268435456", "message_size_limit", "must be at most 268435455"),
+            ("upgrade_outgoing_qos yes", "upgrade_outgoing_qos", "expected `true` or `false`"),
             ("persistence_file a/b.db", "persistence_file", "expected a file name"),
             ("autosave_interval soon", "autosave_interval", number),
             ("persistence_sync always", "persistence_sync", "expected `ack` or `interval`"),
