@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::net::ToSocketAddrs;
 use std::os::fd::IntoRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashSet;
@@ -29,6 +30,7 @@ use super::connection::{Close, ConnHandle, PacketReader};
 use super::flow;
 use super::session::Message;
 use super::shard::{Origin, Shard};
+use super::sys::ShardCounters;
 use crate::config::{Address, Bridge, StartType};
 use crate::protocol::{
     Ack, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion,
@@ -68,6 +70,7 @@ pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
     let mut backoff = Backoff::new(&bridge);
     let mut addresses = AddressCursor::default();
     let mut private_refused = false;
+    let counters = shard.borrow().counters.clone();
     loop {
         if bridge.start_type == StartType::Lazy
             && !wait_for_threshold(&shard, &local_id, bridge.threshold).await
@@ -78,13 +81,14 @@ pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
             return;
         }
         report_dropped(&shard, &bridge, &local_id);
-        let end = match connect_remote(&bridge, &mut addresses, &mut private_refused).await {
-            Some(remote) => {
-                backoff.reset();
-                run_link(&shard, &bridge, &local_id, remote).await
-            }
-            None => LinkEnd::Unreachable,
-        };
+        let end =
+            match connect_remote(&bridge, &counters, &mut addresses, &mut private_refused).await {
+                Some(remote) => {
+                    backoff.reset();
+                    run_link(&shard, &bridge, &local_id, remote).await
+                }
+                None => LinkEnd::Unreachable,
+            };
         match end {
             LinkEnd::Shutdown => return,
             _ if bridge.start_type == StartType::Once => {
@@ -283,6 +287,7 @@ struct Remote {
 
 async fn connect_remote(
     bridge: &Bridge,
+    counters: &Arc<ShardCounters>,
     cursor: &mut AddressCursor,
     private_refused: &mut bool,
 ) -> Option<Remote> {
@@ -294,7 +299,7 @@ async fn connect_remote(
         // A peer that refuses the bridge bit gets a second try without it, as Mosquitto does.
         loop {
             let private = bridge.try_private && !*private_refused && !bridge.protocol.is_v5();
-            match attempt(bridge, address, private).await {
+            match attempt(bridge, counters, address, private).await {
                 Ok((stream, reader, connack)) => {
                     tracing::info!(
                         bridge = %bridge.name, %address, private,
@@ -342,6 +347,7 @@ enum ConnectFailure {
 
 async fn attempt(
     bridge: &Bridge,
+    counters: &Arc<ShardCounters>,
     address: &Address,
     private: bool,
 ) -> Result<(TcpStream, PacketReader, ConnAck), ConnectFailure> {
@@ -349,7 +355,7 @@ async fn attempt(
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(remote_connect(bridge, private))).encode(bridge.protocol, &mut out);
     stream.write_all(&out).await?;
-    let mut reader = PacketReader::new(PACKET_SIZE_MAX);
+    let mut reader = PacketReader::new(PACKET_SIZE_MAX, counters.clone());
     let answer = glommio::timer::timeout(CONNECT_TIMEOUT, async {
         Ok(reader.next(&mut stream, bridge.protocol).await)
     })
@@ -598,7 +604,11 @@ impl Link {
     }
 
     fn send(&mut self, packet: &Packet) {
+        let before = self.out.len();
         packet.encode(self.version(), &mut self.out);
+        let counters = &self.shard.borrow().counters;
+        counters.packets_sent.add(1);
+        counters.bytes_sent.add((self.out.len() - before) as u64);
     }
 
     /// Moves packets both ways until the link ends. Shaped like a client connection's loop:

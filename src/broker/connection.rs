@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
@@ -19,6 +20,7 @@ use std::num::NonZeroU16;
 use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
 use super::shard::{Origin, Shard};
 use super::signal::{Event, Signal};
+use super::sys::ShardCounters;
 use crate::protocol::{
     Ack, ConnAck, DecodeError, Disconnect, Packet, PacketId, Properties, PropertyContext,
     ProtocolVersion, Publish, QoS, ReasonCode, TopicName,
@@ -123,7 +125,8 @@ pub struct ConnHandle {
     /// Did not drain within `flow::STALL_MAX`: publishers no longer wait for it until it does.
     pub stuck: Cell<bool>,
     pub last_seen: Cell<Instant>,
-    pub dropped_messages: Cell<u64>,
+    /// Its shard's `$SYS` counters: packets and bytes sent, messages dropped.
+    counters: Arc<ShardCounters>,
     /// Acknowledgements waiting for their messages to be durable (`persistence true`), in the
     /// order the PUBLISHes came: (token, packet, durable yet). They leave in that order
     /// [MQTT-4.6.0-2].
@@ -137,6 +140,7 @@ impl ConnHandle {
         client_id: ByteString,
         keep_alive_secs: u16,
         max_packet_size: u32,
+        counters: Arc<ShardCounters>,
     ) -> Self {
         ConnHandle {
             id,
@@ -161,7 +165,7 @@ impl ConnHandle {
             listed_congested: Cell::new(false),
             stuck: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
-            dropped_messages: Cell::new(0),
+            counters,
             held_acks: RefCell::new(VecDeque::new()),
         }
     }
@@ -190,8 +194,19 @@ impl ConnHandle {
         if self.close.get().is_some() {
             return;
         }
-        packet.encode(self.version, &mut self.outbox.borrow_mut());
+        self.encode(packet, &mut self.outbox.borrow_mut());
         self.wake.notify();
+    }
+
+    /// Appends a packet to the outbox, counted for `$SYS` unless the outbox is a bridge's
+    /// (the bridge counts what it writes to its remote).
+    fn encode(&self, packet: &Packet, outbox: &mut BytesMut) {
+        let before = outbox.len();
+        packet.encode(self.version, outbox);
+        if !self.internal {
+            self.counters.packets_sent.add(1);
+            self.counters.bytes_sent.add((outbox.len() - before) as u64);
+        }
     }
 
     /// Whether the client's Maximum Packet Size admits this PUBLISH (before any topic alias,
@@ -211,7 +226,7 @@ impl ConnHandle {
         let qos0 = publish.packet_id.is_none();
         let mut outbox = self.outbox.borrow_mut();
         if qos0 && outbox.len() > OUTBOX_BYTES_MAX {
-            self.dropped_messages.set(self.dropped_messages.get() + 1);
+            self.counters.publish_dropped.add(1);
             return false;
         }
         let new_alias = if self.version.is_v5() {
@@ -227,14 +242,18 @@ impl ConnHandle {
         );
         let packet = Packet::Publish(publish);
         if packet.encoded_len(self.version) > self.max_packet_size as usize {
-            self.dropped_messages.set(self.dropped_messages.get() + 1);
+            self.counters.publish_dropped.add(1);
             return false;
         }
         // An alias is known to the client only once a PUBLISH that sets it is sent.
         if let Some((topic, alias)) = new_alias {
             self.topic_aliases_out.borrow_mut().insert(topic, alias);
         }
-        packet.encode(self.version, &mut outbox);
+        if let Packet::Publish(publish) = &packet {
+            self.counters.publish_sent.add(1);
+            self.counters.publish_bytes_sent.add(publish.payload.len() as u64);
+        }
+        self.encode(&packet, &mut outbox);
         drop(outbox);
         self.wake.notify();
         true
@@ -281,7 +300,7 @@ impl ConnHandle {
             if packet.encoded_len(self.version) > self.max_packet_size as usize {
                 packet = Packet::Disconnect(Disconnect::new(reason));
             }
-            packet.encode(self.version, &mut self.outbox.borrow_mut());
+            self.encode(&packet, &mut self.outbox.borrow_mut());
         }
         self.close.set(Some(close));
         self.wake.notify();
@@ -353,24 +372,30 @@ pub struct PacketReader {
     buf: BytesMut,
     chunk: Box<[u8]>,
     max_packet_size: u32,
+    /// The shard's `$SYS` counters: packets and bytes received.
+    counters: Arc<ShardCounters>,
 }
 
 impl PacketReader {
-    pub fn new(max_packet_size: u32) -> Self {
+    pub fn new(max_packet_size: u32, counters: Arc<ShardCounters>) -> Self {
         PacketReader {
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             max_packet_size,
+            counters,
         }
     }
 
     pub fn decode(&mut self, version: ProtocolVersion) -> Result<Option<Packet>, DecodeError> {
-        Packet::decode(&mut self.buf, version, self.max_packet_size)
+        let packet = Packet::decode(&mut self.buf, version, self.max_packet_size)?;
+        self.counters.packets_received.add(u64::from(packet.is_some()));
+        Ok(packet)
     }
 
     /// Reads once; `Ok(false)` at end of stream.
     pub async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
         let read = stream.read(&mut self.chunk).await?;
+        self.counters.bytes_received.add(read as u64);
         let bytes = self.chunk.get(..read).unwrap_or_default();
         self.buf.extend_from_slice(bytes);
         Ok(read > 0)
@@ -397,8 +422,12 @@ impl PacketReader {
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let max_packet_size = shard.borrow().config().max_packet_size;
-    let mut reader = PacketReader::new(max_packet_size);
+    let (max_packet_size, counters) = {
+        let shard = shard.borrow();
+        (shard.config().max_packet_size, shard.counters.clone())
+    };
+    counters.sockets.add(1);
+    let mut reader = PacketReader::new(max_packet_size, counters);
 
     let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
         Ok(reader.next(&mut stream, ProtocolVersion::V5).await)

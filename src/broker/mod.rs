@@ -12,6 +12,7 @@ mod session;
 mod shard;
 mod shared;
 mod signal;
+mod sys;
 pub mod topic;
 
 use std::cell::RefCell;
@@ -177,6 +178,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         } else {
             Vec::new()
         }));
+    let counters: Arc<[Arc<sys::ShardCounters>]> =
+        (0..shard_count).map(|_| Arc::default()).collect();
     let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -196,6 +199,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let credentials = credentials.clone();
         let mesh = mesh.clone();
         let recoveries = recoveries.clone();
+        let counters = counters.clone();
         let name = match role {
             Role::Worker { .. } => format!("culex-shard-{index}"),
             Role::Bridges(_) => format!("culex-bridge-{}", index - worker_count),
@@ -204,7 +208,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .name(&name)
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(config, credentials, role, mesh, shard_count, recoveries))
+            .spawn(move || {
+                run_shard(config, credentials, role, mesh, shard_count, recoveries, counters)
+            })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
@@ -279,6 +285,7 @@ async fn run_shard(
     mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     shard_count: usize,
     recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>>,
+    counters: Arc<[Arc<sys::ShardCounters>]>,
 ) -> Result<(), StartError> {
     let (senders, receivers) =
         mesh.join().await.map_err(|_| StartError::Executor("mesh join failed".into()))?;
@@ -289,7 +296,15 @@ async fn run_shard(
     let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch, holds));
     // `persistence_sync interval`: a durable commit at least this often, the others not synced.
     let sync_every = (!holds).then_some(config.autosave_interval);
-    let shard = Shard::new(id, shard_count, Rc::new(config), credentials, journal.clone());
+    let sys_every = sys::interval(config.sys_interval);
+    let shard = Shard::new(
+        id,
+        shard_count,
+        Rc::new(config),
+        credentials,
+        journal.clone(),
+        counters[id].clone(),
+    );
     let shard = Rc::new(RefCell::new(shard));
     if let (Some(recovery), Some(journal)) = (recovery, journal) {
         shard.borrow_mut().restore(recovery.restored);
@@ -298,7 +313,10 @@ async fn run_shard(
     }
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
-    glommio::spawn_local(sweep_keep_alives(shard.clone())).detach();
+    glommio::spawn_local(sweep(shard.clone(), sys_every.is_some())).detach();
+    if let (0, Some(every)) = (id, sys_every) {
+        glommio::spawn_local(sys::publish_periodically(shard.clone(), counters, every)).detach();
+    }
     let (addrs, optional_ipv6) = match role {
         Role::Worker { addrs, optional_ipv6 } => (addrs, optional_ipv6),
         Role::Bridges(bridges) => {
@@ -413,7 +431,9 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
     }
 }
 
-async fn sweep_keep_alives(shard: Rc<RefCell<Shard>>) {
+/// The shard's periodic chores: shutdown, keep alives, session expiry, and with `$SYS` its
+/// levels (sampled here so that shard 0's publication is at most a sweep behind).
+async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
     loop {
         glommio::timer::sleep(KEEP_ALIVE_SWEEP).await;
         let mut shard = shard.borrow_mut();
@@ -424,6 +444,9 @@ async fn sweep_keep_alives(shard: Rc<RefCell<Shard>>) {
         let now = Instant::now();
         shard.expire_keep_alives(now);
         shard.expire_sessions(now);
+        if samples_levels {
+            shard.sample_levels();
+        }
     }
 }
 

@@ -676,6 +676,13 @@ impl SessionState {
     pub fn queued_len(&self) -> usize {
         self.queue.len()
     }
+
+    /// Messages queued or in flight, and their topic and payload bytes (for `$SYS`).
+    pub fn held_messages(&self) -> (u64, u64) {
+        let inflight_bytes: usize = self.inflight.iter().map(|i| i.outgoing.size_bytes()).sum();
+        let count = self.queue.len() + self.inflight.len();
+        (count as u64, (self.queued_bytes + inflight_bytes) as u64)
+    }
 }
 
 /// The PUBLISH for one subscriber: its QoS, retain flag and packet id, its subscription ids, and
@@ -745,7 +752,14 @@ mod tests {
     }
 
     fn connected() -> (Session, Rc<ConnHandle>) {
-        let conn = Rc::new(ConnHandle::new(1, ProtocolVersion::V311, "s".into(), 0, u32::MAX));
+        let conn = Rc::new(ConnHandle::new(
+            1,
+            ProtocolVersion::V311,
+            "s".into(),
+            0,
+            u32::MAX,
+            Default::default(),
+        ));
         let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
         session.resume(conn.clone(), &limits(2, 10));
         (session, conn)
@@ -807,7 +821,14 @@ mod tests {
         let ids: Vec<u16> = session.state.inflight.iter().map(|i| i.packet_id.get()).collect();
         assert_eq!(ids, [1, 3, 4], "send order kept, acknowledged id gone");
         session.conn = None;
-        let conn2 = Rc::new(ConnHandle::new(2, ProtocolVersion::V311, "s".into(), 0, u32::MAX));
+        let conn2 = Rc::new(ConnHandle::new(
+            2,
+            ProtocolVersion::V311,
+            "s".into(),
+            0,
+            u32::MAX,
+            Default::default(),
+        ));
         session.resume(conn2.clone(), &limits);
         let resent: Vec<u16> = drain(&conn2)
             .iter()
@@ -850,7 +871,14 @@ mod tests {
         assert!(matches!(&drain(&conn)[..], [Packet::PubRel(_)]));
         // The connection drops; a new one resumes the session.
         session.conn = None;
-        let conn2 = Rc::new(ConnHandle::new(2, ProtocolVersion::V311, "s".into(), 0, u32::MAX));
+        let conn2 = Rc::new(ConnHandle::new(
+            2,
+            ProtocolVersion::V311,
+            "s".into(),
+            0,
+            u32::MAX,
+            Default::default(),
+        ));
         session.resume(conn2.clone(), &limits);
         let resent = drain(&conn2);
         assert!(matches!(&resent[0], Packet::PubRel(a) if a.packet_id.get() == 1));

@@ -23,6 +23,7 @@ use super::session::{
 };
 use super::shared::SharedSubscriptions;
 use super::signal::Signal;
+use super::sys::ShardCounters;
 use super::topic::{filter_matches, TopicTrie};
 use crate::auth::{Access, Credentials, Identity};
 use crate::config::Config;
@@ -113,13 +114,6 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
-/// Counters for `$SYS` and logs.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub messages_received: u64,
-    pub messages_dropped: u64,
-}
-
 pub struct Shard {
     id: ShardId,
     shard_count: usize,
@@ -144,7 +138,8 @@ pub struct Shard {
     pub outbound: Outbound,
     /// Connections that took deliveries beyond their high-water mark this turn.
     congested: Vec<Rc<ConnHandle>>,
-    pub stats: Stats,
+    /// This shard's part of `$SYS` (`super::sys`).
+    pub counters: Arc<ShardCounters>,
     /// This shard's pending store changes (`persistence true`).
     journal: Option<SharedJournal>,
     /// Acknowledgements held until their message is durable everywhere it was stored:
@@ -159,6 +154,7 @@ impl Shard {
         config: Rc<Config>,
         credentials: Arc<Credentials>,
         journal: Option<SharedJournal>,
+        counters: Arc<ShardCounters>,
     ) -> Self {
         Shard {
             id,
@@ -178,7 +174,7 @@ impl Shard {
             next_conn: 0,
             outbound: Outbound::new(shard_count),
             congested: Vec::new(),
-            stats: Stats::default(),
+            counters,
             journal,
             durable: AHashMap::new(),
         }
@@ -306,8 +302,14 @@ impl Shard {
         let max = self.config.max_keepalive;
         let capped = version.is_v5() && max > 0 && connect.keep_alive_secs > max;
         let keep_alive_secs = if capped { max } else { connect.keep_alive_secs };
-        let mut conn =
-            ConnHandle::new(conn_id, version, client_id.clone(), keep_alive_secs, max_packet_size);
+        let mut conn = ConnHandle::new(
+            conn_id,
+            version,
+            client_id.clone(),
+            keep_alive_secs,
+            max_packet_size,
+            self.counters.clone(),
+        );
         conn.server_keep_alive = capped.then_some(max);
         conn.assigned_client_id = connect.client_id.is_empty();
         conn.is_bridge = connect.bridge;
@@ -365,6 +367,7 @@ impl Shard {
         connect: Connect,
         claim: Rc<PendingClaim>,
     ) {
+        self.counters.connections.add(1);
         let previous = claim.state.borrow_mut().take().flatten();
         let session_present = previous.is_some();
         let expiry = if connect.protocol.is_v5() {
@@ -518,7 +521,6 @@ impl Shard {
     /// The connection task ended: publish the will if due, then keep or end the session.
     pub fn connection_closed(&mut self, conn: &ConnHandle, close: Close) {
         tracing::info!(client_id = %conn.client_id, ?close, "client disconnected");
-        self.stats.messages_dropped += conn.dropped_messages.get();
         let owns_session = self
             .sessions
             .get(&conn.client_id)
@@ -605,6 +607,7 @@ impl Shard {
             .collect();
         for (client_id, conn) in expired {
             tracing::info!(%client_id, "session expired");
+            self.counters.sessions_expired.add(1);
             if let Some(session) = self.end_session(&client_id) {
                 forget_stored(&session);
                 if let Some((will, _)) = session.delayed_will {
@@ -617,15 +620,48 @@ impl Shard {
         }
     }
 
-    /// Closes every connection and logs this shard's counters (until `$SYS` publishes them).
+    /// Closes every connection and logs this shard's message counts.
     pub fn close_all(&mut self, close: Close) {
-        let mut messages_dropped = self.stats.messages_dropped;
         for conn in self.sessions.values().filter_map(|s| s.conn.as_ref()) {
-            messages_dropped += conn.dropped_messages.get();
             conn.close(close);
         }
-        let messages_received = self.stats.messages_received;
-        tracing::info!(shard = self.id, messages_received, messages_dropped, "shard closing");
+        let received = self.counters.publish_received.get();
+        let dropped = self.counters.publish_dropped.get();
+        tracing::info!(shard = self.id, received, dropped, "shard closing");
+    }
+
+    /// Writes this shard's levels into its `$SYS` counters: clients, subscriptions and stored
+    /// messages. Walks every session, so it runs on the sweep, not per event.
+    pub fn sample_levels(&self) {
+        let (mut connected, mut subscriptions, mut shared, mut messages, mut bytes) =
+            (0, 0, 0, 0, 0);
+        for session in self.sessions.values() {
+            connected += u64::from(session.conn.is_some());
+            for filter in session.state.subscriptions.keys() {
+                match filter.shared() {
+                    Some(_) => shared += 1,
+                    None => subscriptions += 1,
+                }
+            }
+            let (held, held_bytes) = session.state.held_messages();
+            messages += held;
+            bytes += held_bytes;
+        }
+        let counters = &self.counters;
+        let offline = self.sessions.len() as u64 - connected;
+        counters.clients_connected.set(connected);
+        counters.clients_disconnected.set(offline);
+        counters.subscriptions.set(subscriptions);
+        counters.shared_subscriptions.set(shared);
+        // Every shard holds every retained message: shard 0 reports them.
+        if self.id == 0 {
+            counters.retained.set(self.retained.len() as u64);
+            messages += self.retained.len() as u64;
+            let retained_bytes = self.retained.values().map(|m| m.topic.len() + m.payload.len());
+            bytes += retained_bytes.sum::<usize>() as u64;
+        }
+        counters.stored_messages.set(messages);
+        counters.stored_bytes.set(bytes);
     }
 
     /// Closes connections whose keep alive ran out: 1.5 times the interval without a packet
@@ -722,7 +758,8 @@ impl Shard {
     }
 
     fn client_publish(&mut self, conn: &Rc<ConnHandle>, publish: Publish) -> Result<(), Close> {
-        self.stats.messages_received += 1;
+        self.counters.publish_received.add(1);
+        self.counters.publish_bytes_received.add(publish.payload.len() as u64);
         // With `retain_available false` a retained PUBLISH is refused: DISCONNECT 0x9A for 5.0
         // clients, who were told in CONNACK [MQTT-3.3.1-11 (5.0)]; 3.x clients are closed, as
         // Mosquitto 2.0.11 does (checked by hand). A bridge's own session just drops the flag:
@@ -916,7 +953,9 @@ impl Shard {
             // Stored on every shard, possibly for a long time: detached from the read buffer.
             let stored = Arc::new(message.detached());
             self.store_retained(&stored);
-            if let Some(journal) = &self.journal {
+            // `$SYS` is the broker's own state, published afresh after a restart.
+            let stores = !stored.topic.starts_with("$SYS/");
+            if let Some(journal) = self.journal.as_ref().filter(|_| stores) {
                 // Written by the shard it was published on; start-up keeps the newest record.
                 let stamp = retained_stamp(self.id);
                 let kept = (!stored.payload.is_empty()).then(|| Box::new(stored_message(&stored)));
@@ -982,8 +1021,9 @@ impl Shard {
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
     /// matching subscriptions (as Mosquitto does for overlapping filters).
     fn deliver_local(&mut self, message: &Arc<Message>) {
-        let Shard { subscribers, sessions, limits, stats, congested, credentials, config, .. } =
-            self;
+        let Shard {
+            subscribers, sessions, limits, counters, congested, credentials, config, ..
+        } = self;
         let upgrade = config.upgrade_outgoing_qos;
         let acl = credentials.has_acl();
         let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
@@ -1020,7 +1060,7 @@ impl Shard {
                 seq: None,
             };
             if session.deliver(outgoing, limits) == Delivery::Dropped {
-                stats.messages_dropped += 1;
+                counters.publish_dropped.add(1);
             }
             note_congestion(congested, session);
         }
@@ -1108,7 +1148,7 @@ impl Shard {
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
         let limits = self.limits;
-        let Shard { sessions, retained, stats, credentials, config, .. } = self;
+        let Shard { sessions, retained, counters, credentials, config, .. } = self;
         let upgrade = config.upgrade_outgoing_qos;
         let acl = credentials.has_acl();
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
@@ -1134,7 +1174,7 @@ impl Shard {
                     seq: None,
                 };
                 if session.deliver(outgoing, &limits) == Delivery::Dropped {
-                    stats.messages_dropped += 1;
+                    counters.publish_dropped.add(1);
                 }
             }
         }
@@ -1344,11 +1384,11 @@ impl Shard {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
             let limits = self.limits;
             let upgrade = self.config.upgrade_outgoing_qos;
-            let Shard { sessions, stats, congested, credentials, .. } = self;
+            let Shard { sessions, counters, congested, credentials, .. } = self;
             let Some(session) = sessions.get_mut(&client_id) else { return };
             if credentials.has_acl() && !may_read(credentials, &client_id, session, &message.topic)
             {
-                stats.messages_dropped += 1;
+                counters.publish_dropped.add(1);
                 self.confirm_durable(durable);
                 return;
             }
@@ -1361,7 +1401,7 @@ impl Shard {
                 seq: None,
             };
             if session.deliver(outgoing, &limits) == Delivery::Dropped {
-                stats.messages_dropped += 1;
+                counters.publish_dropped.add(1);
             }
             note_congestion(congested, session);
             self.confirm_durable(durable);
@@ -1369,7 +1409,7 @@ impl Shard {
         }
         let others = self.shared.remote_shards(filter, group) & !(1 << self.id);
         if others == 0 || usize::from(hops) >= self.shard_count {
-            self.stats.messages_dropped += 1;
+            self.counters.publish_dropped.add(1);
             self.confirm_durable(durable);
             return;
         }

@@ -97,6 +97,8 @@ pub struct Config {
     pub message_size_limit: usize,
     /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
     pub max_qos: crate::protocol::QoS,
+    /// Seconds between `$SYS` updates (Mosquitto's `sys_interval`; 0: no `$SYS` tree).
+    pub sys_interval: u32,
     /// One per `connection` block, in file order.
     pub bridges: Vec<Bridge>,
     /// Shards that run the bridges, beside the worker shards (Culex's own option).
@@ -134,6 +136,7 @@ impl Default for Config {
             autosave_interval: std::time::Duration::from_secs(1800),
             persistence_location: PathBuf::new(),
             persistence_file: "mosquitto.db".to_string(),
+            sys_interval: 10,
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -190,7 +193,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "require_certificate",
     "set_tcp_nodelay",
     "socket_domain",
-    "sys_interval",
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
@@ -236,6 +238,7 @@ pub fn is_known_option(option: &str) -> bool {
         "persistence_file",
         "autosave_interval",
         "autosave_on_changes",
+        "sys_interval",
         "include_dir",
         "connection",
         "bridge_shards",
@@ -379,6 +382,7 @@ impl Parser {
                 };
             }
             "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
+            "sys_interval" => config.sys_interval = parse_number(value, &invalid)?,
             "allow_zero_length_clientid" => {
                 config.allow_zero_length_clientid = parse_bool(value, &invalid)?
             }
@@ -639,6 +643,8 @@ mod tests {
             ("max_packet_size 0", |c| c.max_packet_size == crate::protocol::PACKET_SIZE_MAX),
             ("max_packet_size 20", |c| c.max_packet_size == 20),
             ("max_keepalive 30", |c| c.max_keepalive == 30),
+            ("sys_interval 0", |c| c.sys_interval == 0),
+            ("sys_interval 1", |c| c.sys_interval == 1),
             ("retain_available false", |c| !c.retain_available),
             ("allow_zero_length_clientid false", |c| !c.allow_zero_length_clientid),
             ("auto_id_prefix cx-", |c| c.auto_id_prefix == "cx-"),
@@ -678,6 +684,7 @@ mod tests {
             ("max_queued_messages -1", "max_queued_messages", number),
             ("max_packet_size 19", "max_packet_size", "must be 0 or at least 20"),
             ("max_keepalive 65536", "max_keepalive", number),
+            ("sys_interval -1", "sys_interval", number),
             ("retain_available maybe", "retain_available", "expected `true` or `false`"),
             ("persistence yes", "persistence", "expected `true` or `false`"),
             ("message_size_limit 268435456", "message_size_limit", "must be at most 268435455"),
