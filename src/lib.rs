@@ -3,5 +3,6 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod logging;
 pub mod protocol;
 pub mod store;

@@ -79,7 +79,10 @@ fn main() -> ExitCode {
         println!("configuration OK: {}", describe(&config));
         return ExitCode::SUCCESS;
     }
-    init_logging(config.verbose);
+    if let Err(error) = culex::logging::init(&config.logging, config.verbose) {
+        eprintln!("Error: {error}");
+        return ExitCode::FAILURE;
+    }
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -152,23 +155,9 @@ fn describe(config: &Config) -> String {
     )
 }
 
-fn init_logging(verbose: bool) {
-    let level = if verbose { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CULEX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-    // glommio reports memlock and placement problems through `log`.
-    let _ = tracing_log::LogTracer::init();
-}
-
 /// SIGINT and SIGTERM tell clients the server is shutting down (5.0: DISCONNECT 0x8B), then end
-/// the process. Nothing is held that a restart would need (no persistence yet). SIGHUP reloads
-/// the password file, as Mosquitto does (connected clients stay); `systemctl reload` sends it.
+/// the process. SIGHUP reloads the password and ACL files and reopens log files, as Mosquitto
+/// does (connected clients stay); `systemctl reload` sends it.
 fn exit_on_signals(pid_file: Option<PathBuf>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
@@ -181,6 +170,7 @@ fn exit_on_signals(pid_file: Option<PathBuf>) {
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP {
+                culex::logging::reopen_files();
                 culex::broker::reload();
                 continue;
             }

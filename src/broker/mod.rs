@@ -314,8 +314,14 @@ async fn run_shard(
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
     glommio::spawn_local(sweep(shard.clone(), sys_every.is_some())).detach();
-    if let (0, Some(every)) = (id, sys_every) {
-        glommio::spawn_local(sys::publish_periodically(shard.clone(), counters, every)).detach();
+    if id == 0 {
+        if let Some(every) = sys_every {
+            glommio::spawn_local(sys::publish_periodically(shard.clone(), counters, every))
+                .detach();
+        }
+        if let Some(lines) = crate::logging::topic_lines() {
+            glommio::spawn_local(sys::publish_log_lines(shard.clone(), lines)).detach();
+        }
     }
     let (addrs, optional_ipv6) = match role {
         Role::Worker { addrs, optional_ipv6 } => (addrs, optional_ipv6),

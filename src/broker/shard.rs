@@ -323,7 +323,10 @@ impl Shard {
         let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());
-        tracing::info!(shard = self.id, %peer, %client_id, ?version, "new client connecting");
+        tracing::info!(
+            target: crate::logging::CONNECTION,
+            shard = self.id, %peer, %client_id, ?version, "new client connecting"
+        );
         let owner = self.owner_of(&client_id);
         self.dispatch(
             owner,
@@ -520,7 +523,10 @@ impl Shard {
 
     /// The connection task ended: publish the will if due, then keep or end the session.
     pub fn connection_closed(&mut self, conn: &ConnHandle, close: Close) {
-        tracing::info!(client_id = %conn.client_id, ?close, "client disconnected");
+        tracing::info!(
+            target: crate::logging::CONNECTION,
+            client_id = %conn.client_id, ?close, "client disconnected"
+        );
         let owns_session = self
             .sessions
             .get(&conn.client_id)
@@ -1109,6 +1115,8 @@ impl Shard {
                 return Err(Close::ProtocolError(ReasonCode::ProtocolError));
             }
             let Some(session) = self.session_of(conn) else { return Ok(()) };
+            // Mosquitto's subscribe line: client, QoS, filter.
+            tracing::info!(target: crate::logging::SUBSCRIBE, "{client_id} {} {filter}", options.qos as u8);
             let subscription = Subscription { options, id };
             let existed =
                 session.state.subscriptions.insert(filter.clone(), subscription).is_some();
@@ -1244,6 +1252,7 @@ impl Shard {
     fn unsubscribe(&mut self, conn: &Rc<ConnHandle>, unsubscribe: Unsubscribe) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
+            tracing::info!(target: crate::logging::UNSUBSCRIBE, "{} {filter}", conn.client_id);
             let existed = self
                 .session_of(conn)
                 .is_some_and(|s| s.state.subscriptions.remove(filter).is_some());

@@ -267,17 +267,42 @@ pub async fn publish_periodically(
 fn publish_changes(shard: &mut Shard, tree: &mut SysTree, all: &[Arc<ShardCounters>]) {
     shard.sample_levels();
     for (topic, payload) in tree.update(Instant::now(), &Totals::sum(all), heap_usage()) {
-        let Ok(topic) = TopicName::new(topic) else { continue };
-        shard.publish_internal(Message {
-            topic,
-            payload: payload.into(),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Properties::default(),
-            publisher: ByteString::new(),
-            expires_at: None,
-        });
+        publish(shard, topic, payload, true);
     }
+}
+
+/// How often shard 0 publishes the log lines waiting for `log_dest topic`, and at most how
+/// many each time (the rest wait: logging cannot take the shard over).
+const LOG_LINES_EVERY: Duration = Duration::from_millis(100);
+const LOG_LINES_PER_TURN: usize = 256;
+
+/// `log_dest topic`: shard 0 publishes log lines on `$SYS/broker/log/<kind>` (E, W, N, D, M,
+/// U), not retained, as Mosquitto does.
+pub async fn publish_log_lines(
+    shard: Rc<RefCell<Shard>>,
+    lines: &'static crossbeam_channel::Receiver<crate::logging::TopicLine>,
+) {
+    loop {
+        glommio::timer::sleep(LOG_LINES_EVERY).await;
+        let mut shard = shard.borrow_mut();
+        for line in lines.try_iter().take(LOG_LINES_PER_TURN) {
+            publish(&mut shard, format!("$SYS/broker/log/{}", line.kind), line.line, false);
+        }
+    }
+}
+
+/// Publishes what the broker says about itself, at QoS 0.
+fn publish(shard: &mut Shard, topic: String, payload: String, retain: bool) {
+    let Ok(topic) = TopicName::new(topic) else { return };
+    shard.publish_internal(Message {
+        topic,
+        payload: payload.into(),
+        qos: QoS::AtMostOnce,
+        retain,
+        properties: Properties::default(),
+        publisher: ByteString::new(),
+        expires_at: None,
+    });
 }
 
 #[cfg(test)]

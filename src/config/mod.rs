@@ -44,6 +44,101 @@ pub enum PersistenceSync {
     Interval,
 }
 
+/// Where log lines go (Mosquitto's `log_dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogDest {
+    Stdout,
+    Stderr,
+    /// Appended to; reopened on SIGHUP.
+    File(PathBuf),
+    Syslog,
+    /// Published on `$SYS/broker/log/<kind>`.
+    Topic,
+}
+
+/// Mosquitto's `log_type` values, as a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogTypes(u8);
+
+impl LogTypes {
+    pub const ERROR: LogTypes = LogTypes(1);
+    pub const WARNING: LogTypes = LogTypes(1 << 1);
+    pub const NOTICE: LogTypes = LogTypes(1 << 2);
+    pub const INFORMATION: LogTypes = LogTypes(1 << 3);
+    pub const SUBSCRIBE: LogTypes = LogTypes(1 << 4);
+    pub const UNSUBSCRIBE: LogTypes = LogTypes(1 << 5);
+    pub const DEBUG: LogTypes = LogTypes(1 << 6);
+    pub const NONE: LogTypes = LogTypes(0);
+
+    /// Mosquitto's default: error, warning, notice and information.
+    pub const DEFAULT: LogTypes = LogTypes(0b1111);
+
+    pub const fn all() -> LogTypes {
+        LogTypes(0x7f)
+    }
+
+    pub fn contains(self, other: LogTypes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn intersects(self, other: LogTypes) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// A `log_type` value; `websockets` is accepted and means nothing until WebSockets do.
+    fn named(name: &str) -> Option<LogTypes> {
+        Some(match name {
+            "error" => Self::ERROR,
+            "warning" => Self::WARNING,
+            "notice" => Self::NOTICE,
+            "information" => Self::INFORMATION,
+            "subscribe" => Self::SUBSCRIBE,
+            "unsubscribe" => Self::UNSUBSCRIBE,
+            "debug" => Self::DEBUG,
+            "websockets" | "none" => Self::NONE,
+            "all" => Self::all(),
+            _ => return None,
+        })
+    }
+}
+
+impl std::ops::BitOr for LogTypes {
+    type Output = LogTypes;
+    fn bitor(self, other: LogTypes) -> LogTypes {
+        LogTypes(self.0 | other.0)
+    }
+}
+
+/// The logging options (applied by `crate::logging`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// Empty: no logging at all (`log_dest none`).
+    pub destinations: Vec<LogDest>,
+    pub types: LogTypes,
+    /// Log clients connecting and disconnecting (`connection_messages`).
+    pub connection_messages: bool,
+    /// Prefix each line with the time (`log_timestamp`).
+    pub timestamp: bool,
+    /// strftime(3) format of that time (`log_timestamp_format`); default: seconds since the
+    /// epoch, as Mosquitto writes them.
+    pub timestamp_format: Option<String>,
+    /// `log_facility`: syslog's LOCAL0 to LOCAL7; default: DAEMON.
+    pub facility: Option<u8>,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            destinations: vec![LogDest::Stderr],
+            types: LogTypes::DEFAULT,
+            connection_messages: true,
+            timestamp: true,
+            timestamp_format: None,
+            facility: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listeners: Vec<Listener>,
@@ -99,6 +194,7 @@ pub struct Config {
     pub max_qos: crate::protocol::QoS,
     /// Seconds between `$SYS` updates (Mosquitto's `sys_interval`; 0: no `$SYS` tree).
     pub sys_interval: u32,
+    pub logging: Logging,
     /// One per `connection` block, in file order.
     pub bridges: Vec<Bridge>,
     /// Shards that run the bridges, beside the worker shards (Culex's own option).
@@ -137,6 +233,7 @@ impl Default for Config {
             persistence_location: PathBuf::new(),
             persistence_file: "mosquitto.db".to_string(),
             sys_interval: 10,
+            logging: Logging::default(),
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -168,18 +265,12 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "check_retain_source",
     "ciphers",
     "ciphers_tls1.3",
-    "connection_messages",
     "crlfile",
     "dhparamfile",
     "enable_control_api",
     "http_dir",
     "keyfile",
     "listener_allow_anonymous",
-    "log_dest",
-    "log_facility",
-    "log_timestamp",
-    "log_timestamp_format",
-    "log_type",
     "max_connections",
     "max_inflight_bytes",
     "memory_limit",
@@ -292,6 +383,8 @@ struct Parser {
     explicit_listeners: Vec<Listener>,
     default_port: Option<u16>,
     anonymous_set: bool,
+    log_dest_set: bool,
+    log_type_set: bool,
 }
 
 impl Parser {
@@ -383,6 +476,66 @@ impl Parser {
             }
             "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
             "sys_interval" => config.sys_interval = parse_number(value, &invalid)?,
+            "log_dest" => {
+                let destination = match value.split_once(char::is_whitespace) {
+                    Some(("file", path)) => LogDest::File(PathBuf::from(path.trim())),
+                    None if value == "file" => return Err(invalid("`file` needs a path")),
+                    None if value == "stdout" => LogDest::Stdout,
+                    None if value == "stderr" => LogDest::Stderr,
+                    None if value == "syslog" => LogDest::Syslog,
+                    None if value == "topic" => LogDest::Topic,
+                    None if value == "none" => {
+                        self.log_dest_set = true;
+                        config.logging.destinations.clear();
+                        return Ok(());
+                    }
+                    None if value == "dlt" => {
+                        return Err(invalid("`dlt` is not supported: use stderr, file or syslog"))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "expected stdout, stderr, file PATH, syslog, topic or none",
+                        ))
+                    }
+                };
+                // The first `log_dest` replaces the default; later ones add to it.
+                if !std::mem::replace(&mut self.log_dest_set, true) {
+                    config.logging.destinations.clear();
+                }
+                if !config.logging.destinations.contains(&destination) {
+                    config.logging.destinations.push(destination);
+                }
+            }
+            "log_type" => {
+                let types = LogTypes::named(value).ok_or_else(|| {
+                    invalid(
+                        "expected error, warning, notice, information, subscribe, \
+                         unsubscribe, websockets, debug, all or none",
+                    )
+                })?;
+                // The first `log_type` replaces the default; later ones add to it.
+                if !std::mem::replace(&mut self.log_type_set, true) {
+                    config.logging.types = LogTypes::NONE;
+                }
+                config.logging.types = config.logging.types | types;
+            }
+            "connection_messages" => {
+                config.logging.connection_messages = parse_bool(value, &invalid)?
+            }
+            "log_timestamp" => config.logging.timestamp = parse_bool(value, &invalid)?,
+            "log_timestamp_format" => {
+                if value.is_empty() {
+                    return Err(invalid("expected a strftime format"));
+                }
+                config.logging.timestamp_format = Some(value.to_string());
+            }
+            "log_facility" => {
+                let facility: u8 = parse_number(value, &invalid)?;
+                if facility > 7 {
+                    return Err(invalid("must be 0 to 7 (LOCAL0 to LOCAL7)"));
+                }
+                config.logging.facility = Some(facility);
+            }
             "allow_zero_length_clientid" => {
                 config.allow_zero_length_clientid = parse_bool(value, &invalid)?
             }
@@ -706,6 +859,64 @@ mod tests {
         }
     }
 
+    /// The logging options: the first `log_dest` and `log_type` replace the defaults, later
+    /// ones add; errors word for word.
+    #[test]
+    fn logging_options_take_mosquitto_values_and_refuse_bad_ones() {
+        let logging = |text: &str| parse(text).unwrap_or_else(|e| panic!("{text}: {e}")).logging;
+        assert_eq!(logging(""), Logging::default());
+        assert_eq!(logging("").destinations, [LogDest::Stderr]);
+        assert_eq!(
+            logging(
+                "log_dest stdout\nlog_dest file /var/log/c.log\nlog_dest syslog\nlog_dest topic"
+            )
+            .destinations,
+            [
+                LogDest::Stdout,
+                LogDest::File("/var/log/c.log".into()),
+                LogDest::Syslog,
+                LogDest::Topic
+            ]
+        );
+        assert!(logging("log_dest none").destinations.is_empty());
+        let types = logging("log_type error\nlog_type subscribe").types;
+        assert_eq!(types, LogTypes::ERROR | LogTypes::SUBSCRIBE);
+        assert_eq!(logging("log_type all").types, LogTypes::all());
+        assert_eq!(logging("log_type none").types, LogTypes::NONE);
+        assert_eq!(logging("log_type websockets").types, LogTypes::NONE);
+        assert!(!logging("connection_messages false").connection_messages);
+        assert!(!logging("log_timestamp false").timestamp);
+        assert_eq!(
+            logging("log_timestamp_format %Y-%m-%dT%H:%M:%S").timestamp_format.as_deref(),
+            Some("%Y-%m-%dT%H:%M:%S")
+        );
+        assert_eq!(logging("log_facility 5").facility, Some(5));
+        let refused = [
+            ("log_dest file", "log_dest", "`file` needs a path"),
+            (
+                "log_dest console",
+                "log_dest",
+                "expected stdout, stderr, file PATH, syslog, topic or none",
+            ),
+            ("log_dest dlt", "log_dest", "`dlt` is not supported: use stderr, file or syslog"),
+            (
+                "log_type verbose",
+                "log_type",
+                "expected error, warning, notice, information, subscribe, unsubscribe, \
+                 websockets, debug, all or none",
+            ),
+            ("connection_messages maybe", "connection_messages", BOOL_EXPECTED),
+            ("log_timestamp yes", "log_timestamp", BOOL_EXPECTED),
+            ("log_facility 8", "log_facility", "must be 0 to 7 (LOCAL0 to LOCAL7)"),
+        ];
+        for (line, option, reason) in refused {
+            assert_eq!(
+                parse(line).unwrap_err().to_string(),
+                format!("test.conf:1: invalid value for `{option}`: {reason}"),
+            );
+        }
+    }
+
     #[test]
     fn options_after_a_connection_belong_to_it() {
         // The tutorial's master: the second block's options apply to `mytest2` only.
@@ -796,7 +1007,10 @@ mod tests {
     #[test]
     fn unimplemented_mosquitto_options_warn_with_file_and_line() {
         let (_, warnings) =
-            Config::parse("listener 1883\nlog_type all\n", Path::new("m.conf")).unwrap();
-        assert_eq!(warnings, ["m.conf:2: option `log_type` is not implemented yet and is ignored"]);
+            Config::parse("listener 1883\nauth_plugin /x.so\n", Path::new("m.conf")).unwrap();
+        assert_eq!(
+            warnings,
+            ["m.conf:2: option `auth_plugin` is not implemented yet and is ignored"]
+        );
     }
 }

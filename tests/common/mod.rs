@@ -24,8 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct Broker {
     pub port: u16,
     child: Child,
-    log: PathBuf,
-    _dir: TempDir,
+    pub log: PathBuf,
+    dir: TempDir,
 }
 
 pub struct TempDir(pub PathBuf);
@@ -65,20 +65,33 @@ impl Broker {
     }
 
     pub fn start_with_config(port: u16, config: &str) -> Broker {
+        Self::launch(port, config, true)
+    }
+
+    /// As `start`, without `-v` and the test log filter: the configuration's logging options
+    /// alone decide what is logged (stderr still goes to `log_text`).
+    pub fn start_as_configured(extra_config: &str) -> Broker {
+        let port = free_port();
+        let config = format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra_config}\n");
+        Self::launch(port, &config, false)
+    }
+
+    fn launch(port: u16, config: &str, verbose: bool) -> Broker {
         let dir = TempDir::new();
         let conf = dir.0.join("culex.conf");
-        std::fs::write(&conf, config).unwrap();
+        std::fs::write(&conf, config.replace("{dir}", &dir.0.display().to_string())).unwrap();
         let log = dir.0.join("culex.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_culex"))
-            .arg("-c")
-            .arg(&conf)
-            .arg("-v")
-            .env("CULEX_LOG", "info")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_culex"));
+        command.arg("-c").arg(&conf).env_remove("CULEX_LOG");
+        if verbose {
+            command.arg("-v").env("CULEX_LOG", "info");
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("culex binary runs");
-        let broker = Broker { port, child, log, _dir: dir };
+        let broker = Broker { port, child, log, dir };
         broker.wait_listening();
         broker
     }
@@ -95,6 +108,11 @@ impl Broker {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The broker's own directory (configurations may name it as `{dir}`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
     }
 
     pub fn log_text(&self) -> String {
