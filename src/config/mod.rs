@@ -333,6 +333,12 @@ pub fn is_known_option(option: &str) -> bool {
         "include_dir",
         "connection",
         "bridge_shards",
+        "log_dest",
+        "log_type",
+        "log_facility",
+        "log_timestamp",
+        "log_timestamp_format",
+        "connection_messages",
     ];
     APPLIED.contains(&option)
         || NOT_YET_IMPLEMENTED.contains(&option)
