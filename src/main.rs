@@ -46,9 +46,9 @@ fn main() -> ExitCode {
     if let Some(port) = args.port {
         if config.local_only {
             // Like Mosquitto 2.0: `-p` without a config changes the port, still loopback only.
-            config.listeners = vec![Listener { port, bind_address: None }];
+            config.listeners = vec![Listener::new(port, None)];
         } else {
-            config.listeners.push(Listener { port, bind_address: None });
+            config.listeners.push(Listener::new(port, None));
         }
     }
     if args.test_config {
@@ -126,8 +126,9 @@ fn describe(config: &Config) -> String {
     let listeners: Vec<String> = config
         .listeners
         .iter()
-        .flat_map(|l| l.socket_addrs(config.local_only))
-        .map(|addr| addr.to_string())
+        .filter(|l| !l.websockets)
+        .flat_map(|l| l.bind_addresses(config.local_only))
+        .map(|bind| bind.addr.to_string())
         .collect();
     let shards = config.shards.map_or_else(|| "one per CPU".to_string(), |n| n.to_string());
     let bridges: Vec<String> = config

@@ -28,7 +28,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use thiserror::Error;
 
 use crate::auth::Credentials;
-use crate::config::{Config, PersistenceSync};
+use crate::config::{BindAddress, Config, PersistenceSync};
 use crate::store::ShardStore;
 use connection::Close;
 use journal::{Journal, SharedJournal};
@@ -36,7 +36,7 @@ pub use mesh::SHARDS_MAX;
 use mesh::{Batch, BATCHES_IN_FLIGHT_MAX};
 use recovery::ShardRecovery;
 use shard::Shard;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// io_uring memory per executor. glommio's default (10 MiB in three rings) exceeds the 8 MiB
@@ -121,7 +121,7 @@ fn is_shutting_down() -> bool {
 /// What an executor runs besides its share of the mesh.
 enum Role {
     /// Accepts clients on every listener.
-    Worker { addrs: Vec<SocketAddr>, optional_ipv6: bool },
+    Worker(Vec<Endpoint>),
     /// Runs these bridges (`bridge_shards`): no listener, so their traffic does not compete
     /// with clients' on a worker's core.
     Bridges(Vec<crate::config::Bridge>),
@@ -147,14 +147,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if shard_count > SHARDS_MAX {
         return Err(StartError::TooManyShards(shard_count));
     }
-    let addrs: Vec<SocketAddr> =
-        config.listeners.iter().flat_map(|l| l.socket_addrs(config.local_only)).collect();
-    for addr in &addrs {
-        probe_free(*addr)?;
+    let endpoints = endpoints(&config);
+    for endpoint in &endpoints {
+        probe_free(endpoint.bind.addr)?;
     }
-    // Without a configuration Mosquitto listens on IPv4 and IPv6 loopback, and carries on with
-    // IPv4 alone on a host without IPv6; so does Culex.
-    let optional_ipv6 = config.local_only;
+    let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.bind.addr).collect();
     let pin = worker_count <= cpus.len();
     if !pin {
         tracing::warn!(
@@ -189,7 +186,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             _ => Placement::Unbound,
         };
         let role = if index < worker_count {
-            Role::Worker { addrs: addrs.clone(), optional_ipv6 }
+            Role::Worker(endpoints.clone())
         } else {
             let nth = index - worker_count;
             let bridges = config.bridges.iter().skip(nth).step_by(bridge_shard_count);
@@ -323,8 +320,8 @@ async fn run_shard(
             glommio::spawn_local(sys::publish_log_lines(shard.clone(), lines)).detach();
         }
     }
-    let (addrs, optional_ipv6) = match role {
-        Role::Worker { addrs, optional_ipv6 } => (addrs, optional_ipv6),
+    let endpoints = match role {
+        Role::Worker(endpoints) => endpoints,
         Role::Bridges(bridges) => {
             for bridge in bridges {
                 glommio::spawn_local(bridge::run(shard.clone(), Rc::new(bridge))).detach();
@@ -335,18 +332,19 @@ async fn run_shard(
         }
     };
     let mut accepting = Vec::new();
-    for addr in addrs {
-        let listener = match listen(addr) {
+    for endpoint in endpoints {
+        let addr = endpoint.bind.addr;
+        let listener = match listen(&endpoint) {
             Ok(listener) => listener,
-            Err(error) if optional_ipv6 && addr.is_ipv6() => {
+            Err(error) if endpoint.bind.optional => {
                 if id == 0 {
-                    tracing::warn!(%addr, %error, "IPv6 loopback unavailable; listening on IPv4 only");
+                    tracing::warn!(%addr, %error, "IPv6 unavailable; listening on IPv4 only");
                 }
                 continue;
             }
             Err(error) => return Err(StartError::Listen { addr, source: error }),
         };
-        accepting.push(glommio::spawn_local(accept(shard.clone(), listener)));
+        accepting.push(glommio::spawn_local(accept(shard.clone(), listener, endpoint)));
     }
     for task in accepting {
         task.await;
@@ -405,14 +403,78 @@ async fn persist(
     }
 }
 
+/// One socket every worker shard opens, with what its listener asks of it.
+#[derive(Clone)]
+struct Endpoint {
+    bind: BindAddress,
+    /// `bind_interface`.
+    interface: Option<String>,
+    /// `max_connections`, counted across shards and the listener's addresses.
+    limit: Option<Arc<ConnectionLimit>>,
+    /// `set_tcp_nodelay`.
+    nodelay: bool,
+}
+
+/// The sockets of every listener (`protocol websockets` ones are not opened yet).
+fn endpoints(config: &Config) -> Vec<Endpoint> {
+    let mut endpoints = Vec::new();
+    for listener in config.listeners.iter().filter(|l| !l.websockets) {
+        let limit = listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max)));
+        for bind in listener.bind_addresses(config.local_only) {
+            endpoints.push(Endpoint {
+                bind,
+                interface: listener.bind_interface.clone(),
+                limit: limit.clone(),
+                nodelay: config.tcp_nodelay,
+            });
+        }
+    }
+    endpoints
+}
+
+/// Mosquitto's `max_connections` for one listener.
+struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    fn new(max: usize) -> Self {
+        ConnectionLimit { max, open: AtomicUsize::new(0) }
+    }
+
+    /// A place for one more connection, held until dropped; `None` when the listener is full.
+    fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+}
+
+struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Binds a listener for this shard. glommio's own `bind` sets SO_REUSEPORT only; without
 /// SO_REUSEADDR too, the TIME_WAIT sockets Culex leaves behind would stop a Mosquitto (or any
 /// SO_REUSEADDR server) started on the same port right after it, which is what a migration does.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn listen(endpoint: &Endpoint) -> std::io::Result<TcpListener> {
+    let addr = endpoint.bind.addr;
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if let Some(interface) = &endpoint.interface {
+        socket.bind_device(Some(interface.as_bytes())).map_err(|error| {
+            std::io::Error::new(error.kind(), format!("bind_interface {interface}: {error}"))
+        })?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -422,12 +484,30 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endpoint) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+                let slot = match &endpoint.limit {
+                    None => None,
+                    Some(limit) => match limit.admit() {
+                        Some(slot) => Some(slot),
+                        None => {
+                            // As Mosquitto: closed at once, before any MQTT.
+                            let peer =
+                                stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                            tracing::info!(%peer, max = limit.max, "denied: max_connections exceeded");
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(endpoint.nodelay);
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    connection::serve(shard, stream).await;
+                    drop(slot);
+                })
+                .detach();
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");

@@ -11,24 +11,70 @@ use thiserror::Error;
 
 pub use bridge::{Address, Bridge, BridgeTopic, Direction, RestartTimeout, StartType};
 
-/// One `listener` (or the default one from `port`, `-p`, or no configuration at all).
+/// One `listener` (or the default one from `port`, `-p`, or no configuration at all), with
+/// the options that belong to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub port: u16,
     /// `None`: every address (`listener 1883` with no address binds all interfaces).
     pub bind_address: Option<IpAddr>,
+    /// `socket_domain`: without an address, bind only this family (`None`: both).
+    pub socket_domain: Option<SocketDomain>,
+    /// `bind_interface`: accept only connections that arrive on this network interface.
+    pub bind_interface: Option<String>,
+    /// `max_connections`: clients connected through this listener at once (`None`: no limit).
+    pub max_connections: Option<usize>,
+    /// `protocol websockets`: not served yet, so the listener is not opened.
+    pub websockets: bool,
+}
+
+/// Mosquitto's `socket_domain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketDomain {
+    Ipv4,
+    Ipv6,
+}
+
+/// An address to bind, and whether failing to bind it may be let pass (the IPv6 half of a
+/// listener given no address, on a host without IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress {
+    pub addr: SocketAddr,
+    pub optional: bool,
 }
 
 impl Listener {
-    /// The addresses to bind: Mosquitto's default listener binds loopback only (IPv4 and IPv6).
-    pub fn socket_addrs(&self, loopback_only: bool) -> Vec<SocketAddr> {
-        match self.bind_address {
-            Some(address) => vec![SocketAddr::new(address, self.port)],
-            None if loopback_only => vec![
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port),
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), self.port),
-            ],
-            None => vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port)],
+    pub fn new(port: u16, bind_address: Option<IpAddr>) -> Self {
+        Listener {
+            port,
+            bind_address,
+            socket_domain: None,
+            bind_interface: None,
+            max_connections: None,
+            websockets: false,
+        }
+    }
+
+    /// The addresses to bind. Mosquitto's default listener binds loopback only; a listener
+    /// with no address binds every IPv4 and every IPv6 address (IPv6 sockets are V6ONLY), or
+    /// those of its `socket_domain`.
+    pub fn bind_addresses(&self, loopback_only: bool) -> Vec<BindAddress> {
+        if let Some(address) = self.bind_address {
+            return vec![BindAddress {
+                addr: SocketAddr::new(address, self.port),
+                optional: false,
+            }];
+        }
+        let (v4, v6): (IpAddr, IpAddr) = if loopback_only {
+            (Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into())
+        } else {
+            (Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into())
+        };
+        let bind = |ip, optional| BindAddress { addr: SocketAddr::new(ip, self.port), optional };
+        match self.socket_domain {
+            None => vec![bind(v4, false), bind(v6, true)],
+            Some(SocketDomain::Ipv4) => vec![bind(v4, false)],
+            Some(SocketDomain::Ipv6) => vec![bind(v6, false)],
         }
     }
 }
@@ -195,6 +241,10 @@ pub struct Config {
     /// Seconds between `$SYS` updates (Mosquitto's `sys_interval`; 0: no `$SYS` tree).
     pub sys_interval: u32,
     pub logging: Logging,
+    /// TCP_NODELAY on client sockets (Mosquitto's `set_tcp_nodelay`). Culex's default is
+    /// `true`, where Mosquitto's is `false`: Culex gathers each turn's packets into one write
+    /// itself, so Nagle's algorithm only adds delay.
+    pub tcp_nodelay: bool,
     /// One per `connection` block, in file order.
     pub bridges: Vec<Bridge>,
     /// Shards that run the bridges, beside the worker shards (Culex's own option).
@@ -205,7 +255,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listeners: vec![Listener { port: 1883, bind_address: None }],
+            listeners: vec![Listener::new(1883, None)],
             local_only: true,
             allow_anonymous: true,
             password_file: None,
@@ -234,6 +284,7 @@ impl Default for Config {
             persistence_file: "mosquitto.db".to_string(),
             sys_interval: 10,
             logging: Logging::default(),
+            tcp_nodelay: true,
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -258,7 +309,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "auth_plugin",
     "auth_plugin_deny_special_chars",
     "auto_id_prefix_listener",
-    "bind_interface",
     "cafile",
     "capath",
     "certfile",
@@ -271,19 +321,15 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "http_dir",
     "keyfile",
     "listener_allow_anonymous",
-    "max_connections",
     "max_inflight_bytes",
     "memory_limit",
     "mount_point",
     "ocsp_stapling",
     "per_listener_settings",
     "plugin",
-    "protocol",
     "psk_file",
     "psk_hint",
     "require_certificate",
-    "set_tcp_nodelay",
-    "socket_domain",
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
@@ -339,6 +385,11 @@ pub fn is_known_option(option: &str) -> bool {
         "log_timestamp",
         "log_timestamp_format",
         "connection_messages",
+        "socket_domain",
+        "set_tcp_nodelay",
+        "bind_interface",
+        "max_connections",
+        "protocol",
     ];
     APPLIED.contains(&option)
         || NOT_YET_IMPLEMENTED.contains(&option)
@@ -388,6 +439,8 @@ struct Parser {
     warnings: Vec<String>,
     explicit_listeners: Vec<Listener>,
     default_port: Option<u16>,
+    /// The options given before any `listener` line belong to the default listener.
+    default_listener: Option<Listener>,
     anonymous_set: bool,
     log_dest_set: bool,
     log_type_set: bool,
@@ -440,7 +493,7 @@ impl Parser {
                     .next()
                     .map(|a| a.parse::<IpAddr>().map_err(|_| invalid("not an IP address")))
                     .transpose()?;
-                self.explicit_listeners.push(Listener { port, bind_address });
+                self.explicit_listeners.push(Listener::new(port, bind_address));
             }
             "port" => self.default_port = Some(parse_port(value, &invalid)?),
             "allow_anonymous" => {
@@ -482,6 +535,40 @@ impl Parser {
             }
             "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
             "sys_interval" => config.sys_interval = parse_number(value, &invalid)?,
+            "set_tcp_nodelay" => config.tcp_nodelay = parse_bool(value, &invalid)?,
+            "socket_domain" => {
+                self.current_listener().socket_domain = Some(match value {
+                    "ipv4" => SocketDomain::Ipv4,
+                    "ipv6" => SocketDomain::Ipv6,
+                    _ => return Err(invalid("expected `ipv4` or `ipv6`")),
+                })
+            }
+            "bind_interface" => {
+                if value.is_empty() {
+                    return Err(invalid("expected a network interface name"));
+                }
+                self.current_listener().bind_interface = Some(value.to_string());
+            }
+            "max_connections" => {
+                let count: i64 = parse_number(value, &invalid)?;
+                self.current_listener().max_connections = match count {
+                    -1 => None,
+                    0.. => Some(usize::try_from(count).unwrap_or(usize::MAX)),
+                    _ => return Err(invalid("must be -1 (no limit) or a count")),
+                };
+            }
+            "protocol" => match value {
+                "mqtt" => self.current_listener().websockets = false,
+                "websockets" => {
+                    self.current_listener().websockets = true;
+                    self.warnings.push(format!(
+                        "{}:{line}: `protocol websockets` is not implemented yet: this listener \
+                         is not opened",
+                        file.display()
+                    ));
+                }
+                _ => return Err(invalid("expected `mqtt` or `websockets`")),
+            },
             "log_dest" => {
                 let destination = match value.split_once(char::is_whitespace) {
                     Some(("file", path)) => LogDest::File(PathBuf::from(path.trim())),
@@ -646,6 +733,15 @@ impl Parser {
         Ok(())
     }
 
+    /// The listener that listener options apply to: the last `listener`, or before any, the
+    /// default one.
+    fn current_listener(&mut self) -> &mut Listener {
+        match self.explicit_listeners.last_mut() {
+            Some(listener) => listener,
+            None => self.default_listener.get_or_insert_with(|| Listener::new(1883, None)),
+        }
+    }
+
     /// `include_dir DIR`: every `DIR/*.conf`, in alphabetical order, as if written here.
     fn include_dir(
         &mut self,
@@ -680,14 +776,20 @@ impl Parser {
             })?;
         }
         config.local_only = self.explicit_listeners.is_empty() && self.default_port.is_none();
-        if !config.local_only {
+        if config.local_only {
+            if let Some(default) = self.default_listener.take() {
+                config.listeners = vec![default];
+            }
+        } else {
             // Mosquitto 2.0: once a listener is configured, anonymous access must be granted.
             if !self.anonymous_set {
                 config.allow_anonymous = false;
             }
             let mut listeners = Vec::new();
             if let Some(port) = self.default_port {
-                listeners.push(Listener { port, bind_address: None });
+                let default =
+                    self.default_listener.take().unwrap_or_else(|| Listener::new(port, None));
+                listeners.push(Listener { port, ..default });
             }
             listeners.extend(self.explicit_listeners);
             config.listeners = listeners;
@@ -757,7 +859,7 @@ mod tests {
     fn no_listener_means_loopback_and_anonymous() {
         let config = parse("# nothing\n").unwrap();
         assert!(config.local_only && config.allow_anonymous);
-        assert_eq!(config.listeners, vec![Listener { port: 1883, bind_address: None }]);
+        assert_eq!(config.listeners, vec![Listener::new(1883, None)]);
     }
 
     #[test]
@@ -916,6 +1018,51 @@ mod tests {
             ("log_facility 8", "log_facility", "must be 0 to 7 (LOCAL0 to LOCAL7)"),
         ];
         for (line, option, reason) in refused {
+            assert_eq!(
+                parse(line).unwrap_err().to_string(),
+                format!("test.conf:1: invalid value for `{option}`: {reason}"),
+            );
+        }
+    }
+
+    /// Listener options belong to the last `listener`, or before any, to the default one.
+    #[test]
+    fn listener_options_belong_to_their_listener() {
+        let config = parse(
+            "max_connections 5\nport 1884\nlistener 1885 127.0.0.1\nsocket_domain ipv4\n\
+             listener 1886\nbind_interface eth0\nmax_connections -1\nprotocol mqtt\n",
+        )
+        .unwrap();
+        let [default, first, second] = config.listeners.as_slice() else { panic!("three") };
+        assert_eq!((default.port, default.max_connections), (1884, Some(5)));
+        assert_eq!((first.port, first.socket_domain), (1885, Some(SocketDomain::Ipv4)));
+        assert_eq!(first.max_connections, None);
+        assert_eq!(
+            (second.bind_interface.as_deref(), second.max_connections),
+            (Some("eth0"), None)
+        );
+        // No address: every IPv4 and IPv6 address, IPv6 optional; socket_domain keeps one.
+        let both: Vec<String> = second
+            .bind_addresses(false)
+            .iter()
+            .map(|b| format!("{} {}", b.addr, b.optional))
+            .collect();
+        assert_eq!(both, ["0.0.0.0:1886 false", "[::]:1886 true"]);
+        let only = Listener { socket_domain: Some(SocketDomain::Ipv6), ..second.clone() };
+        assert_eq!(only.bind_addresses(false)[0].addr.to_string(), "[::]:1886");
+        // Before any listener and without `port`: the default loopback listener.
+        let config = parse("max_connections 3\n").unwrap();
+        assert!(config.local_only);
+        assert_eq!(config.listeners[0].max_connections, Some(3));
+        assert!(!parse("set_tcp_nodelay false").unwrap().tcp_nodelay);
+        assert!(Config::default().tcp_nodelay);
+        for (line, option, reason) in [
+            ("socket_domain ipv5", "socket_domain", "expected `ipv4` or `ipv6`"),
+            ("max_connections -2", "max_connections", "must be -1 (no limit) or a count"),
+            ("protocol http", "protocol", "expected `mqtt` or `websockets`"),
+            ("bind_interface", "bind_interface", "expected a network interface name"),
+            ("set_tcp_nodelay on", "set_tcp_nodelay", BOOL_EXPECTED),
+        ] {
             assert_eq!(
                 parse(line).unwrap_err().to_string(),
                 format!("test.conf:1: invalid value for `{option}`: {reason}"),
