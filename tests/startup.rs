@@ -115,3 +115,32 @@ fn pid_file_is_written_and_removed() {
         "{stderr}"
     );
 }
+
+/// Mosquitto's `user`: started as root, the broker serves as that user once its sockets are
+/// bound; a user that does not exist stops it.
+#[test]
+fn user_drops_root_after_binding() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("\n!!!!!! SKIPPED: not root, nothing to drop !!!!!!\n");
+        return;
+    }
+    let broker = Broker::start("user nobody");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
+    let (client, _) = RawClient::connect(&broker, "after-drop", Default::default());
+    client.disconnect();
+
+    let dir = common::TempDir::new();
+    let conf = dir.0.join("bad.conf");
+    std::fs::write(&conf, format!("listener {} 127.0.0.1\nuser nosuchuser\n", free_port()))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot drop privileges: user `nosuchuser` does not exist"),
+        "{stderr}"
+    );
+}

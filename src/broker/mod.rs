@@ -83,6 +83,8 @@ pub enum StartError {
     MemlockTooLow { soft_kib: u64, hard_kib: u64, needed_kib: u64 },
     #[error("{0}")]
     Store(String),
+    #[error("cannot drop privileges: {0}")]
+    User(String),
 }
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
@@ -120,8 +122,9 @@ fn is_shutting_down() -> bool {
 
 /// What an executor runs besides its share of the mesh.
 enum Role {
-    /// Accepts clients on every listener.
-    Worker(Vec<Endpoint>),
+    /// Accepts clients on every listener, through its own sockets (bound before the executors
+    /// start, so that privileges can be dropped first).
+    Worker(Vec<(Endpoint, Socket)>),
     /// Runs these bridges (`bridge_shards`): no listener, so their traffic does not compete
     /// with clients' on a worker's core.
     Bridges(Vec<crate::config::Bridge>),
@@ -168,6 +171,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "culex {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    // Every worker binds its own socket per address (SO_REUSEPORT spreads connections).
+    let mut sockets = Vec::with_capacity(worker_count);
+    for worker in 0..worker_count {
+        sockets.push(bind_all(&endpoints, worker == 0)?);
+    }
     // Shard ids are only known once the mesh is joined: each executor takes its own part.
     let recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>> =
         Arc::new(Mutex::new(if config.persistence {
@@ -175,6 +183,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         } else {
             Vec::new()
         }));
+    // As Mosquitto: sockets, store and log files are open; now give root up.
+    if let Some(user) = &config.user {
+        drop_privileges(user)?;
+    }
+    let mut sockets = sockets.into_iter();
     let counters: Arc<[Arc<sys::ShardCounters>]> =
         (0..shard_count).map(|_| Arc::default()).collect();
     let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
@@ -186,7 +199,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             _ => Placement::Unbound,
         };
         let role = if index < worker_count {
-            Role::Worker(endpoints.clone())
+            Role::Worker(sockets.next().unwrap_or_default())
         } else {
             let nth = index - worker_count;
             let bridges = config.bridges.iter().skip(nth).step_by(bridge_shard_count);
@@ -332,18 +345,9 @@ async fn run_shard(
         }
     };
     let mut accepting = Vec::new();
-    for endpoint in endpoints {
-        let addr = endpoint.bind.addr;
-        let listener = match listen(&endpoint) {
-            Ok(listener) => listener,
-            Err(error) if endpoint.bind.optional => {
-                if id == 0 {
-                    tracing::warn!(%addr, %error, "IPv6 unavailable; listening on IPv4 only");
-                }
-                continue;
-            }
-            Err(error) => return Err(StartError::Listen { addr, source: error }),
-        };
+    for (endpoint, socket) in endpoints {
+        // SAFETY: a bound, listening TCP socket whose ownership moves to glommio.
+        let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
         accepting.push(glommio::spawn_local(accept(shard.clone(), listener, endpoint)));
     }
     for task in accepting {
@@ -461,10 +465,67 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Binds a listener for this shard. glommio's own `bind` sets SO_REUSEPORT only; without
+/// One worker's listening sockets. An optional address that cannot be bound (IPv6 on a host
+/// without it) is left out, with a warning when `report`.
+fn bind_all(endpoints: &[Endpoint], report: bool) -> Result<Vec<(Endpoint, Socket)>, StartError> {
+    let mut sockets = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let addr = endpoint.bind.addr;
+        match listen(endpoint) {
+            Ok(socket) => sockets.push((endpoint.clone(), socket)),
+            Err(error) if endpoint.bind.optional => {
+                if report {
+                    tracing::warn!(%addr, %error, "IPv6 unavailable; listening on IPv4 only");
+                }
+            }
+            Err(error) => return Err(StartError::Listen { addr, source: error }),
+        }
+    }
+    Ok(sockets)
+}
+
+/// Mosquitto's `user`: started as root, the broker continues as this user (its group, and its
+/// supplementary groups). Not root: nothing to do, as in Mosquitto.
+fn drop_privileges(user: &str) -> Result<(), StartError> {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 || user == "root" {
+        return Ok(());
+    }
+    let failed = |what: &str| {
+        StartError::User(format!("{what} for user `{user}`: {}", std::io::Error::last_os_error()))
+    };
+    let name = std::ffi::CString::new(user)
+        .map_err(|_| StartError::User(format!("invalid user `{user}`")))?;
+    // SAFETY: getpwnam(3) with a valid C string; the record is read before any other call to it
+    // (start-up is single-threaded here).
+    let passwd = unsafe { libc::getpwnam(name.as_ptr()) };
+    if passwd.is_null() {
+        return Err(StartError::User(format!("user `{user}` does not exist")));
+    }
+    // SAFETY: non-null, as just checked.
+    let (uid, gid) = unsafe { ((*passwd).pw_uid, (*passwd).pw_gid) };
+    // SAFETY: plain system calls with values from the password database. The group goes
+    // first: once the user id changes, changing groups is no longer allowed. glibc applies
+    // them to every thread of the process.
+    unsafe {
+        if libc::setgid(gid) != 0 {
+            return Err(failed("setgid"));
+        }
+        if libc::initgroups(name.as_ptr(), gid) != 0 {
+            return Err(failed("initgroups"));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(failed("setuid"));
+        }
+    }
+    tracing::info!(user, uid, gid, "dropped root privileges");
+    Ok(())
+}
+
+/// Binds a listening socket. glommio's own `bind` sets SO_REUSEPORT only; without
 /// SO_REUSEADDR too, the TIME_WAIT sockets Culex leaves behind would stop a Mosquitto (or any
 /// SO_REUSEADDR server) started on the same port right after it, which is what a migration does.
-fn listen(endpoint: &Endpoint) -> std::io::Result<TcpListener> {
+fn listen(endpoint: &Endpoint) -> std::io::Result<Socket> {
     let addr = endpoint.bind.addr;
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
@@ -480,8 +541,7 @@ fn listen(endpoint: &Endpoint) -> std::io::Result<TcpListener> {
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    Ok(socket)
 }
 
 async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endpoint) {

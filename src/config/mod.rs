@@ -241,6 +241,10 @@ pub struct Config {
     /// Seconds between `$SYS` updates (Mosquitto's `sys_interval`; 0: no `$SYS` tree).
     pub sys_interval: u32,
     pub logging: Logging,
+    /// Started as root, continue as this user once sockets and files are open (Mosquitto's
+    /// `user`). Mosquitto's default is `mosquitto`; Culex changes user only when told, since
+    /// its service already starts as `culex`.
+    pub user: Option<String>,
     /// TCP_NODELAY on client sockets (Mosquitto's `set_tcp_nodelay`). Culex's default is
     /// `true`, where Mosquitto's is `false`: Culex gathers each turn's packets into one write
     /// itself, so Nagle's algorithm only adds delay.
@@ -285,6 +289,7 @@ impl Default for Config {
             sys_interval: 10,
             logging: Logging::default(),
             tcp_nodelay: true,
+            user: None,
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -336,7 +341,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "tls_version",
     "use_identity_as_username",
     "use_subject_as_username",
-    "user",
     "websockets_headers_size",
     "websockets_log_level",
 ];
@@ -387,6 +391,7 @@ pub fn is_known_option(option: &str) -> bool {
         "connection_messages",
         "socket_domain",
         "set_tcp_nodelay",
+        "user",
         "bind_interface",
         "max_connections",
         "protocol",
@@ -535,6 +540,12 @@ impl Parser {
             }
             "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
             "sys_interval" => config.sys_interval = parse_number(value, &invalid)?,
+            "user" => {
+                if value.is_empty() {
+                    return Err(invalid("expected a user name"));
+                }
+                config.user = Some(value.to_string());
+            }
             "set_tcp_nodelay" => config.tcp_nodelay = parse_bool(value, &invalid)?,
             "socket_domain" => {
                 self.current_listener().socket_domain = Some(match value {
