@@ -769,3 +769,46 @@ fn payloads_over_message_size_limit_are_dropped_and_acknowledged() {
     assert_eq!(&watcher.receive().payload[..], &[b'y'; 10][..]);
     watcher.expect_silence();
 }
+
+/// `memory_limit`: once the heap passes it, a 5.0 publisher is told 0x97 and keeps its
+/// connection, a 3.1.1 publisher is disconnected (as Mosquitto does when an allocation fails),
+/// and new clients are refused.
+#[test]
+fn memory_limit_refuses_messages_and_clients_beyond_it() {
+    let broker = Broker::start("memory_limit 67108864");
+    let (mut old, _) = RawClient::connect(&broker, "ml-v311", ConnectOptions::default());
+    let (mut client, _) = RawClient::connect(&broker, "ml-v5", v5());
+    // Retained messages of 1 MiB each fill the heap; a small QoS 1 probe tells when it is full.
+    let megabyte = vec![b'm'; 1 << 20];
+    let mut over = false;
+    for n in 0..200 {
+        client.publish(&format!("ml/{n}"), &megabyte, QoS::AtLeastOnce, true);
+        if n % 8 == 7 {
+            // The sweep that notices runs every 500 ms.
+            std::thread::sleep(Duration::from_millis(600));
+            let ack = puback_of(&mut client, "ml/probe", Properties::default(), b"p");
+            if ack.reason == ReasonCode::QuotaExceeded {
+                over = true;
+                break;
+            }
+        }
+    }
+    assert!(over, "200 MiB retained never passed a 64 MiB memory_limit");
+    let ack = puback_of(&mut client, "ml/probe", Properties::default(), b"p");
+    assert_eq!(ack.reason, ReasonCode::QuotaExceeded, "the 5.0 client stays connected");
+    old.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: TopicName::new("ml/old".to_string()).unwrap(),
+        packet_id: PacketId::new(1),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"o"),
+    }));
+    assert!(old.is_closed_by_broker());
+    let mut refused = RawClient::open(&broker);
+    match refused.try_handshake("ml-new", v5()) {
+        Some(Packet::ConnAck(connack)) => assert_eq!(connack.reason, ReasonCode::QuotaExceeded),
+        other => panic!("expected CONNACK 0x97, got {other:?}"),
+    }
+}

@@ -593,6 +593,9 @@ async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
         if samples_levels {
             shard.sample_levels();
         }
+        if let Some(limit) = shard.config().memory_limit {
+            sys::check_memory_limit(limit);
+        }
     }
 }
 

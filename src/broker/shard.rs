@@ -252,6 +252,13 @@ impl Shard {
             tracing::info!(%peer, client_id = %connect.client_id, ?username, "refused: not authorised");
             return refuse(ReasonCode::NotAuthorized);
         }
+        // `memory_limit`: checked afresh, so a client is not let in on a stale reading.
+        if let Some(limit) = self.config.memory_limit.filter(|_| !internal) {
+            if super::sys::check_memory_limit(limit) {
+                tracing::info!(%peer, client_id = %connect.client_id, "refused: memory_limit");
+                return refuse(ReasonCode::QuotaExceeded);
+            }
+        }
         if connect.properties.authentication_method.is_some() {
             // No enhanced authentication method is supported (Mosquitto without plugins).
             return refuse(ReasonCode::BadAuthenticationMethod);
@@ -781,7 +788,15 @@ impl Shard {
         }
         let topic = resolve_topic_alias(conn, &publish)?;
         let limit = self.config.message_size_limit;
-        let refused = if limit > 0 && publish.payload.len() > limit {
+        let refused = if super::sys::over_memory_limit() && !conn.internal {
+            // As Mosquitto, a 3.x publisher is disconnected (it resends QoS 1 and 2 later);
+            // a 5.0 one is told, and the connection stays.
+            if !conn.version.is_v5() {
+                return Err(Close::ProtocolError(ReasonCode::QuotaExceeded));
+            }
+            self.counters.publish_dropped.add(1);
+            Some(ReasonCode::QuotaExceeded)
+        } else if limit > 0 && publish.payload.len() > limit {
             // As Mosquitto 2.0.11: dropped and acknowledged; the connection stays (checked by
             // hand). Mosquitto tells 5.0 clients 0x95, which a PUBACK may not carry (MQTT 5.0
             // section 3.4.2.1): Culex says 0x97, an administrative limit exceeded.

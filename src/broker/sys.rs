@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,33 @@ pub fn heap_usage() -> HeapUsage {
         )
     };
     (current as u64, peak as u64)
+}
+
+/// Set while the heap is above `memory_limit` (checked on every shard's sweep): new clients
+/// and new messages are refused until it falls back.
+static OVER_MEMORY_LIMIT: AtomicBool = AtomicBool::new(false);
+
+/// Whether the broker is above its `memory_limit` (one relaxed load: cheap on every PUBLISH).
+pub fn over_memory_limit() -> bool {
+    OVER_MEMORY_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Compares the heap with `memory_limit` now; the flag follows, and the change is logged.
+pub fn check_memory_limit(limit: u64) -> bool {
+    let (current, _) = heap_usage();
+    let over = current > limit;
+    if OVER_MEMORY_LIMIT.swap(over, Ordering::Relaxed) != over {
+        if over {
+            tracing::warn!(
+                heap = current,
+                limit,
+                "memory_limit reached: refusing new clients and messages"
+            );
+        } else {
+            tracing::info!(heap = current, limit, "back under memory_limit");
+        }
+    }
+    over
 }
 
 /// `sys_interval` as a duration (`None`: 0, no `$SYS`).

@@ -241,6 +241,9 @@ pub struct Config {
     /// Seconds between `$SYS` updates (Mosquitto's `sys_interval`; 0: no `$SYS` tree).
     pub sys_interval: u32,
     pub logging: Logging,
+    /// Mosquitto's `memory_limit` in bytes of heap (`None`: no limit). Above it, new clients
+    /// and new messages are refused.
+    pub memory_limit: Option<u64>,
     /// Started as root, continue as this user once sockets and files are open (Mosquitto's
     /// `user`). Mosquitto's default is `mosquitto`; Culex changes user only when told, since
     /// its service already starts as `culex`.
@@ -290,6 +293,7 @@ impl Default for Config {
             logging: Logging::default(),
             tcp_nodelay: true,
             user: None,
+            memory_limit: None,
             bridges: Vec::new(),
             bridge_shards: 1,
             verbose: false,
@@ -327,7 +331,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "keyfile",
     "listener_allow_anonymous",
     "max_inflight_bytes",
-    "memory_limit",
     "mount_point",
     "ocsp_stapling",
     "per_listener_settings",
@@ -392,6 +395,7 @@ pub fn is_known_option(option: &str) -> bool {
         "socket_domain",
         "set_tcp_nodelay",
         "user",
+        "memory_limit",
         "bind_interface",
         "max_connections",
         "protocol",
@@ -540,6 +544,10 @@ impl Parser {
             }
             "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
             "sys_interval" => config.sys_interval = parse_number(value, &invalid)?,
+            "memory_limit" => {
+                let bytes: u64 = parse_number(value, &invalid)?;
+                config.memory_limit = (bytes > 0).then_some(bytes);
+            }
             "user" => {
                 if value.is_empty() {
                     return Err(invalid("expected a user name"));
@@ -916,6 +924,9 @@ mod tests {
             ("max_packet_size 20", |c| c.max_packet_size == 20),
             ("max_keepalive 30", |c| c.max_keepalive == 30),
             ("sys_interval 0", |c| c.sys_interval == 0),
+            ("memory_limit 0", |c| c.memory_limit.is_none()),
+            ("memory_limit 1048576", |c| c.memory_limit == Some(1 << 20)),
+            ("user mosquitto", |c| c.user.as_deref() == Some("mosquitto")),
             ("sys_interval 1", |c| c.sys_interval == 1),
             ("retain_available false", |c| !c.retain_available),
             ("allow_zero_length_clientid false", |c| !c.allow_zero_length_clientid),
@@ -957,6 +968,8 @@ mod tests {
             ("max_packet_size 19", "max_packet_size", "must be 0 or at least 20"),
             ("max_keepalive 65536", "max_keepalive", number),
             ("sys_interval -1", "sys_interval", number),
+            ("memory_limit 1GB", "memory_limit", number),
+            ("user", "user", "expected a user name"),
             ("retain_available maybe", "retain_available", "expected `true` or `false`"),
             ("persistence yes", "persistence", "expected `true` or `false`"),
             ("message_size_limit 268435456", "message_size_limit", "must be at most 268435455"),
