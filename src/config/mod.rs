@@ -331,9 +331,7 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "keyfile",
     "listener_allow_anonymous",
     "max_inflight_bytes",
-    "mount_point",
     "ocsp_stapling",
-    "per_listener_settings",
     "plugin",
     "psk_file",
     "psk_hint",
@@ -396,6 +394,8 @@ pub fn is_known_option(option: &str) -> bool {
         "set_tcp_nodelay",
         "user",
         "memory_limit",
+        "per_listener_settings",
+        "mount_point",
         "bind_interface",
         "max_connections",
         "protocol",
@@ -553,6 +553,22 @@ impl Parser {
                     return Err(invalid("expected a user name"));
                 }
                 config.user = Some(value.to_string());
+            }
+            // Ignoring these would apply one listener's authentication to all, or show a
+            // listener's clients every topic instead of their mount point's: refused, not
+            // warned about, until implemented.
+            "per_listener_settings" => {
+                if parse_bool(value, &invalid)? {
+                    return Err(invalid(
+                        "`true` is not supported yet: Culex applies allow_anonymous, \
+                         password_file and acl_file to every listener",
+                    ));
+                }
+            }
+            "mount_point" => {
+                return Err(invalid(
+                    "not supported yet: this listener's clients would see every topic",
+                ))
             }
             "set_tcp_nodelay" => config.tcp_nodelay = parse_bool(value, &invalid)?,
             "socket_domain" => {
@@ -1080,12 +1096,24 @@ mod tests {
         assert_eq!(config.listeners[0].max_connections, Some(3));
         assert!(!parse("set_tcp_nodelay false").unwrap().tcp_nodelay);
         assert!(Config::default().tcp_nodelay);
+        assert!(parse("per_listener_settings false").is_ok());
         for (line, option, reason) in [
             ("socket_domain ipv5", "socket_domain", "expected `ipv4` or `ipv6`"),
             ("max_connections -2", "max_connections", "must be -1 (no limit) or a count"),
             ("protocol http", "protocol", "expected `mqtt` or `websockets`"),
             ("bind_interface", "bind_interface", "expected a network interface name"),
             ("set_tcp_nodelay on", "set_tcp_nodelay", BOOL_EXPECTED),
+            (
+                "per_listener_settings true",
+                "per_listener_settings",
+                "`true` is not supported yet: Culex applies allow_anonymous, password_file and \
+                 acl_file to every listener",
+            ),
+            (
+                "mount_point site1/",
+                "mount_point",
+                "not supported yet: this listener's clients would see every topic",
+            ),
         ] {
             assert_eq!(
                 parse(line).unwrap_err().to_string(),
