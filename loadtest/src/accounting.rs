@@ -20,13 +20,24 @@ pub fn read_stamp(payload: &[u8]) -> Option<(u64, u32, u64)> {
     Some((sent, publisher, sequence))
 }
 
+/// Latencies in nanoseconds: 1 ns to 100 s at 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
+}
+
 /// One subscriber's view of the run.
 pub struct Tally {
     /// Highest sequence seen per publisher, +1 (0: none yet).
     next_expected: Vec<u64>,
     /// Every sequence seen per publisher, to tell duplicates from reordering.
     seen: Vec<roaring_like::Bits>,
+    /// Messages sent before this instant (ns since the epoch) are the warm-up: checked for loss
+    /// and order, left out of latency and throughput.
+    measure_from_ns: u64,
+    /// Distinct messages received, warm-up included.
     pub received: u64,
+    /// Distinct messages received that were sent after the warm-up.
+    pub measured: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub malformed: u64,
@@ -34,16 +45,17 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(publishers: usize) -> Self {
+    pub fn new(publishers: usize, measure_from_ns: u64) -> Self {
         Tally {
             next_expected: vec![0; publishers],
             seen: (0..publishers).map(|_| roaring_like::Bits::default()).collect(),
+            measure_from_ns,
             received: 0,
+            measured: 0,
             duplicates: 0,
             out_of_order: 0,
             malformed: 0,
-            // 1 ns to 100 s at 3 significant digits.
-            latency_ns: Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"),
+            latency_ns: latency_histogram(),
         }
     }
 
@@ -67,7 +79,10 @@ impl Tally {
         } else {
             *next = sequence + 1;
         }
-        let _ = self.latency_ns.record(now_ns.saturating_sub(sent).max(1));
+        if sent >= self.measure_from_ns {
+            self.measured += 1;
+            let _ = self.latency_ns.record(now_ns.saturating_sub(sent).max(1));
+        }
     }
 
     /// Messages a publisher sent that this subscriber never saw.
@@ -79,12 +94,21 @@ impl Tally {
             .sum()
     }
 
+    /// Adds another subscriber's counts and latencies.
     pub fn merge(&mut self, other: &Tally) {
         self.received += other.received;
+        self.measured += other.measured;
         self.duplicates += other.duplicates;
         self.out_of_order += other.out_of_order;
         self.malformed += other.malformed;
         self.latency_ns.add(&other.latency_ns).expect("same bounds");
+    }
+
+    /// Adds the messages another member of the same shared subscription group saw to those
+    /// this one saw, so that `missing` counts what the group as a whole never received.
+    /// Returns how many the two both received: each message goes to one member only.
+    pub fn merge_seen(&mut self, other: &Tally) -> u64 {
+        self.seen.iter_mut().zip(&other.seen).map(|(mine, theirs)| mine.union_with(theirs)).sum()
     }
 }
 
@@ -108,6 +132,20 @@ mod roaring_like {
             self.words[word] |= bit;
             self.count += u64::from(fresh);
             fresh
+        }
+
+        /// Adds `other`'s members; returns how many were members of both.
+        pub fn union_with(&mut self, other: &Bits) -> u64 {
+            if other.words.len() > self.words.len() {
+                self.words.resize(other.words.len(), 0);
+            }
+            let mut common = 0;
+            for (mine, theirs) in self.words.iter_mut().zip(&other.words) {
+                common += u64::from((*mine & theirs).count_ones());
+                self.count += u64::from((theirs & !*mine).count_ones());
+                *mine |= theirs;
+            }
+            common
         }
 
         /// How many members are below `limit`.
@@ -136,7 +174,7 @@ mod tests {
 
     #[test]
     fn detects_loss_duplicates_and_reordering() {
-        let mut tally = Tally::new(2);
+        let mut tally = Tally::new(2, 0);
         for sequence in [0, 1, 3, 2, 3, 5] {
             tally.record(&payload(0, sequence, 10), 110);
         }
@@ -150,7 +188,7 @@ mod tests {
 
     #[test]
     fn unknown_publishers_and_short_payloads_are_malformed() {
-        let mut tally = Tally::new(1);
+        let mut tally = Tally::new(1, 0);
         tally.record(&payload(7, 0, 0), 1);
         tally.record(b"short", 1);
         assert_eq!((tally.malformed, tally.received), (2, 0));
@@ -158,13 +196,41 @@ mod tests {
 
     #[test]
     fn merged_histograms_keep_every_sample() {
-        let mut a = Tally::new(1);
-        let mut b = Tally::new(1);
+        let mut a = Tally::new(1, 0);
+        let mut b = Tally::new(1, 0);
         a.record(&payload(0, 0, 0), 1_000);
         b.record(&payload(0, 0, 0), 9_000_000);
         a.merge(&b);
         assert_eq!(a.latency_ns.len(), 2);
         assert!(a.latency_ns.max() >= 8_990_000);
         assert_eq!(a.received, 2);
+    }
+
+    #[test]
+    fn warm_up_is_checked_for_loss_but_not_measured() {
+        let mut tally = Tally::new(1, 1_000);
+        tally.record(&payload(0, 0, 500), 600);
+        tally.record(&payload(0, 1, 1_500), 1_600);
+        assert_eq!((tally.received, tally.measured), (2, 1));
+        assert_eq!(tally.latency_ns.len(), 1, "only the message sent after the warm-up");
+        assert_eq!(tally.missing(&[3]), 1);
+    }
+
+    #[test]
+    fn a_shared_group_is_counted_as_one_receiver() {
+        let mut a = Tally::new(2, 0);
+        let mut b = Tally::new(2, 0);
+        for sequence in [0, 2, 4] {
+            a.record(&payload(0, sequence, 0), 1);
+        }
+        for sequence in [1, 2, 3] {
+            b.record(&payload(0, sequence, 0), 1);
+        }
+        b.record(&payload(1, 0, 0), 1);
+        let mut group = Tally::new(2, 0);
+        assert_eq!(group.merge_seen(&a), 0);
+        assert_eq!(group.merge_seen(&b), 1, "2 reached both members");
+        // Publisher 0 sent 0..=5: only 5 is missing; publisher 1 sent 0..=1: 1 is missing.
+        assert_eq!(group.missing(&[6, 2]), 2);
     }
 }

@@ -63,6 +63,10 @@ impl BrokerProcess {
         Ok(broker)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn usage(&self) -> Option<Usage> {
         usage_of(self.child.id())
     }
@@ -89,7 +93,7 @@ impl Drop for BrokerProcess {
 }
 
 /// Reads utime+stime (fields 14 and 15 of /proc/PID/stat) and VmHWM.
-fn usage_of(pid: u32) -> Option<Usage> {
+pub fn usage_of(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: count fields after it.
     let after_name = stat.rsplit_once(')')?.1;
@@ -97,16 +101,26 @@ fn usage_of(pid: u32) -> Option<Usage> {
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let peak_kb = status_kb(pid, "VmHWM:")?;
+    Some(Usage { cpu_seconds: ticks / ticks_per_second, peak_rss_mb: peak_kb as f64 / 1024.0 })
+}
+
+/// The process's resident memory now (VmRSS), in KiB.
+pub fn resident_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// A "kB" field of /proc/PID/status.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let peak_kb: f64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(Usage { cpu_seconds: ticks / ticks_per_second, peak_rss_mb: peak_kb / 1024.0 })
+        .ok()
 }
 
 /// `culex` next to this binary (a cargo build puts both in target/<profile>), else on PATH.

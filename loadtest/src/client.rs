@@ -36,13 +36,33 @@ impl Connection {
         version: ProtocolVersion,
         persistent: bool,
     ) -> anyhow::Result<Connection> {
+        Self::open_buffered(addr, client_id, version, persistent, 64 << 10)
+    }
+
+    /// A connection that carries little more than its handshake (idle and churning clients):
+    /// small buffers, so that ten thousand of them fit in the load generator.
+    pub fn open_light(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+    ) -> anyhow::Result<Connection> {
+        Self::open_buffered(addr, client_id, version, false, 512)
+    }
+
+    fn open_buffered(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+        persistent: bool,
+        buffer_bytes: usize,
+    ) -> anyhow::Result<Connection> {
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut connection = Connection {
             stream,
-            read_buf: BytesMut::with_capacity(64 << 10),
-            chunk: vec![0; 64 << 10].into_boxed_slice(),
-            write_buf: BytesMut::with_capacity(64 << 10),
+            read_buf: BytesMut::with_capacity(buffer_bytes),
+            chunk: vec![0; buffer_bytes].into_boxed_slice(),
+            write_buf: BytesMut::with_capacity(buffer_bytes),
             version,
             receive_maximum: usize::from(u16::MAX),
             last_packet_id: 0,
@@ -78,27 +98,34 @@ impl Connection {
         self.stream.set_read_timeout(timeout)
     }
 
-    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
-        let packet_id = self.next_packet_id();
+    /// Subscribes to every filter (up to 64 per SUBSCRIBE), waiting for each SUBACK.
+    pub fn subscribe(&mut self, filters: &[String], qos: QoS) -> anyhow::Result<()> {
         let options = SubscriptionOptions { qos, ..Default::default() };
-        self.queue(&Packet::Subscribe(Subscribe {
-            packet_id,
-            properties: Properties::default(),
-            filters: vec![(TopicFilter::new(filter.to_string())?, options)],
-        }));
-        self.flush()?;
-        loop {
-            match self.read_packet()? {
-                Some(Packet::SubAck(ack)) if ack.packet_id == packet_id => {
-                    if ack.reasons.iter().any(|r| r.is_error()) {
-                        bail!("subscription to {filter} refused: {:?}", ack.reasons);
+        for chunk in filters.chunks(64) {
+            let packet_id = self.next_packet_id();
+            self.queue(&Packet::Subscribe(Subscribe {
+                packet_id,
+                properties: Properties::default(),
+                filters: chunk
+                    .iter()
+                    .map(|filter| Ok((TopicFilter::new(filter.clone())?, options)))
+                    .collect::<anyhow::Result<_>>()?,
+            }));
+            self.flush()?;
+            loop {
+                match self.read_packet()? {
+                    Some(Packet::SubAck(ack)) if ack.packet_id == packet_id => {
+                        if ack.reasons.iter().any(|r| r.is_error()) {
+                            bail!("subscription to {chunk:?} refused: {:?}", ack.reasons);
+                        }
+                        break;
                     }
-                    return Ok(());
+                    Some(_) => continue,
+                    None => bail!("connection closed before SUBACK"),
                 }
-                Some(_) => continue,
-                None => bail!("connection closed before SUBACK"),
             }
         }
+        Ok(())
     }
 
     pub fn next_packet_id(&mut self) -> PacketId {

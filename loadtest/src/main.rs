@@ -5,6 +5,10 @@
 mod accounting;
 mod broker;
 mod client;
+mod lifecycle;
+mod plot;
+mod progress;
+mod relay;
 mod scenario;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,6 +38,10 @@ enum Command {
         /// Subscribers connect here instead (a broker bridged to --broker).
         #[arg(long)]
         subscribe_to: Option<String>,
+        /// The broker's process id, to report its CPU and memory (per connection in
+        /// `connections`).
+        #[arg(long)]
+        broker_pid: Option<u32>,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -57,6 +65,15 @@ enum Command {
         /// snapshots every `autosave_interval`; Culex writes before acknowledging).
         #[arg(long)]
         persistence: bool,
+        /// A third row: the baseline relay in this process (QoS 0; see loadtest/README.md).
+        #[arg(long)]
+        relay: bool,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    },
+    /// Run a scenario against the baseline relay in this process: the most the load generator
+    /// can drive and measure on this machine (QoS 0).
+    Baseline {
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -66,7 +83,8 @@ enum Command {
 struct ScenarioArgs {
     #[arg(long, value_enum, default_value_t = Shape::Pairs)]
     scenario: Shape,
-    /// Publishers (pairs, fan-in) or subscribers (fan-out).
+    /// Publishers (pairs, fan-in, shared: as many subscribers in the group), subscribers
+    /// (fan-out), connections (connections, churn).
     #[arg(long, default_value_t = 4)]
     clients: usize,
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
@@ -74,9 +92,15 @@ struct ScenarioArgs {
     /// Payload size in bytes (at least 20: sequence and timestamp).
     #[arg(long, default_value_t = 64)]
     payload: usize,
-    #[arg(long, value_parser = ["3.1.1", "5"], default_value = "3.1.1")]
+    /// Topics each publisher cycles through (pairs and fan-out subscribe to each by name).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    #[arg(long, value_parser = ["3.1", "3.1.1", "5"], default_value = "3.1.1")]
     mqtt: String,
-    /// Seconds of publishing.
+    /// Seconds of publishing before measuring: checked for loss, left out of the figures.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Seconds of publishing that are measured (after the warm-up).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// Messages per publisher, if that comes before the time limit.
@@ -97,22 +121,39 @@ struct ScenarioArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Write the latency-percentile plot of the run(s) to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 impl ScenarioArgs {
-    fn params(&self, addr: SocketAddr, subscribe_addr: SocketAddr) -> anyhow::Result<Params> {
+    fn params(
+        &self,
+        addr: SocketAddr,
+        subscribe_addr: SocketAddr,
+        broker_pid: Option<u32>,
+    ) -> anyhow::Result<Params> {
         anyhow::ensure!(
             self.seconds > 0.0 && self.seconds <= 3600.0,
             "--seconds must be in (0, 3600]"
         );
+        anyhow::ensure!((0.0..=600.0).contains(&self.warmup), "--warmup must be in [0, 600]");
+        anyhow::ensure!((1..=100_000).contains(&self.topics), "--topics must be in [1, 100000]");
         Ok(Params {
             addr,
             subscribe_addr,
+            broker_pid,
             shape: self.scenario,
             clients: self.clients.max(1),
             qos: QoS::from_u8(self.qos)?,
             payload_bytes: self.payload,
-            version: if self.mqtt == "5" { ProtocolVersion::V5 } else { ProtocolVersion::V311 },
+            topics: self.topics,
+            version: match self.mqtt.as_str() {
+                "3.1" => ProtocolVersion::V31,
+                "5" => ProtocolVersion::V5,
+                _ => ProtocolVersion::V311,
+            },
+            warmup: Duration::from_secs_f64(self.warmup),
             duration: Duration::from_secs_f64(self.seconds),
             messages_max: self.messages,
             rate: self.rate,
@@ -123,17 +164,37 @@ impl ScenarioArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    raise_open_files_limit();
     match Cli::parse().command {
-        Command::Run { broker, subscribe_to, scenario } => {
+        Command::Run { broker, subscribe_to, broker_pid, scenario } => {
             let resolve = |name: &str| -> anyhow::Result<SocketAddr> {
                 name.to_socket_addrs()?.next().with_context(|| format!("no address for {name}"))
             };
             let addr = resolve(&broker)?;
             let subscribe_addr = subscribe_to.as_deref().map(resolve).transpose()?.unwrap_or(addr);
-            let outcome = scenario::run(&scenario.params(addr, subscribe_addr)?, &broker)?;
-            report(&[outcome], scenario.json);
+            let params = scenario.params(addr, subscribe_addr, broker_pid)?;
+            let watched = broker_pid.map(Watched::Process);
+            let outcome = measure(&params, &broker, watched.as_ref())?;
+            finish(&[outcome], &scenario)?;
         }
-        Command::Compare { port, culex, mosquitto, cpus, bridged, persistence, scenario } => {
+        Command::Baseline { scenario } => {
+            let outcome = run_on_relay(&scenario)?;
+            finish(&[outcome], &scenario)?;
+        }
+        Command::Compare {
+            port,
+            culex,
+            mosquitto,
+            cpus,
+            bridged,
+            persistence,
+            relay,
+            scenario,
+        } => {
+            anyhow::ensure!(
+                !relay || !(bridged || persistence),
+                "--relay has no bridge or persistence: run it without --bridged and --persistence"
+            );
             let brokers = [
                 ("culex", culex.unwrap_or_else(broker::default_culex)),
                 ("mosquitto", mosquitto.unwrap_or_else(broker::default_mosquitto)),
@@ -145,22 +206,18 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     Nodes::single(&command, port, cpus.as_deref(), persistence)?
                 };
-                let params = scenario.params(nodes.publish_addr, nodes.subscribe_addr)?;
-                let before = nodes.usage();
-                let mut outcome = scenario::run(&params, name)?;
-                if let (Some(before), Some(after)) = (before, nodes.usage()) {
-                    let millions = outcome.received as f64 / 1e6;
-                    if millions > 0.0 {
-                        outcome.broker_cpu_s_per_million =
-                            Some((after.cpu_seconds - before.cpu_seconds) / millions);
-                    }
-                    outcome.broker_peak_rss_mb = Some(after.peak_rss_mb);
-                }
+                let publisher_node = nodes.processes.first().map(|(p, _)| p.pid());
+                let params =
+                    scenario.params(nodes.publish_addr, nodes.subscribe_addr, publisher_node)?;
+                let outcome = measure(&params, name, Some(&Watched::Nodes(&nodes)));
                 nodes.stop();
-                outcomes.push(outcome);
+                outcomes.push(outcome?);
             }
-            report(&outcomes, scenario.json);
-            if let [culex, mosquitto] = &outcomes[..] {
+            if relay {
+                outcomes.push(run_on_relay(&scenario)?);
+            }
+            finish(&outcomes, &scenario)?;
+            if let [culex, mosquitto, ..] = &outcomes[..] {
                 if !scenario.json {
                     println!(
                         "ratio culex/mosquitto: throughput {:.2}x, p99 latency {:.2}x",
@@ -172,6 +229,83 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whose CPU time and memory a run reports.
+enum Watched<'a> {
+    Process(u32),
+    Nodes(&'a Nodes),
+}
+
+impl Watched<'_> {
+    fn usage(&self) -> Option<broker::Usage> {
+        match self {
+            Watched::Process(pid) => broker::usage_of(*pid),
+            Watched::Nodes(nodes) => nodes.usage(),
+        }
+    }
+}
+
+/// Runs the scenario and adds the CPU time (per million messages) of the broker and of the
+/// load generator itself, and the broker's peak memory.
+fn measure(params: &Params, name: &str, broker: Option<&Watched>) -> anyhow::Result<Outcome> {
+    let own_pid = std::process::id();
+    let before = (broker.and_then(Watched::usage), broker::usage_of(own_pid));
+    let mut outcome = scenario::run(params, name)?;
+    let after = (broker.and_then(Watched::usage), broker::usage_of(own_pid));
+    let per_million = |cpu_seconds: f64| {
+        let millions = outcome.received as f64 / 1e6;
+        (millions > 0.0).then(|| cpu_seconds / millions)
+    };
+    if let (Some(before), Some(after)) = (before.0, after.0) {
+        outcome.broker_cpu_s_per_million = per_million(after.cpu_seconds - before.cpu_seconds);
+        outcome.broker_peak_rss_mb = Some(after.peak_rss_mb);
+    }
+    if let (Some(before), Some(after)) = (before.1, after.1) {
+        outcome.loadtest_cpu_s_per_million = per_million(after.cpu_seconds - before.cpu_seconds);
+    }
+    Ok(outcome)
+}
+
+/// The scenario against the relay in this process. Its threads' CPU time is the broker's,
+/// taken out of the load generator's.
+fn run_on_relay(scenario: &ScenarioArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(scenario.qos == 0, "the relay forwards QoS 0 only");
+    let relay = relay::Relay::start()?;
+    let params = scenario.params(relay.addr(), relay.addr(), None)?;
+    let outcome = measure(&params, "relay", None);
+    let relay_cpu = relay.stop();
+    let mut outcome = outcome?;
+    let millions = outcome.received as f64 / 1e6;
+    if millions > 0.0 {
+        let relay_per_million = relay_cpu / millions;
+        outcome.broker_cpu_s_per_million = Some(relay_per_million);
+        outcome.loadtest_cpu_s_per_million =
+            outcome.loadtest_cpu_s_per_million.map(|own| own - relay_per_million);
+    }
+    Ok(outcome)
+}
+
+/// Prints the outcomes and writes the plot if asked.
+fn finish(outcomes: &[Outcome], scenario: &ScenarioArgs) -> anyhow::Result<()> {
+    report(outcomes, scenario.json);
+    if let Some(path) = &scenario.plot {
+        plot::latency(outcomes, path)?;
+    }
+    Ok(())
+}
+
+/// Ten thousand idle connections need as many descriptors here and in the brokers we start.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid rlimit to read into and then pass back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The options both brokers understand; queues large enough not to drop under load. With a
@@ -244,7 +378,7 @@ impl Nodes {
     }
 
     /// CPU time and peak memory of all the nodes together.
-    fn usage(&self) -> Option<broker::Usage> {
+    pub fn usage(&self) -> Option<broker::Usage> {
         self.processes.iter().map(|(p, _)| p.usage()).try_fold(
             broker::Usage { cpu_seconds: 0.0, peak_rss_mb: 0.0 },
             |total, usage| {
@@ -275,17 +409,23 @@ fn report(outcomes: &[Outcome], json: bool) {
         println!("{}", serde_json::to_string_pretty(outcomes).unwrap_or_default());
         return;
     }
-    println!(
-        "{:<10} {:<8} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
-        "broker", "scenario", "qos", "bytes", "pub", "sub", "sent", "received", "lost", "dup", "reord",
-        "msgs/s", "MB/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "cpu s/M", "rss MB"
-    );
-    for o in outcomes {
-        let optional = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let optional = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let (traffic, lifecycle): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| o.scenario.is_traffic());
+    if !traffic.is_empty() {
         println!(
-            "{:<10} {:<8} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11.0} {:>7.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7}",
+            "{:<10} {:<8} {:>5} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+            "broker", "scenario", "mqtt", "qos", "bytes", "pub", "sub", "sent", "received", "lost", "dup",
+            "reord", "msgs/s", "MB/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "cpu s/M",
+            "rss MB", "lt s/M"
+        );
+    }
+    for o in traffic {
+        println!(
+            "{:<10} {:<8} {:>5} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11.0} {:>7.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7} {:>7}",
             o.broker,
-            format!("{:?}", o.scenario).to_lowercase(),
+            o.scenario.name(),
+            o.mqtt,
             o.qos,
             o.payload_bytes,
             o.publishers,
@@ -304,6 +444,45 @@ fn report(outcomes: &[Outcome], json: bool) {
             o.latency_us.max,
             optional(o.broker_cpu_s_per_million),
             optional(o.broker_peak_rss_mb),
+            optional(o.loadtest_cpu_s_per_million),
+        );
+    }
+    if !lifecycle.is_empty() {
+        println!(
+            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9}",
+            "broker",
+            "scenario",
+            "mqtt",
+            "tried",
+            "done",
+            "failed",
+            "per s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "cpu s/M",
+            "rss MB",
+            "KiB/conn"
+        );
+    }
+    for o in lifecycle {
+        println!(
+            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7} {:>9}",
+            o.broker,
+            o.scenario.name(),
+            o.mqtt,
+            o.sent,
+            o.received,
+            o.lost,
+            o.msgs_per_sec,
+            o.latency_us.p50,
+            o.latency_us.p99,
+            o.latency_us.p999,
+            o.latency_us.max,
+            optional(o.broker_cpu_s_per_million),
+            optional(o.broker_peak_rss_mb),
+            optional(o.broker_rss_per_connection_kb),
         );
     }
 }
