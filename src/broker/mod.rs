@@ -2,6 +2,8 @@
 //! (SO_REUSEPORT), connections, sessions and subscription trie, joined by a mesh of bounded SPSC
 //! queues. This module only starts and wires shards; what a shard decides is in `shard`.
 
+#[doc(hidden)]
+pub mod bench;
 mod bridge;
 mod connection;
 mod flow;
