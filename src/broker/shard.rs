@@ -1056,20 +1056,20 @@ impl Shard {
         // Where each client is in `targets`, once there are too many to search one by one (a
         // linear search made delivery quadratic: 1.6 µs per subscriber at 1,000 subscribers,
         // `cargo bench --bench fanout`).
-        let mut index: AHashMap<&ByteString, usize> = AHashMap::new();
+        let mut index: Option<AHashMap<&ByteString, usize>> = None;
         subscribers.matches(&message.topic, |subs| {
             for (client_id, subscription) in subs {
                 let options = subscription.options;
                 if options.no_local && *client_id == message.publisher {
                     continue;
                 }
-                if targets.len() == TARGETS_SEARCHED_MAX && index.is_empty() {
-                    index.extend(targets.iter().enumerate().map(|(i, (c, _, _))| (*c, i)));
+                if targets.len() == TARGETS_SEARCHED_MAX && index.is_none() {
+                    index =
+                        Some(targets.iter().enumerate().map(|(i, (c, _, _))| (*c, i)).collect());
                 }
-                let found = if index.is_empty() {
-                    targets.iter().position(|(c, _, _)| *c == client_id)
-                } else {
-                    index.get(client_id).copied()
+                let found = match &index {
+                    None => targets.iter().position(|(c, _, _)| *c == client_id),
+                    Some(index) => index.get(client_id).copied(),
                 };
                 let ids = subscription.id.into_iter();
                 match found {
@@ -1080,7 +1080,7 @@ impl Shard {
                         all_ids.extend(ids);
                     }
                     None => {
-                        if !index.is_empty() {
+                        if let Some(index) = &mut index {
                             index.insert(client_id, targets.len());
                         }
                         targets.push((client_id, options, ids.collect()));
