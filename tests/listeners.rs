@@ -1,5 +1,5 @@
 //! Listener options on the real binary: addresses and families, `bind_interface`,
-//! `max_connections`, `protocol websockets`.
+//! `max_connections`, `mount_point`, `protocol websockets`.
 
 mod common;
 
@@ -7,7 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{answers_mqtt, free_port, Broker, RawClient};
+use common::{answers_mqtt, free_port, Broker, ConnectOptions, RawClient};
+use culex::protocol::{Packet, QoS, TopicFilter};
 
 fn has_ipv6_loopback() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
@@ -88,4 +89,79 @@ fn a_websockets_listener_is_not_opened_and_says_so() {
     let broker = Broker::start_with_config(port, &config);
     assert!(TcpStream::connect(("127.0.0.1", ws_port)).is_err());
     assert!(broker.log_text().contains("`protocol websockets` is not implemented yet"));
+}
+
+/// `mount_point` as Mosquitto documents it (and 2.0.12 on does: 2.0.11 forgets to take the
+/// prefix off what it sends, eclipse/mosquitto#2244): what a client of that listener publishes,
+/// subscribes to or leaves as a will is under the prefix; what it receives comes without it;
+/// nothing outside the prefix reaches it. The ACL file sees the mounted topics, as in Mosquitto.
+#[test]
+fn mount_point_puts_a_listeners_clients_under_a_prefix() {
+    let (port, mounted_port) = (free_port(), free_port());
+    let dir = common::TempDir::new();
+    let acl = dir.0.join("acl");
+    std::fs::write(&acl, "topic readwrite site1/#\ntopic readwrite plain/#\n").unwrap();
+    let config = format!(
+        "allow_anonymous true\nacl_file {}\nlistener {port} 127.0.0.1\n\
+         listener {mounted_port} 127.0.0.1\nmount_point site1/\n",
+        acl.display()
+    );
+    let broker = Broker::start_with_config(port, &config);
+    let mounted = SocketAddr::from(([127, 0, 0, 1], mounted_port));
+    let (mut outside, _) = RawClient::connect(&broker, "outside", Default::default());
+    outside.subscribe("#", QoS::AtLeastOnce);
+    // Retained before the mounted client subscribes: it must come stripped too.
+    outside.publish("site1/state", b"retained", QoS::AtLeastOnce, true);
+
+    let options = ConnectOptions {
+        will: Some(common::will("status", "gone", QoS::AtLeastOnce, false)),
+        ..Default::default()
+    };
+    let (mut inside, _) = RawClient::connect_addr(mounted, "inside", options);
+    inside.subscribe("#", QoS::AtLeastOnce);
+    let retained = inside.receive();
+    assert_eq!((retained.topic.as_str(), &retained.payload[..]), ("state", &b"retained"[..]));
+
+    inside.publish("temp", b"21", QoS::AtLeastOnce, false);
+    let seen = outside.receive();
+    assert_eq!(seen.topic.as_str(), "site1/state", "the retained message, first");
+    let seen = outside.receive();
+    assert_eq!((seen.topic.as_str(), &seen.payload[..]), ("site1/temp", &b"21"[..]));
+    let echo = inside.receive();
+    assert_eq!(echo.topic.as_str(), "temp", "its own message, without the prefix");
+
+    outside.publish("plain/x", b"not for site1", QoS::AtLeastOnce, false);
+    assert_eq!(outside.receive().topic.as_str(), "plain/x");
+    outside.publish("site1/cmd", b"go", QoS::AtLeastOnce, false);
+    assert_eq!(outside.receive().topic.as_str(), "site1/cmd");
+    let command = inside.receive();
+    assert_eq!((command.topic.as_str(), &command.payload[..]), ("cmd", &b"go"[..]));
+    inside.expect_silence();
+
+    // Unsubscribing takes the prefix too.
+    let packet_id = inside.packet_id();
+    inside.send(&Packet::Unsubscribe(culex::protocol::Unsubscribe {
+        packet_id,
+        properties: Default::default(),
+        filters: vec![TopicFilter::new("#").unwrap()],
+    }));
+    assert!(matches!(inside.recv(), Some(Packet::UnsubAck(_))));
+    outside.publish("site1/cmd", b"again", QoS::AtLeastOnce, false);
+    assert_eq!(outside.receive().topic.as_str(), "site1/cmd");
+    inside.expect_silence();
+
+    inside.drop_connection();
+    let will = outside.receive();
+    assert_eq!((will.topic.as_str(), &will.payload[..]), ("site1/status", &b"gone"[..]));
+}
+
+#[test]
+fn a_mount_point_with_wildcards_is_refused() {
+    let dir = common::TempDir::new();
+    let file = dir.0.join("bad.conf");
+    std::fs::write(&file, "listener 1883\nmount_point site/+/\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&file).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.conf:2: invalid value for `mount_point`"), "{stderr}");
 }

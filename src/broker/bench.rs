@@ -94,8 +94,8 @@ fn connect(shard: &mut Shard, client_id: &str) -> Rc<ConnHandle> {
         username: None,
         password: None,
     };
-    let (conn, claim) =
-        shard.begin_connect(&connect, Origin::Network("bench")).expect("connection admitted");
+    let origin = Origin::Network { peer: "bench", mount_point: None };
+    let (conn, claim) = shard.begin_connect(&connect, origin).expect("connection admitted");
     shard.finish_connect(&conn, connect, claim);
     conn.take_outbox();
     conn

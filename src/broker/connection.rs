@@ -23,7 +23,7 @@ use super::signal::{Event, Signal};
 use super::sys::ShardCounters;
 use crate::protocol::{
     Ack, ConnAck, DecodeError, Disconnect, Packet, PacketId, Properties, PropertyContext,
-    ProtocolVersion, Publish, QoS, ReasonCode, TopicName,
+    ProtocolVersion, Publish, QoS, ReasonCode, TopicFilter, TopicName,
 };
 
 /// Unique across shards: the shard id in the top bits, a counter below.
@@ -94,6 +94,9 @@ pub struct ConnHandle {
     pub client_id: ByteString,
     /// The username the client authenticated with, for the ACL file.
     pub username: Option<ByteString>,
+    /// Its listener's `mount_point`: put in front of the topics and filters the client sends,
+    /// taken off the topics it receives.
+    pub mount_point: Option<ByteString>,
     /// The client sent an empty id and the broker assigned `client_id`.
     pub assigned_client_id: bool,
     /// A peer broker's bridge (Mosquitto's bridge bit in CONNECT): its subscriptions are No
@@ -151,6 +154,7 @@ impl ConnHandle {
             version,
             client_id,
             username: None,
+            mount_point: None,
             assigned_client_id: false,
             is_bridge: false,
             internal: false,
@@ -227,6 +231,15 @@ impl ConnHandle {
         if self.close.get().is_some() {
             return false;
         }
+        if let Some(mount) = &self.mount_point {
+            // Only topics under the mount point match its clients' filters; the topic equal to
+            // the mount point itself has nothing left to send.
+            let unmounted = publish.topic.as_str().strip_prefix(&**mount);
+            match unmounted.and_then(|rest| TopicName::new(rest.to_string()).ok()) {
+                Some(topic) => publish.topic = topic,
+                None => return false,
+            }
+        }
         let qos0 = publish.packet_id.is_none();
         let mut outbox = self.outbox.borrow_mut();
         if qos0 && outbox.len() > OUTBOX_BYTES_MAX {
@@ -282,6 +295,24 @@ impl ConnHandle {
         }
         publish.properties.topic_alias = NonZeroU16::new(next);
         Some((publish.topic.clone(), next))
+    }
+
+    /// A topic the client sent, as the broker knows it: under the listener's mount point.
+    pub fn mounted_topic(&self, topic: TopicName) -> Result<TopicName, Close> {
+        let Some(mount) = &self.mount_point else { return Ok(topic) };
+        TopicName::new(format!("{mount}{}", topic.as_str()))
+            .map_err(|_| Close::ProtocolError(ReasonCode::TopicNameInvalid))
+    }
+
+    /// A filter the client sent, as the broker keeps it: the mount point goes after a shared
+    /// subscription's `$share/GROUP/`.
+    pub fn mounted_filter(&self, filter: TopicFilter) -> Result<TopicFilter, Close> {
+        let Some(mount) = &self.mount_point else { return Ok(filter) };
+        let mounted = match filter.shared() {
+            Some(shared) => format!("$share/{}/{mount}{}", shared.group, shared.filter),
+            None => format!("{mount}{}", filter.as_str()),
+        };
+        TopicFilter::new(mounted).map_err(|_| Close::ProtocolError(ReasonCode::TopicFilterInvalid))
     }
 
     /// Asks the connection task to close. A 5.0 client is sent DISCONNECT with the reason
@@ -434,7 +465,11 @@ impl PacketReader {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
+pub async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    mut stream: TcpStream,
+    mount_point: Option<ByteString>,
+) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (max_packet_size, counters) = {
         let shard = shard.borrow();
@@ -471,7 +506,8 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
         }
     };
 
-    let begun = shard.borrow_mut().begin_connect(&connect, Origin::Network(&peer));
+    let origin = Origin::Network { peer: &peer, mount_point: mount_point.as_ref() };
+    let begun = shard.borrow_mut().begin_connect(&connect, origin);
     let (conn, claim) = match begun {
         Ok(pending) => pending,
         Err(refusal) => {

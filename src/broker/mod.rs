@@ -22,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -419,6 +420,8 @@ struct Endpoint {
     limit: Option<Arc<ConnectionLimit>>,
     /// `set_tcp_nodelay`.
     nodelay: bool,
+    /// The listener's `mount_point`.
+    mount_point: Option<ByteString>,
 }
 
 /// The sockets of every listener (`protocol websockets` ones are not opened yet).
@@ -432,6 +435,7 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
                 interface: listener.bind_interface.clone(),
                 limit: limit.clone(),
                 nodelay: config.tcp_nodelay,
+                mount_point: listener.mount_point.as_deref().map(ByteString::from),
             });
         }
     }
@@ -565,8 +569,9 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                 };
                 let _ = stream.set_nodelay(endpoint.nodelay);
                 let shard = shard.clone();
+                let mount_point = endpoint.mount_point.clone();
                 glommio::spawn_local(async move {
-                    connection::serve(shard, stream).await;
+                    connection::serve(shard, stream, mount_point).await;
                     drop(slot);
                 })
                 .detach();

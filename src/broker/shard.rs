@@ -103,8 +103,8 @@ struct PendingSubAck {
 /// Where a CONNECT comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
-    /// A client over the network, with its address.
-    Network(&'a str),
+    /// A client over the network, with its address and its listener's `mount_point`.
+    Network { peer: &'a str, mount_point: Option<&'a ByteString> },
     /// The local session of one of this broker's bridges, by connection name.
     Bridge(&'a str),
 }
@@ -112,7 +112,7 @@ pub enum Origin<'a> {
 impl std::fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Origin::Network(peer) => f.write_str(peer),
+            Origin::Network { peer, .. } => f.write_str(peer),
             Origin::Bridge(name) => write!(f, "bridge {name}"),
         }
     }
@@ -326,6 +326,9 @@ impl Shard {
         conn.is_bridge = connect.bridge;
         conn.internal = internal;
         conn.username = connect.username.clone();
+        if let Origin::Network { mount_point, .. } = origin {
+            conn.mount_point = mount_point.cloned();
+        }
         if let Some(receive_maximum) = connect.properties.receive_maximum {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
@@ -400,8 +403,13 @@ impl Shard {
         let client_id = conn.client_id.clone();
         let mut session = Session::new(expiry, conn.id, state);
         let identity = Identity { client_id: &client_id, username: conn.username.as_deref() };
-        // A will the client could not publish itself is dropped when it connects.
-        session.will = connect.will.filter(|will| {
+        // A will the client could not publish itself is dropped when it connects. Its topic
+        // is under the listener's mount point, as what the client publishes.
+        let will = connect.will.and_then(|mut will| {
+            will.topic = conn.mounted_topic(will.topic).ok()?;
+            Some(will)
+        });
+        session.will = will.filter(|will| {
             let allowed =
                 conn.internal || self.credentials.allows(identity, &will.topic, Access::Write);
             if !allowed {
@@ -790,7 +798,7 @@ impl Shard {
         if publish.qos > self.config.max_qos && !conn.internal {
             return Err(Close::ProtocolError(ReasonCode::QosNotSupported));
         }
-        let topic = resolve_topic_alias(conn, &publish)?;
+        let topic = conn.mounted_topic(resolve_topic_alias(conn, &publish)?)?;
         let limit = self.config.message_size_limit;
         let refused = if super::sys::over_memory_limit() && !conn.internal {
             // As Mosquitto, a 3.x publisher is disconnected (it resends QoS 1 and 2 later);
@@ -1138,6 +1146,7 @@ impl Shard {
         let mut retained_for = Vec::new();
         let id = subscribe.properties.subscription_identifiers.first().copied();
         for (filter, mut options) in subscribe.filters {
+            let filter = conn.mounted_filter(filter)?;
             // Granted at most `max_qos`, as Mosquitto grants it.
             options.qos = options.qos.min(self.config.max_qos);
             let shared = filter.shared().is_some();
@@ -1288,12 +1297,15 @@ impl Shard {
 
     fn unsubscribe(&mut self, conn: &Rc<ConnHandle>, unsubscribe: Unsubscribe) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
-        for filter in &unsubscribe.filters {
+        for filter in unsubscribe.filters {
             tracing::info!(target: crate::logging::UNSUBSCRIBE, "{} {filter}", conn.client_id);
-            let existed = self
-                .session_of(conn)
-                .is_some_and(|s| s.state.subscriptions.remove(filter).is_some());
-            if existed {
+            // A filter too long to take the mount point was never subscribed.
+            let filter = conn.mounted_filter(filter).ok();
+            let existed = filter.as_ref().is_some_and(|filter| {
+                self.session_of(conn)
+                    .is_some_and(|s| s.state.subscriptions.remove(filter).is_some())
+            });
+            if let (true, Some(filter)) = (existed, &filter) {
                 self.remove_local_subscriber(&conn.client_id, filter);
             }
             reasons.push(if existed {

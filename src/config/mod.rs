@@ -26,6 +26,9 @@ pub struct Listener {
     pub max_connections: Option<usize>,
     /// `protocol websockets`: not served yet, so the listener is not opened.
     pub websockets: bool,
+    /// `mount_point`: prefixed to every topic its clients publish, subscribe to or leave as a
+    /// will, and taken off what they receive.
+    pub mount_point: Option<String>,
 }
 
 /// Mosquitto's `socket_domain`.
@@ -52,6 +55,7 @@ impl Listener {
             bind_interface: None,
             max_connections: None,
             websockets: false,
+            mount_point: None,
         }
     }
 
@@ -566,9 +570,11 @@ impl Parser {
                 }
             }
             "mount_point" => {
-                return Err(invalid(
-                    "not supported yet: this listener's clients would see every topic",
-                ))
+                let topic = crate::protocol::TopicName::new(value.to_string());
+                if value.contains(['+', '#']) || topic.is_err() {
+                    return Err(invalid("expected a topic prefix without wildcards"));
+                }
+                self.current_listener().mount_point = Some(value.to_string());
             }
             "set_tcp_nodelay" => config.tcp_nodelay = parse_bool(value, &invalid)?,
             "socket_domain" => {
@@ -1097,6 +1103,10 @@ mod tests {
         assert!(!parse("set_tcp_nodelay false").unwrap().tcp_nodelay);
         assert!(Config::default().tcp_nodelay);
         assert!(parse("per_listener_settings false").is_ok());
+        let mounted = parse("listener 1883\nlistener 1884\nmount_point site1/\n").unwrap();
+        let mount_points: Vec<_> =
+            mounted.listeners.iter().map(|l| l.mount_point.as_deref()).collect();
+        assert_eq!(mount_points, [None, Some("site1/")]);
         for (line, option, reason) in [
             ("socket_domain ipv5", "socket_domain", "expected `ipv4` or `ipv6`"),
             ("max_connections -2", "max_connections", "must be -1 (no limit) or a count"),
@@ -1109,11 +1119,7 @@ mod tests {
                 "`true` is not supported yet: Culex applies allow_anonymous, password_file and \
                  acl_file to every listener",
             ),
-            (
-                "mount_point site1/",
-                "mount_point",
-                "not supported yet: this listener's clients would see every topic",
-            ),
+            ("mount_point site/#", "mount_point", "expected a topic prefix without wildcards"),
         ] {
             assert_eq!(
                 parse(line).unwrap_err().to_string(),
