@@ -55,7 +55,14 @@ fn main() -> ExitCode {
         for warning in &warnings {
             println!("warning: {warning}");
         }
-        if let Some(path) = &config.password_file {
+        // Every listener's files (its own with `per_listener_settings true`), each once.
+        let mut password_files: Vec<std::path::PathBuf> = Vec::new();
+        let mut acl_files: Vec<std::path::PathBuf> = Vec::new();
+        for auth in config.listeners.iter().map(|l| config.auth_for(l)) {
+            password_files.extend(auth.password_file.filter(|p| !password_files.contains(p)));
+            acl_files.extend(auth.acl_file.filter(|p| !acl_files.contains(p)));
+        }
+        for path in &password_files {
             match culex::auth::PasswordFile::load(path) {
                 Ok((passwords, warnings)) => {
                     for warning in warnings {
@@ -69,7 +76,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        if let Some(path) = &config.acl_file {
+        for path in &acl_files {
             if let Err(error) = culex::auth::AclFile::load(path) {
                 eprintln!("Error: {error}");
                 return ExitCode::FAILURE;
@@ -144,11 +151,21 @@ fn describe(config: &Config) -> String {
     } else {
         "no persistence".to_string()
     };
+    let allowed = |yes: bool| if yes { "allowed" } else { "refused" };
+    let anonymous = if config.per_listener_settings {
+        let per_port: Vec<String> = config
+            .listeners
+            .iter()
+            .map(|l| format!("{} on {}", allowed(config.auth_for(l).allow_anonymous), l.port))
+            .collect();
+        per_port.join(", ")
+    } else {
+        allowed(config.allow_anonymous).to_string()
+    };
     format!(
-        "listeners {}; anonymous {}; shards {shards}; {persistence}; max_inflight_messages {}; \
-         max_queued_messages {}; max_packet_size {}; bridges: {}",
+        "listeners {}; anonymous {anonymous}; shards {shards}; {persistence}; \
+         max_inflight_messages {}; max_queued_messages {}; max_packet_size {}; bridges: {}",
         listeners.join(", "),
-        if config.allow_anonymous { "allowed" } else { "refused" },
         config.max_inflight_messages,
         config.max_queued_messages,
         config.max_packet_size,

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mosquitto_tool;
 use common::node::{Kind, Node};
+use common::{mosquitto_tool, ConnectOptions, RawClient};
+use culex::protocol::{Packet, QoS};
 
 struct Tools {
     passwd: PathBuf,
@@ -158,4 +159,85 @@ fn sighup_reloads_the_password_file_and_keeps_clients() {
     let out = watcher.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n", "alice stayed connected");
     assert_ne!(publish_as(&tools, &culex, "mqttv311", &["-u", "bob", "-P", "secret2"]), "ok");
+}
+
+/// `per_listener_settings true`, under Culex and Mosquitto: each listener admits and restricts
+/// by its own `allow_anonymous`, `password_file` and `acl_file` (none of them: anonymous clients
+/// refused), and deliveries are checked against the ACL file of the subscriber's listener.
+#[test]
+fn per_listener_settings_give_each_listener_its_own_rules_as_mosquitto() {
+    let Some(tools) = tools() else { return };
+    let mut results = Vec::new();
+    for kind in [Kind::Culex, Kind::Mosquitto] {
+        let files = common::TempDir::new();
+        let (acl, passwords) = (files.0.join("acl"), files.0.join("passwords"));
+        std::fs::write(&acl, "topic read ro/#\ntopic readwrite rw/#\n").unwrap();
+        add_user(&tools, &passwords, "alice", "a", &["-c"]);
+        // Mosquitto started as root reads them as the `mosquitto` user.
+        for (path, mode) in [(&files.0, 0o755), (&acl, 0o644), (&passwords, 0o644)] {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
+        }
+        let second_port = common::free_port();
+        let node = Node::start_configured(kind, "127.0.0.1", |port| {
+            format!(
+                "per_listener_settings true\n\
+                 listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n\
+                 listener {second_port} 127.0.0.1\npassword_file {}\n",
+                acl.display(),
+                passwords.display()
+            )
+        });
+        let Some(node) = node else { return };
+        results.push(per_listener_outcomes(&node, second_port));
+    }
+    let expected = (
+        vec![false, true, true],
+        vec!["ro/1".to_string(), "rw/1".into(), "rw/2".into()],
+        vec!["other/1".to_string(), "ro/1".into(), "rw/1".into(), "rw/2".into()],
+    );
+    assert_eq!(results[0], expected, "Culex");
+    if let Some(mosquitto) = results.get(1) {
+        assert_eq!(mosquitto, &expected, "Mosquitto, to check the expectation");
+    }
+}
+
+/// Who is admitted on the second listener (anonymous, alice, alice with a wrong password is
+/// left out: refused by both), and what an anonymous subscriber on the first and alice on the
+/// second receive after both publish.
+fn per_listener_outcomes(node: &Node, second_port: u16) -> (Vec<bool>, Vec<String>, Vec<String>) {
+    let second = std::net::SocketAddr::from(([127, 0, 0, 1], second_port));
+    let admitted = |addr, login| {
+        let mut client = RawClient::open_addr(addr);
+        let options = ConnectOptions { login, ..Default::default() };
+        matches!(client.try_handshake("probe", options), Some(Packet::ConnAck(a)) if !a.reason.is_error())
+    };
+    let admissions = vec![
+        admitted(second, None),
+        admitted(second, Some(("alice", "a"))),
+        admitted(node.addr(), None),
+    ];
+    let (mut first_sub, _) = RawClient::connect_addr(node.addr(), "first-sub", Default::default());
+    first_sub.subscribe("#", QoS::AtLeastOnce);
+    let login = || ConnectOptions { login: Some(("alice", "a")), ..Default::default() };
+    let (mut alice, _) = RawClient::connect_addr(second, "alice-sub", login());
+    alice.subscribe("#", QoS::AtLeastOnce);
+    let (mut alice_pub, _) = RawClient::connect_addr(second, "alice-pub", login());
+    for topic in ["rw/1", "ro/1", "other/1"] {
+        alice_pub.publish(topic, b"from alice", QoS::AtLeastOnce, false);
+    }
+    let (mut first_pub, _) = RawClient::connect_addr(node.addr(), "first-pub", Default::default());
+    for topic in ["ro/2", "rw/2"] {
+        first_pub.publish(topic, b"from the first listener", QoS::AtLeastOnce, false);
+    }
+    let drain = |client: &mut RawClient| {
+        let mut topics = Vec::new();
+        while let Some(Packet::Publish(publish)) = client.recv_within(Duration::from_millis(500)) {
+            client.acknowledge(&publish);
+            topics.push(publish.topic.as_str().to_string());
+        }
+        topics.sort();
+        topics
+    };
+    (admissions, drain(&mut first_sub), drain(&mut alice))
 }

@@ -22,12 +22,29 @@ pub enum AuthFileError {
     Acl(#[from] AclFileError),
 }
 
-/// Where the files are (`password_file`, `acl_file`), and `allow_anonymous`.
-#[derive(Debug, Clone, Default)]
+/// Where the files are (`password_file`, `acl_file`), `allow_anonymous`, and whether clients may
+/// leave the id to the broker (`allow_zero_length_clientid`, `auto_id_prefix`): the settings
+/// `per_listener_settings true` makes each listener's own.
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     pub acl_file: Option<PathBuf>,
     pub allow_anonymous: bool,
+    pub allow_zero_length_clientid: bool,
+    pub auto_id_prefix: String,
+}
+
+impl Default for AuthConfig {
+    /// Mosquitto's defaults for a listener with no settings of its own.
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: false,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".to_string(),
+        }
+    }
 }
 
 /// The broker's credentials and access rules, as last loaded.
@@ -100,9 +117,8 @@ impl Credentials {
         self.acl.load().as_deref().is_none_or(|acl| acl.allows(who, topic, access))
     }
 
-    /// Whether an ACL file is in force (deliveries are checked only then).
-    pub fn has_acl(&self) -> bool {
-        self.acl.load().is_some()
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
     }
 }
 
@@ -118,8 +134,8 @@ mod tests {
         let path = dir.join("pw");
         std::fs::write(&path, MOSQUITTO_PASSWD).unwrap();
         for allow_anonymous in [false, true] {
-            let config =
-                AuthConfig { password_file: Some(path.clone()), acl_file: None, allow_anonymous };
+            let password_file = Some(path.clone());
+            let config = AuthConfig { password_file, allow_anonymous, ..AuthConfig::default() };
             let (with_file, _) = Credentials::load(config).unwrap();
             assert!(with_file.admits(Some("alice"), Some(b"secret1")));
             assert!(!with_file.admits(Some("alice"), Some(b"wrong")));

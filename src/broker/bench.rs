@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::connection::ConnHandle;
+use super::connection::{ConnHandle, ListenerContext};
 use super::shard::{Origin, Shard};
 use super::sys::ShardCounters;
 use crate::auth::Credentials;
@@ -41,13 +41,14 @@ impl FanOut {
     pub fn new(subscribers: usize, payload_bytes: usize) -> FanOut {
         let config = Rc::new(Config::default());
         let (credentials, _) = Credentials::load(config.auth()).expect("no files to read");
+        let listener = ListenerContext { mount_point: None, credentials };
         let counters = Arc::new(ShardCounters::default());
-        let mut shard = Shard::new(0, 1, config, credentials, None, counters);
+        let mut shard = Shard::new(0, 1, config, None, counters);
         let topic = "fleet/7/telemetry";
-        let publisher = connect(&mut shard, "publisher");
+        let publisher = connect(&mut shard, &listener, "publisher");
         let subscribers: Vec<Rc<ConnHandle>> = (0..subscribers)
             .map(|i| {
-                let conn = connect(&mut shard, &format!("subscriber-{i}"));
+                let conn = connect(&mut shard, &listener, &format!("subscriber-{i}"));
                 let subscribe = Subscribe {
                     packet_id: PacketId::MIN,
                     properties: Properties::default(),
@@ -82,7 +83,7 @@ impl FanOut {
     }
 }
 
-fn connect(shard: &mut Shard, client_id: &str) -> Rc<ConnHandle> {
+fn connect(shard: &mut Shard, listener: &ListenerContext, client_id: &str) -> Rc<ConnHandle> {
     let connect = Connect {
         protocol: ProtocolVersion::V311,
         bridge: false,
@@ -94,7 +95,7 @@ fn connect(shard: &mut Shard, client_id: &str) -> Rc<ConnHandle> {
         username: None,
         password: None,
     };
-    let origin = Origin::Network { peer: "bench", mount_point: None };
+    let origin = Origin::Network { peer: "bench", listener };
     let (conn, claim) = shard.begin_connect(&connect, origin).expect("connection admitted");
     shard.finish_connect(&conn, connect, claim);
     conn.take_outbox();

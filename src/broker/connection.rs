@@ -21,6 +21,7 @@ use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
 use super::shard::{Origin, Shard};
 use super::signal::{Event, Signal};
 use super::sys::ShardCounters;
+use crate::auth::Credentials;
 use crate::protocol::{
     Ack, ConnAck, DecodeError, Disconnect, Packet, PacketId, Properties, PropertyContext,
     ProtocolVersion, Publish, QoS, ReasonCode, TopicFilter, TopicName,
@@ -97,6 +98,8 @@ pub struct ConnHandle {
     /// Its listener's `mount_point`: put in front of the topics and filters the client sends,
     /// taken off the topics it receives.
     pub mount_point: Option<ByteString>,
+    /// Its listener's access rules; `None` for a bridge's own session, which is not restricted.
+    pub credentials: Option<Arc<Credentials>>,
     /// The client sent an empty id and the broker assigned `client_id`.
     pub assigned_client_id: bool,
     /// A peer broker's bridge (Mosquitto's bridge bit in CONNECT): its subscriptions are No
@@ -155,6 +158,7 @@ impl ConnHandle {
             client_id,
             username: None,
             mount_point: None,
+            credentials: None,
             assigned_client_id: false,
             is_bridge: false,
             internal: false,
@@ -464,11 +468,19 @@ impl PacketReader {
     }
 }
 
+/// What a listener applies to the clients it accepts.
+#[derive(Debug)]
+pub struct ListenerContext {
+    pub mount_point: Option<ByteString>,
+    /// Its access rules: everyone's, or its own with `per_listener_settings true`.
+    pub credentials: Arc<Credentials>,
+}
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(
     shard: Rc<RefCell<Shard>>,
     mut stream: TcpStream,
-    mount_point: Option<ByteString>,
+    listener: Arc<ListenerContext>,
 ) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (max_packet_size, counters) = {
@@ -506,7 +518,7 @@ pub async fn serve(
         }
     };
 
-    let origin = Origin::Network { peer: &peer, mount_point: mount_point.as_ref() };
+    let origin = Origin::Network { peer: &peer, listener: &listener };
     let begun = shard.borrow_mut().begin_connect(&connect, origin);
     let (conn, claim) = match begun {
         Ok(pending) => pending,

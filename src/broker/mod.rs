@@ -33,7 +33,7 @@ use thiserror::Error;
 use crate::auth::Credentials;
 use crate::config::{BindAddress, Config, PersistenceSync};
 use crate::store::ShardStore;
-use connection::Close;
+use connection::{Close, ListenerContext};
 use journal::{Journal, SharedJournal};
 pub use mesh::SHARDS_MAX;
 use mesh::{Batch, BATCHES_IN_FLIGHT_MAX};
@@ -92,22 +92,50 @@ pub enum StartError {
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 
-/// The credentials every shard checks, for SIGHUP to reload.
-static CREDENTIALS: std::sync::OnceLock<Arc<Credentials>> = std::sync::OnceLock::new();
+/// The credentials the shards check (one set, or one per listener with
+/// `per_listener_settings true`), for SIGHUP to reload.
+static CREDENTIALS: std::sync::OnceLock<Vec<Arc<Credentials>>> = std::sync::OnceLock::new();
 
 /// SIGHUP: reads the password and ACL files again, as Mosquitto does; connected clients stay.
 /// Safe from any thread.
 pub fn reload() {
-    let Some(credentials) = CREDENTIALS.get() else { return };
-    match credentials.reload() {
-        Ok(reloaded) => tracing::info!(
-            users_before = reloaded.users_before,
-            users_now = reloaded.users_now,
-            acl_file = reloaded.acl_reloaded,
-            "SIGHUP: password and acl files reloaded"
-        ),
-        Err(error) => tracing::error!("{error}; the previous files stay in force"),
+    for credentials in CREDENTIALS.get().into_iter().flatten() {
+        match credentials.reload() {
+            Ok(reloaded) => tracing::info!(
+                users_before = reloaded.users_before,
+                users_now = reloaded.users_now,
+                acl_file = reloaded.acl_reloaded,
+                "SIGHUP: password and acl files reloaded"
+            ),
+            Err(error) => tracing::error!("{error}; the previous files stay in force"),
+        }
     }
+}
+
+/// What each listener applies to its clients, in `config.listeners` order: its mount point and
+/// its access rules (one set shared by all unless `per_listener_settings true`).
+fn listener_contexts(config: &Config) -> Result<Vec<Arc<ListenerContext>>, StartError> {
+    let mut everyones = None;
+    let mut all = Vec::new();
+    let mut contexts = Vec::new();
+    for listener in &config.listeners {
+        let credentials = match &everyones {
+            Some(shared) if !config.per_listener_settings => Arc::clone(shared),
+            _ => {
+                let (credentials, warnings) = Credentials::load(config.auth_for(listener))?;
+                for warning in warnings {
+                    tracing::warn!(port = listener.port, "{warning}");
+                }
+                all.push(credentials.clone());
+                everyones = Some(credentials.clone());
+                credentials
+            }
+        };
+        let mount_point = listener.mount_point.as_deref().map(ByteString::from);
+        contexts.push(Arc::new(ListenerContext { mount_point, credentials }));
+    }
+    let _ = CREDENTIALS.set(all);
+    Ok(contexts)
 }
 
 /// How long `shutdown` leaves the shards to tell their clients: two sweeps.
@@ -141,11 +169,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // memlock first: below it, creating a ring fails too (ENOMEM), with a less helpful message.
     ensure_memlock()?;
     check_io_uring()?;
-    let (credentials, warnings) = Credentials::load(config.auth())?;
-    for warning in warnings {
-        tracing::warn!("{warning}");
-    }
-    let _ = CREDENTIALS.set(credentials.clone());
     let cpus = allowed_cpus();
     let worker_count = config.shards.unwrap_or(cpus.len().max(1));
     let bridge_shard_count = config.bridge_shards.min(config.bridges.len());
@@ -153,7 +176,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if shard_count > SHARDS_MAX {
         return Err(StartError::TooManyShards(shard_count));
     }
-    let endpoints = endpoints(&config);
+    let endpoints = endpoints(&config, &listener_contexts(&config)?);
     for endpoint in &endpoints {
         probe_free(endpoint.bind.addr)?;
     }
@@ -209,7 +232,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
             Role::Bridges(bridges.cloned().collect())
         };
         let config = config.clone();
-        let credentials = credentials.clone();
         let mesh = mesh.clone();
         let recoveries = recoveries.clone();
         let counters = counters.clone();
@@ -221,9 +243,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .name(&name)
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
-            .spawn(move || {
-                run_shard(config, credentials, role, mesh, shard_count, recoveries, counters)
-            })
+            .spawn(move || run_shard(config, role, mesh, shard_count, recoveries, counters))
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
@@ -293,7 +313,6 @@ fn ensure_memlock() -> Result<(), StartError> {
 
 async fn run_shard(
     config: Config,
-    credentials: Arc<Credentials>,
     role: Role,
     mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     shard_count: usize,
@@ -310,14 +329,7 @@ async fn run_shard(
     // `persistence_sync interval`: a durable commit at least this often, the others not synced.
     let sync_every = (!holds).then_some(config.autosave_interval);
     let sys_every = sys::interval(config.sys_interval);
-    let shard = Shard::new(
-        id,
-        shard_count,
-        Rc::new(config),
-        credentials,
-        journal.clone(),
-        counters[id].clone(),
-    );
+    let shard = Shard::new(id, shard_count, Rc::new(config), journal.clone(), counters[id].clone());
     let shard = Rc::new(RefCell::new(shard));
     if let (Some(recovery), Some(journal)) = (recovery, journal) {
         shard.borrow_mut().restore(recovery.restored);
@@ -420,14 +432,15 @@ struct Endpoint {
     limit: Option<Arc<ConnectionLimit>>,
     /// `set_tcp_nodelay`.
     nodelay: bool,
-    /// The listener's `mount_point`.
-    mount_point: Option<ByteString>,
+    /// What the listener applies to the clients it accepts.
+    listener: Arc<ListenerContext>,
 }
 
 /// The sockets of every listener (`protocol websockets` ones are not opened yet).
-fn endpoints(config: &Config) -> Vec<Endpoint> {
+fn endpoints(config: &Config, contexts: &[Arc<ListenerContext>]) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
-    for listener in config.listeners.iter().filter(|l| !l.websockets) {
+    let listeners = config.listeners.iter().zip(contexts).filter(|(l, _)| !l.websockets);
+    for (listener, context) in listeners {
         let limit = listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max)));
         for bind in listener.bind_addresses(config.local_only) {
             endpoints.push(Endpoint {
@@ -435,7 +448,7 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
                 interface: listener.bind_interface.clone(),
                 limit: limit.clone(),
                 nodelay: config.tcp_nodelay,
-                mount_point: listener.mount_point.as_deref().map(ByteString::from),
+                listener: context.clone(),
             });
         }
     }
@@ -569,9 +582,9 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                 };
                 let _ = stream.set_nodelay(endpoint.nodelay);
                 let shard = shard.clone();
-                let mount_point = endpoint.mount_point.clone();
+                let listener = endpoint.listener.clone();
                 glommio::spawn_local(async move {
-                    connection::serve(shard, stream, mount_point).await;
+                    connection::serve(shard, stream, listener).await;
                     drop(slot);
                 })
                 .detach();

@@ -16,6 +16,7 @@ use smallvec::SmallVec;
 use super::connection::{ConnHandle, ConnId};
 use super::journal::{restored_message, restored_will, stored_will, StoredAt};
 use super::mesh::ShardId;
+use crate::auth::Credentials;
 use crate::config::Config;
 use crate::protocol::{
     Ack, LastWill, Packet, PacketId, Properties, Publish, QoS, SubscriptionId, SubscriptionOptions,
@@ -61,10 +62,12 @@ impl Message {
     }
 }
 
-/// The identity a session's deliveries are checked against.
+/// The identity a session's deliveries are checked against, and the access rules of the
+/// listener it last connected through (as Mosquitto with `per_listener_settings true`).
 #[derive(Debug, Clone)]
 pub struct Reader {
     pub username: Option<ByteString>,
+    pub credentials: Arc<Credentials>,
 }
 
 /// One subscription of a session: its options and, in 5.0, its identifier.

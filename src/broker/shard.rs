@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use super::connection::{refusal, Close, ConnHandle, ConnId, TOPIC_ALIAS_MAXIMUM};
+use super::connection::{refusal, Close, ConnHandle, ConnId, ListenerContext, TOPIC_ALIAS_MAXIMUM};
 use super::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
 use super::mesh::{Outbound, ShardId, ShardMsg, ShardSet};
 use super::session::{
@@ -25,7 +25,7 @@ use super::shared::SharedSubscriptions;
 use super::signal::Signal;
 use super::sys::ShardCounters;
 use super::topic::{filter_matches, TopicTrie};
-use crate::auth::{Access, Credentials, Identity};
+use crate::auth::{Access, Identity};
 use crate::config::Config;
 use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
@@ -103,8 +103,8 @@ struct PendingSubAck {
 /// Where a CONNECT comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
-    /// A client over the network, with its address and its listener's `mount_point`.
-    Network { peer: &'a str, mount_point: Option<&'a ByteString> },
+    /// A client over the network, with its address and what its listener applies to it.
+    Network { peer: &'a str, listener: &'a ListenerContext },
     /// The local session of one of this broker's bridges, by connection name.
     Bridge(&'a str),
 }
@@ -122,8 +122,8 @@ pub struct Shard {
     id: ShardId,
     shard_count: usize,
     config: Rc<Config>,
-    /// Who may connect (shared by every shard, replaced whole on SIGHUP).
-    credentials: Arc<Credentials>,
+    /// Some listener has an ACL file: deliveries are checked against the reader's.
+    checks_reads: bool,
     limits: Limits,
     sessions: AHashMap<ByteString, Session>,
     subscribers: TopicTrie<Subscribers>,
@@ -156,14 +156,13 @@ impl Shard {
         id: ShardId,
         shard_count: usize,
         config: Rc<Config>,
-        credentials: Arc<Credentials>,
         journal: Option<SharedJournal>,
         counters: Arc<ShardCounters>,
     ) -> Self {
         Shard {
             id,
             shard_count,
-            credentials,
+            checks_reads: config.has_acl_file(),
             limits: Limits::from_config(&config),
             config,
             sessions: AHashMap::new(),
@@ -249,9 +248,16 @@ impl Shard {
             connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
         let refuse = |reason| Err(refusal(version, reason, max_packet_size));
         let peer = origin;
-        let internal = matches!(origin, Origin::Bridge(_));
+        let listener = match origin {
+            Origin::Network { listener, .. } => Some(listener),
+            Origin::Bridge(_) => None,
+        };
+        let internal = listener.is_none();
         let username = connect.username.as_deref();
-        if !internal && !self.credentials.admits(username, connect.password.as_deref()) {
+        let credentials = listener.map(|l| l.credentials.clone());
+        let admitted =
+            credentials.as_ref().is_none_or(|c| c.admits(username, connect.password.as_deref()));
+        if !admitted {
             // Mosquitto answers every refusal "not authorised" (3.x code 5, 5.0 0x87).
             tracing::info!(%peer, client_id = %connect.client_id, ?username, "refused: not authorised");
             return refuse(ReasonCode::NotAuthorized);
@@ -296,13 +302,18 @@ impl Shard {
         } else if connect.client_id.is_empty() {
             // Mosquitto: an empty id is refused in 3.1, and with a persistent session.
             let persistent = !connect.clean_start && !version.is_v5();
+            // A bridge's own session always has an id: only network clients get here.
+            let Some(credentials) = &credentials else {
+                return refuse(ReasonCode::ClientIdentifierNotValid);
+            };
+            let settings = credentials.config();
             if version == crate::protocol::ProtocolVersion::V31
                 || persistent
-                || !self.config.allow_zero_length_clientid
+                || !settings.allow_zero_length_clientid
             {
                 return refuse(ReasonCode::ClientIdentifierNotValid);
             }
-            self.assign_client_id()
+            self.assign_client_id(&settings.auto_id_prefix)
         } else {
             connect.client_id.clone()
         };
@@ -326,9 +337,10 @@ impl Shard {
         conn.is_bridge = connect.bridge;
         conn.internal = internal;
         conn.username = connect.username.clone();
-        if let Origin::Network { mount_point, .. } = origin {
-            conn.mount_point = mount_point.cloned();
+        if let Some(listener) = listener {
+            conn.mount_point = listener.mount_point.clone();
         }
+        conn.credentials = credentials;
         if let Some(receive_maximum) = connect.properties.receive_maximum {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
@@ -368,11 +380,11 @@ impl Shard {
         }
     }
 
-    fn assign_client_id(&self) -> ByteString {
+    fn assign_client_id(&self, prefix: &str) -> ByteString {
         let random = ahash::RandomState::new();
         let a = random.hash_one(Instant::now());
         let b = random.hash_one(self.next_conn);
-        format!("{}{a:016x}{b:016x}", self.config.auto_id_prefix).into()
+        format!("{prefix}{a:016x}{b:016x}").into()
     }
 
     /// The claim came back: install the session (resumed or new) without its connection yet,
@@ -410,14 +422,19 @@ impl Shard {
             Some(will)
         });
         session.will = will.filter(|will| {
-            let allowed =
-                conn.internal || self.credentials.allows(identity, &will.topic, Access::Write);
+            let allowed = conn
+                .credentials
+                .as_ref()
+                .is_none_or(|c| c.allows(identity, &will.topic, Access::Write));
             if !allowed {
                 tracing::info!(%client_id, topic = %will.topic, "will denied by the acl file");
             }
             allowed
         });
-        session.reader = (!conn.internal).then(|| Reader { username: conn.username.clone() });
+        session.reader = conn
+            .credentials
+            .clone()
+            .map(|credentials| Reader { username: conn.username.clone(), credentials });
         self.store_session(&client_id, &mut session, stored_before);
         self.sessions.insert(client_id.clone(), session);
         for (filter, subscription) in &filters {
@@ -820,7 +837,8 @@ impl Shard {
         } else {
             let who = Identity { client_id: &conn.client_id, username: conn.username.as_deref() };
             // As Mosquitto 2.0.11: dropped, and acknowledged all the same.
-            let denied = !conn.internal && !self.credentials.allows(who, &topic, Access::Write);
+            let denied =
+                conn.credentials.as_ref().is_some_and(|c| !c.allows(who, &topic, Access::Write));
             denied.then_some(ReasonCode::NotAuthorized)
         };
         if let Some(reason) = refused {
@@ -1055,10 +1073,10 @@ impl Shard {
     /// matching subscriptions (as Mosquitto does for overlapping filters).
     fn deliver_local(&mut self, message: &Arc<Message>) {
         let Shard {
-            subscribers, sessions, limits, counters, congested, credentials, config, ..
+            subscribers, sessions, limits, counters, congested, checks_reads, config, ..
         } = self;
         let upgrade = config.upgrade_outgoing_qos;
-        let acl = credentials.has_acl();
+        let acl = *checks_reads;
         let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
             SmallVec::new();
         // Where each client is in `targets`, once there are too many to search one by one (a
@@ -1098,7 +1116,7 @@ impl Shard {
         });
         for (client_id, options, subscription_ids) in targets {
             let Some(session) = sessions.get_mut(client_id) else { continue };
-            if acl && !may_read(credentials, client_id, session, &message.topic) {
+            if acl && !may_read(client_id, session, &message.topic) {
                 continue;
             }
             let outgoing = Outgoing {
@@ -1202,16 +1220,15 @@ impl Shard {
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
         let limits = self.limits;
-        let Shard { sessions, retained, counters, credentials, config, .. } = self;
+        let Shard { sessions, retained, counters, checks_reads, config, .. } = self;
         let upgrade = config.upgrade_outgoing_qos;
-        let acl = credentials.has_acl();
+        let acl = *checks_reads;
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
         for (filter, subscription) in &pending.retained_for {
-            let readable = |m: &&Arc<Message>| {
-                !acl || may_read(credentials, &pending.client_id, session, &m.topic)
-            };
+            let readable =
+                |m: &&Arc<Message>| !acl || may_read(&pending.client_id, session, &m.topic);
             let matching: Vec<Arc<Message>> = retained
                 .values()
                 .filter(|m| filter_matches(filter, &m.topic))
@@ -1442,10 +1459,9 @@ impl Shard {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
             let limits = self.limits;
             let upgrade = self.config.upgrade_outgoing_qos;
-            let Shard { sessions, counters, congested, credentials, .. } = self;
+            let Shard { sessions, counters, congested, checks_reads, .. } = self;
             let Some(session) = sessions.get_mut(&client_id) else { return };
-            if credentials.has_acl() && !may_read(credentials, &client_id, session, &message.topic)
-            {
+            if *checks_reads && !may_read(&client_id, session, &message.topic) {
                 counters.publish_dropped.add(1);
                 self.confirm_durable(durable);
                 return;
@@ -1540,12 +1556,12 @@ fn resolve_topic_alias(conn: &ConnHandle, publish: &Publish) -> Result<TopicName
     }
 }
 
-/// Whether the ACL file lets a session receive a message on `topic` (a bridge's own session
-/// is not restricted).
-fn may_read(credentials: &Credentials, client_id: &str, session: &Session, topic: &str) -> bool {
+/// Whether the ACL file of the listener the session last connected through lets it receive a
+/// message on `topic` (a bridge's own session is not restricted).
+fn may_read(client_id: &str, session: &Session, topic: &str) -> bool {
     session.reader.as_ref().is_none_or(|reader| {
         let who = Identity { client_id, username: reader.username.as_deref() };
-        credentials.allows(who, topic, Access::Read)
+        reader.credentials.allows(who, topic, Access::Read)
     })
 }
 

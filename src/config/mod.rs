@@ -29,6 +29,19 @@ pub struct Listener {
     /// `mount_point`: prefixed to every topic its clients publish, subscribe to or leave as a
     /// will, and taken off what they receive.
     pub mount_point: Option<String>,
+    /// With `per_listener_settings true`: the access settings given after this `listener`.
+    pub security: ListenerSecurity,
+}
+
+/// What `per_listener_settings true` makes each listener's own; unset ones take Mosquitto's
+/// listener defaults (`AuthConfig::default`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerSecurity {
+    pub allow_anonymous: Option<bool>,
+    pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
+    pub allow_zero_length_clientid: Option<bool>,
+    pub auto_id_prefix: Option<String>,
 }
 
 /// Mosquitto's `socket_domain`.
@@ -56,6 +69,7 @@ impl Listener {
             max_connections: None,
             websockets: false,
             mount_point: None,
+            security: ListenerSecurity::default(),
         }
     }
 
@@ -213,6 +227,8 @@ pub struct Config {
     pub max_keepalive: u16,
     pub allow_zero_length_clientid: bool,
     pub auto_id_prefix: String,
+    /// `per_listener_settings true`: each listener has its own access settings (`security`).
+    pub per_listener_settings: bool,
     pub retain_available: bool,
     /// Mosquitto's `persistence`: sessions, their messages and retained messages survive a
     /// restart, written before they are acknowledged (`crate::store`).
@@ -281,6 +297,7 @@ impl Default for Config {
             max_keepalive: 0,
             allow_zero_length_clientid: true,
             auto_id_prefix: "auto-".to_string(),
+            per_listener_settings: false,
             retain_available: true,
             max_qos: crate::protocol::QoS::ExactlyOnce,
             persistence: false,
@@ -421,12 +438,40 @@ impl Config {
     }
 
     /// What `crate::auth` needs to know.
+    /// The access settings of every listener, without `per_listener_settings true`.
     pub fn auth(&self) -> crate::auth::AuthConfig {
         crate::auth::AuthConfig {
             password_file: self.password_file.clone(),
             acl_file: self.acl_file.clone(),
             allow_anonymous: self.allow_anonymous,
+            allow_zero_length_clientid: self.allow_zero_length_clientid,
+            auto_id_prefix: self.auto_id_prefix.clone(),
         }
+    }
+
+    /// The access settings of `listener`: its own with `per_listener_settings true` (the
+    /// default listener of a configuration without listeners admits anonymous clients, as
+    /// Mosquitto 2.0's), else everyone's.
+    pub fn auth_for(&self, listener: &Listener) -> crate::auth::AuthConfig {
+        if !self.per_listener_settings {
+            return self.auth();
+        }
+        let own = &listener.security;
+        let defaults = crate::auth::AuthConfig::default();
+        crate::auth::AuthConfig {
+            password_file: own.password_file.clone(),
+            acl_file: own.acl_file.clone(),
+            allow_anonymous: own.allow_anonymous.unwrap_or(self.local_only),
+            allow_zero_length_clientid: own
+                .allow_zero_length_clientid
+                .unwrap_or(defaults.allow_zero_length_clientid),
+            auto_id_prefix: own.auto_id_prefix.clone().unwrap_or(defaults.auto_id_prefix),
+        }
+    }
+
+    /// Whether any ACL file is configured: deliveries are checked against one only then.
+    pub fn has_acl_file(&self) -> bool {
+        self.acl_file.is_some() || self.listeners.iter().any(|l| l.security.acl_file.is_some())
     }
 
     /// Parses a mosquitto.conf file (and the files it includes).
@@ -497,6 +542,35 @@ impl Parser {
             option: option.to_string(),
             reason: reason.to_string(),
         };
+        if self.config.per_listener_settings {
+            let security = &mut self.current_listener().security;
+            match option {
+                "allow_anonymous" => {
+                    security.allow_anonymous = Some(parse_bool(value, &invalid)?);
+                    return Ok(());
+                }
+                "password_file" | "acl_file" => {
+                    if value.is_empty() {
+                        return Err(invalid("expected the path of a file"));
+                    }
+                    let path = Some(PathBuf::from(value));
+                    match option {
+                        "password_file" => security.password_file = path,
+                        _ => security.acl_file = path,
+                    }
+                    return Ok(());
+                }
+                "allow_zero_length_clientid" => {
+                    security.allow_zero_length_clientid = Some(parse_bool(value, &invalid)?);
+                    return Ok(());
+                }
+                "auto_id_prefix" => {
+                    security.auto_id_prefix = Some(value.to_string());
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         let config = &mut self.config;
         match option {
             "listener" => {
@@ -561,14 +635,7 @@ impl Parser {
             // Ignoring these would apply one listener's authentication to all, or show a
             // listener's clients every topic instead of their mount point's: refused, not
             // warned about, until implemented.
-            "per_listener_settings" => {
-                if parse_bool(value, &invalid)? {
-                    return Err(invalid(
-                        "`true` is not supported yet: Culex applies allow_anonymous, \
-                         password_file and acl_file to every listener",
-                    ));
-                }
-            }
+            "per_listener_settings" => config.per_listener_settings = parse_bool(value, &invalid)?,
             "mount_point" => {
                 let topic = crate::protocol::TopicName::new(value.to_string());
                 if value.contains(['+', '#']) || topic.is_err() {
@@ -1103,6 +1170,27 @@ mod tests {
         assert!(!parse("set_tcp_nodelay false").unwrap().tcp_nodelay);
         assert!(Config::default().tcp_nodelay);
         assert!(parse("per_listener_settings false").is_ok());
+        // per_listener_settings: what follows a listener is its own; what comes before any
+        // listener belongs to the default one, which explicit listeners replace (as Mosquitto).
+        let per_listener = parse(
+            "per_listener_settings true\nallow_anonymous true\nlistener 1883\n\
+             listener 1884\nallow_anonymous true\npassword_file pw\nacl_file acl\n\
+             allow_zero_length_clientid false\nauto_id_prefix x-\n",
+        )
+        .unwrap();
+        let (first, second) = (&per_listener.listeners[0], &per_listener.listeners[1]);
+        let (first, second) = (per_listener.auth_for(first), per_listener.auth_for(second));
+        assert!(!first.allow_anonymous && first.password_file.is_none());
+        assert!(first.allow_zero_length_clientid && first.auto_id_prefix == "auto-");
+        assert!(second.allow_anonymous && !second.allow_zero_length_clientid);
+        assert_eq!(second.password_file.as_deref(), Some(Path::new("pw")));
+        assert_eq!(
+            (second.acl_file.as_deref(), second.auto_id_prefix.as_str()),
+            (Some(Path::new("acl")), "x-")
+        );
+        assert!(per_listener.has_acl_file());
+        let local = parse("per_listener_settings true\n").unwrap();
+        assert!(local.auth_for(&local.listeners[0]).allow_anonymous, "local only: anonymous");
         let mounted = parse("listener 1883\nlistener 1884\nmount_point site1/\n").unwrap();
         let mount_points: Vec<_> =
             mounted.listeners.iter().map(|l| l.mount_point.as_deref()).collect();
@@ -1113,12 +1201,6 @@ mod tests {
             ("protocol http", "protocol", "expected `mqtt` or `websockets`"),
             ("bind_interface", "bind_interface", "expected a network interface name"),
             ("set_tcp_nodelay on", "set_tcp_nodelay", BOOL_EXPECTED),
-            (
-                "per_listener_settings true",
-                "per_listener_settings",
-                "`true` is not supported yet: Culex applies allow_anonymous, password_file and \
-                 acl_file to every listener",
-            ),
             ("mount_point site/#", "mount_point", "expected a topic prefix without wildcards"),
         ] {
             assert_eq!(

@@ -170,6 +170,8 @@ pub struct ConnectOptions {
     pub keep_alive_secs: u16,
     pub will: Option<LastWill>,
     pub properties: Properties,
+    /// Username and password.
+    pub login: Option<(&'static str, &'static str)>,
 }
 
 impl Default for ConnectOptions {
@@ -180,6 +182,7 @@ impl Default for ConnectOptions {
             keep_alive_secs: 60,
             will: None,
             properties: Properties::default(),
+            login: None,
         }
     }
 }
@@ -244,8 +247,8 @@ impl RawClient {
             properties: options.properties,
             client_id: client_id.into(),
             will: options.will,
-            username: None,
-            password: None,
+            username: options.login.map(|(username, _)| username.into()),
+            password: options.login.map(|(_, password)| Bytes::from_static(password.as_bytes())),
         })));
         self.recv()
     }

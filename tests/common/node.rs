@@ -45,6 +45,16 @@ pub struct Node {
 impl Node {
     /// `None` when Mosquitto is not installed: a loud skip locally, a failure under CI.
     pub fn start(kind: Kind, host: &'static str, extra_config: &str) -> Option<Node> {
+        let listener = |port| format!("listener {port} {host}\nallow_anonymous true\n");
+        Self::start_configured(kind, host, |port| listener(port) + extra_config)
+    }
+
+    /// As `start`, with the whole configuration from `config` (given the node's port).
+    pub fn start_configured(
+        kind: Kind,
+        host: &'static str,
+        config: impl FnOnce(u16) -> String,
+    ) -> Option<Node> {
         let program = match kind {
             Kind::Culex => PathBuf::from(env!("CARGO_BIN_EXE_culex")),
             Kind::Mosquitto => mosquitto_tool("mosquitto")?,
@@ -53,11 +63,10 @@ impl Node {
         // Mosquitto started as root runs as the `mosquitto` user: its persistence goes here.
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         let port = unique_port();
-        let mut config = format!("listener {port} {host}\nallow_anonymous true\n");
+        let mut config = config(port).replace("{dir}", &dir.0.display().to_string());
         if kind == Kind::Culex {
-            config.push_str("shards 2\n");
+            config.insert_str(0, "shards 2\n");
         }
-        config.push_str(&extra_config.replace("{dir}", &dir.0.display().to_string()));
         std::fs::write(dir.0.join("node.conf"), config).unwrap();
         let mut node = Node { kind, program, host, port, dir, child: None };
         node.spawn();
