@@ -902,3 +902,48 @@ fn keep_alive_notices_a_frozen_peer() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     await_payload(&mut state, "1", "link back", &[&master, &leaf]);
 }
+
+/// The ACL file does not apply to a bridge's own session in Mosquitto 2.0: `local_username`
+/// names that session and restricts nothing (probed on 2.0.11). Culex does the same, so a
+/// master moved from Mosquitto to Culex forwards what it forwarded before.
+fn acl_file_leaves_the_bridge_unrestricted(master_kind: Kind) {
+    let files = common::TempDir::new();
+    let acl = files.0.join("acl");
+    // Anonymous clients may do anything; the bridge's user only allowed/#.
+    std::fs::write(&acl, "topic readwrite #\nuser bridge-user\ntopic readwrite allowed/#\n")
+        .unwrap();
+    // Mosquitto started as root reads it as the `mosquitto` user.
+    for (path, mode) in [(&files.0, 0o755), (&acl, 0o644)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let Some(leaf) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let bridge = format!(
+        "acl_file {}\nconnection acl\naddress {}\ntopic # both 1\nlocal_username bridge-user\n",
+        acl.display(),
+        leaf.address()
+    );
+    let Some(master) = Node::start(master_kind, "127.0.0.53", &bridge) else { return };
+    let logs = [&master, &leaf];
+    let mut on_leaf = subscriber(&leaf, "acl-leaf-sub", "#");
+    let mut on_master = subscriber(&master, "acl-master-sub", "#");
+    await_route(&master, "allowed/probe", &mut on_leaf, &logs);
+    await_route(&leaf, "allowed/probe", &mut on_master, &logs);
+    drain(&mut [&mut on_leaf, &mut on_master]);
+
+    publish(&master, "denied/out", "m", QoS::AtLeastOnce, false);
+    expect_exactly(&mut on_leaf, "denied/out", "m");
+    expect_exactly(&mut on_master, "denied/out", "m");
+    publish(&leaf, "denied/in", "l", QoS::AtLeastOnce, false);
+    expect_exactly(&mut on_master, "denied/in", "l");
+    expect_exactly(&mut on_leaf, "denied/in", "l");
+}
+
+#[test]
+fn acl_file_leaves_the_bridge_unrestricted_culex_master() {
+    acl_file_leaves_the_bridge_unrestricted(Culex);
+}
+
+#[test]
+fn acl_file_leaves_the_bridge_unrestricted_mosquitto_master() {
+    acl_file_leaves_the_bridge_unrestricted(Mosquitto);
+}

@@ -98,7 +98,8 @@ pub struct ConnHandle {
     /// Its listener's `mount_point`: put in front of the topics and filters the client sends,
     /// taken off the topics it receives.
     pub mount_point: Option<ByteString>,
-    /// Its listener's access rules; `None` for a bridge's own session, which is not restricted.
+    /// Its listener's access rules; `None` for a bridge's own session, which is not restricted:
+    /// Mosquitto 2.0 does not apply the ACL file to it either, `local_username` or not.
     pub credentials: Option<Arc<Credentials>>,
     /// The client sent an empty id and the broker assigned `client_id`.
     pub assigned_client_id: bool,
