@@ -105,6 +105,24 @@ same_as_mosquitto! {
         => ["unacknowledged: 2", "after acknowledging them: 2"];
 }
 
+/// `set_tcp_nodelay`, read from the broker's own end of a connection. Culex's default differs
+/// on purpose: it gathers each turn's packets into one write itself, so Nagle's algorithm would
+/// only add delay.
+#[test]
+fn set_tcp_nodelay_sets_it_on_accepted_sockets() {
+    for (kind, default) in [(Kind::Culex, true), (Kind::Mosquitto, false)] {
+        let settings =
+            [("", default), ("set_tcp_nodelay true", true), ("set_tcp_nodelay false", false)];
+        for (config, expected) in settings {
+            let Some(node) = Node::start(kind, "127.0.0.1", config) else { return };
+            let client = connect(node.addr(), "nodelay", Default::default());
+            let pid = node.child.as_ref().unwrap().id();
+            let nodelay = common::broker_side_nodelay(pid, client.local_addr());
+            assert_eq!(nodelay, expected, "{kind:?} with `{config}`");
+        }
+    }
+}
+
 /// What a client observes of one packet from the broker.
 fn describe(packet: Option<Packet>) -> String {
     match packet {

@@ -406,6 +406,11 @@ impl RawClient {
         self.send(&Packet::Disconnect(Default::default()));
     }
 
+    /// This end's address: the broker's socket for this connection has it as its peer.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
     /// Drops the connection without DISCONNECT (an abnormal close).
     pub fn drop_connection(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
@@ -447,6 +452,35 @@ pub fn clients_on_different_shards(
         client.disconnect();
     }
     panic!("64 connections all landed on one shard");
+}
+
+/// Whether the broker process `pid` has TCP_NODELAY on its socket connected to `client`. The
+/// socket is borrowed with pidfd_getfd(2), which needs root or the broker's own user.
+pub fn broker_side_nodelay(pid: u32, client: SocketAddr) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open returns a new descriptor (or -1), owned here from now on.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    let _pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: pidfd_getfd returns a new descriptor (or -1) for the broker's socket, owned
+        // by the TcpStream, which closes only this copy.
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) } as i32;
+        if copy < 0 {
+            continue;
+        }
+        let socket = unsafe { TcpStream::from_raw_fd(copy) };
+        if socket.peer_addr().ok() == Some(client) {
+            return socket.nodelay().unwrap();
+        }
+    }
+    panic!("process {pid} has no socket connected to {client}");
 }
 
 /// Whether a broker on `addr` answers a CONNECT with a CONNACK (whatever its code).
