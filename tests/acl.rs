@@ -227,7 +227,7 @@ fn sighup_reloads_the_acl_file() {
     // SAFETY: kill(2) with the pid of our own child.
     unsafe { libc::kill(culex.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + common::WAIT;
-    while !culex.log().contains("acl_file=true") {
+    while !culex.log().contains("acl_changed=true") {
         assert!(std::time::Instant::now() < deadline, "{}", culex.log());
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -53,13 +53,13 @@ impl Grant {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     grant: Grant,
     filter: TopicFilter,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Pattern {
     grant: Grant,
     /// With `%c` and `%u` still in it.
@@ -73,7 +73,7 @@ pub struct Identity<'a> {
     pub username: Option<&'a str>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct AclFile {
     anonymous: Vec<Rule>,
     users: AHashMap<String, Vec<Rule>>,

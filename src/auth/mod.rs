@@ -55,12 +55,15 @@ pub struct Credentials {
     acl: ArcSwapOption<AclFile>,
 }
 
-/// What a reload found: users and whether an ACL file was read.
-#[derive(Debug, PartialEq, Eq)]
+/// What a reload changed, for the log (usernames sorted).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
-    pub users_before: usize,
-    pub users_now: usize,
-    pub acl_reloaded: bool,
+    pub users_added: Vec<String>,
+    pub users_removed: Vec<String>,
+    /// Users in both files whose password changed.
+    pub passwords_changed: Vec<String>,
+    /// The ACL file's rules differ from the previous ones (or one appeared or went).
+    pub acl_changed: bool,
 }
 
 impl Credentials {
@@ -91,10 +94,16 @@ impl Credentials {
             None => (None, Vec::new()),
         };
         let acl = self.config.acl_file.as_deref().map(AclFile::load).transpose()?;
+        let empty = PasswordFile::default();
+        let before = self.passwords.load();
+        let (before, now) = (before.as_deref().unwrap_or(&empty), passwords.as_deref());
+        let (users_added, users_removed, passwords_changed) =
+            before.changes_to(now.unwrap_or(&empty));
         let reloaded = Reloaded {
-            users_before: self.passwords.load().as_deref().map_or(0, PasswordFile::len),
-            users_now: passwords.as_deref().map_or(0, PasswordFile::len),
-            acl_reloaded: acl.is_some(),
+            users_added,
+            users_removed,
+            passwords_changed,
+            acl_changed: self.acl.load().as_deref() != acl.as_ref(),
         };
         self.passwords.store(passwords);
         self.acl.store(acl.map(Arc::new));
@@ -150,7 +159,8 @@ mod tests {
         let (credentials, _) = Credentials::load(config).unwrap();
         std::fs::write(&path, "bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n").unwrap();
         let reloaded = credentials.reload().unwrap();
-        assert_eq!(reloaded, Reloaded { users_before: 2, users_now: 1, acl_reloaded: false });
+        let expected = Reloaded { users_removed: vec!["alice".into()], ..Reloaded::default() };
+        assert_eq!(reloaded, expected);
         assert!(!credentials.admits(Some("alice"), Some(b"secret1")));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(credentials.reload().is_err(), "an unreadable file is an error");

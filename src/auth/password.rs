@@ -117,6 +117,25 @@ impl PasswordFile {
         self.users.is_empty()
     }
 
+    /// Going from this file to `now`: the users added, removed, and given a new password,
+    /// each sorted.
+    pub fn changes_to(&self, now: &PasswordFile) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let sorted = |mut names: Vec<String>| {
+            names.sort();
+            names
+        };
+        let only_in = |a: &PasswordFile, b: &PasswordFile| {
+            sorted(a.users.keys().filter(|name| !b.users.contains_key(*name)).cloned().collect())
+        };
+        let changed = self
+            .users
+            .iter()
+            .filter(|(name, hash)| now.users.get(*name).is_some_and(|new| new != *hash))
+            .map(|(name, _)| name.clone())
+            .collect();
+        (only_in(now, self), only_in(self, now), sorted(changed))
+    }
+
     /// Whether `password` is the user's. An unknown user, or no password, is never accepted.
     pub fn verify(&self, username: &str, password: Option<&[u8]>) -> bool {
         match (self.users.get(username), password) {
@@ -152,9 +171,21 @@ bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlm
     }
 
     #[test]
+    fn changes_name_users_added_removed_and_given_new_passwords() {
+        let (before, _) = file("alice:$6$AAAA$AAAA\nbob:$6$AAAA$AAAA\ncarol:$6$AAAA$AAAA\n");
+        let (now, _) = file("carol:$6$BBBB$BBBB\nbob:$6$AAAA$AAAA\ndave:$6$AAAA$AAAA\n");
+        let (added, removed, changed) = before.changes_to(&now);
+        assert_eq!(
+            (added, removed, changed),
+            (vec!["dave".to_string()], vec!["alice".to_string()], vec!["carol".to_string()])
+        );
+    }
+
+    #[test]
     fn bad_lines_are_dropped_with_file_and_line() {
         let (passwords, warnings) = file("# comment\n\nplain:text\nnocolon\nok:$6$AAAA$AAAA\n");
-        assert_eq!(passwords.len(), 1);
+        let (added, _, _) = PasswordFile::default().changes_to(&passwords);
+        assert_eq!(added, ["ok"]);
         assert_eq!(
             warnings,
             [

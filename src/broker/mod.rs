@@ -102,9 +102,10 @@ pub fn reload() {
     for credentials in CREDENTIALS.get().into_iter().flatten() {
         match credentials.reload() {
             Ok(reloaded) => tracing::info!(
-                users_before = reloaded.users_before,
-                users_now = reloaded.users_now,
-                acl_file = reloaded.acl_reloaded,
+                users_added = ?reloaded.users_added,
+                users_removed = ?reloaded.users_removed,
+                passwords_changed = ?reloaded.passwords_changed,
+                acl_changed = reloaded.acl_changed,
                 "SIGHUP: password and acl files reloaded"
             ),
             Err(error) => tracing::error!("{error}; the previous files stay in force"),
