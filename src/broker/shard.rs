@@ -389,7 +389,10 @@ impl Shard {
 
     /// The claim came back: install the session (resumed or new) without its connection yet,
     /// so what arrives for it is queued, and hold the CONNACK behind a barrier so that every
-    /// shard routes its subscriptions here before the client can act on the CONNACK.
+    /// shard routes its resumed subscriptions here before the client can act on the CONNACK.
+    /// A session without subscriptions has nothing to route: its CONNACK waits only for the
+    /// store, if any (most connections are clean; the round trip through every other shard was
+    /// most of a connection's latency).
     pub fn finish_connect(
         &mut self,
         conn: &Rc<ConnHandle>,
@@ -440,7 +443,8 @@ impl Shard {
         for (filter, subscription) in &filters {
             self.add_local_subscriber(&client_id, filter, *subscription);
         }
-        self.barrier(HeldReply::ConnAck { conn: conn.clone(), session_present, claim });
+        let reply = HeldReply::ConnAck { conn: conn.clone(), session_present, claim };
+        self.barrier(reply, !filters.is_empty());
     }
 
     /// Writes a session just installed here (persistent ones, with `persistence true`) under a
@@ -470,13 +474,14 @@ impl Shard {
         }
     }
 
-    /// Sends a barrier to every other shard; `reply` goes out when all have answered.
-    /// With persistence, it also waits for this shard's pending changes (the session or
-    /// subscriptions the reply confirms) to be durable.
-    fn barrier(&mut self, reply: HeldReply) {
+    /// Sends a barrier to every other shard when `routes_changed`; `reply` goes out when all
+    /// have answered. With persistence, it also waits for this shard's pending changes (the
+    /// session or subscriptions the reply confirms) to be durable.
+    fn barrier(&mut self, reply: HeldReply, routes_changed: bool) {
         let token = self.next_token;
         self.next_token += 1;
-        let others: SmallVec<[ShardId; 16]> = self.other_shards().collect();
+        let others: SmallVec<[ShardId; 16]> =
+            if routes_changed { self.other_shards().collect() } else { SmallVec::new() };
         for shard in &others {
             self.outbound.push(*shard, ShardMsg::Barrier { from: self.id, token });
         }
@@ -1209,12 +1214,15 @@ impl Shard {
             properties: Properties::default(),
             reasons,
         });
-        self.barrier(HeldReply::SubAck(Box::new(PendingSubAck {
+        // Always through the other shards, even for a filter already routed here: its
+        // earlier barrier may still be on its way.
+        let reply = HeldReply::SubAck(Box::new(PendingSubAck {
             client_id,
             conn: conn.id,
             suback,
             retained_for,
-        })));
+        }));
+        self.barrier(reply, true);
         Ok(())
     }
 
