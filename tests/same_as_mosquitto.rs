@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::node::{Kind, Node};
 use common::{ConnectOptions, RawClient};
-use culex::protocol::{Packet, ProtocolVersion, QoS};
+use culex::protocol::{Packet, Properties, ProtocolVersion, QoS};
 use ProtocolVersion::V5;
 
 /// Runs `script` against a Culex and a Mosquitto started with `config` on their listener, and
@@ -156,6 +156,24 @@ fn handshake(addr: SocketAddr, client_id: &str, options: ConnectOptions) -> (Raw
     (client, answer)
 }
 
+/// Sends a 5.0 CONNECT and describes the answer; an accepting CONNACK with what `property`
+/// picks from it.
+fn handshake_v5(
+    addr: SocketAddr,
+    client_id: &str,
+    options: ConnectOptions,
+    property: impl Fn(&Properties) -> String,
+) -> (RawClient, String) {
+    let mut client = RawClient::open_addr(addr);
+    let answer = match client.try_handshake(client_id, options) {
+        Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => {
+            format!("CONNACK {:?}, {}", ack.reason, property(&ack.properties))
+        }
+        other => describe(other),
+    };
+    (client, answer)
+}
+
 /// Sends one PUBLISH without waiting and describes the broker's answer.
 fn send_publish(client: &mut RawClient, payload: &[u8], qos: QoS, retain: bool) -> String {
     let packet_id = (qos != QoS::AtMostOnce).then(|| client.packet_id());
@@ -183,15 +201,10 @@ fn deliveries(client: &mut RawClient) -> Vec<String> {
 
 fn empty_client_ids(addr: SocketAddr) -> Vec<String> {
     let (_, v311) = handshake(addr, "", ConnectOptions::default());
-    let mut client = RawClient::open_addr(addr);
-    let v5 = match client.try_handshake("", v5()) {
-        Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => {
-            let assigned = ack.properties.assigned_client_identifier.unwrap_or_default();
-            let prefix = assigned.split_inclusive('-').next().unwrap_or_default().to_string();
-            format!("CONNACK {:?}, assigned {prefix}", ack.reason)
-        }
-        other => describe(other),
-    };
+    let (_, v5) = handshake_v5(addr, "", v5(), |properties| {
+        let assigned = properties.assigned_client_identifier.as_deref().unwrap_or_default();
+        format!("assigned {}", assigned.split_inclusive('-').next().unwrap_or_default())
+    });
     vec![format!("v3.1.1: {v311}"), format!("v5: {v5}")]
 }
 
@@ -227,14 +240,10 @@ fn offline_queue_of_five(addr: SocketAddr) -> Vec<String> {
 }
 
 fn keep_alives(addr: SocketAddr) -> Vec<String> {
-    let mut client = RawClient::open_addr(addr);
-    let v5 = match client.try_handshake("v5", ConnectOptions { keep_alive_secs: 60, ..v5() }) {
-        Some(Packet::ConnAck(ack)) => format!(
-            "CONNACK {:?}, server keep alive {:?}",
-            ack.reason, ack.properties.server_keep_alive
-        ),
-        other => describe(other),
-    };
+    let asks_60 = ConnectOptions { keep_alive_secs: 60, ..v5() };
+    let (_, v5) = handshake_v5(addr, "v5", asks_60, |properties| {
+        format!("server keep alive {:?}", properties.server_keep_alive)
+    });
     let asks = |secs| {
         handshake(addr, "v311", ConnectOptions { keep_alive_secs: secs, ..Default::default() }).1
     };
@@ -246,13 +255,9 @@ fn keep_alives(addr: SocketAddr) -> Vec<String> {
 }
 
 fn qos_limits(addr: SocketAddr) -> Vec<String> {
-    let mut client = RawClient::open_addr(addr);
-    let connack = match client.try_handshake("v5", v5()) {
-        Some(Packet::ConnAck(ack)) => {
-            format!("CONNACK {:?}, maximum QoS {:?}", ack.reason, ack.properties.maximum_qos)
-        }
-        other => describe(other),
-    };
+    let (mut client, connack) = handshake_v5(addr, "v5", v5(), |properties| {
+        format!("maximum QoS {:?}", properties.maximum_qos)
+    });
     let granted = client.subscribe("t", QoS::ExactlyOnce);
     let v5_publish = send_publish(&mut client, b"m", QoS::ExactlyOnce, false);
     let mut v311 = connect(addr, "v311", Default::default());
@@ -266,14 +271,9 @@ fn qos_limits(addr: SocketAddr) -> Vec<String> {
 }
 
 fn retained_publishes(addr: SocketAddr) -> Vec<String> {
-    let mut client = RawClient::open_addr(addr);
-    let connack = match client.try_handshake("v5", v5()) {
-        Some(Packet::ConnAck(ack)) => format!(
-            "CONNACK {:?}, retain available {:?}",
-            ack.reason, ack.properties.retain_available
-        ),
-        other => describe(other),
-    };
+    let (mut client, connack) = handshake_v5(addr, "v5", v5(), |properties| {
+        format!("retain available {:?}", properties.retain_available)
+    });
     let v5_publish = send_publish(&mut client, b"m", QoS::AtLeastOnce, true);
     let mut v311 = connect(addr, "v311", Default::default());
     let v311_publish = send_publish(&mut v311, b"m", QoS::AtLeastOnce, true);
@@ -305,14 +305,9 @@ fn payload_sizes(addr: SocketAddr) -> Vec<String> {
 }
 
 fn packet_sizes(addr: SocketAddr) -> Vec<String> {
-    let mut client = RawClient::open_addr(addr);
-    let connack = match client.try_handshake("v5", v5()) {
-        Some(Packet::ConnAck(ack)) => format!(
-            "CONNACK {:?}, maximum packet size {:?}",
-            ack.reason, ack.properties.maximum_packet_size
-        ),
-        other => describe(other),
-    };
+    let (mut client, connack) = handshake_v5(addr, "v5", v5(), |properties| {
+        format!("maximum packet size {:?}", properties.maximum_packet_size)
+    });
     let publish = send_publish(&mut client, &[b'x'; 150], QoS::AtLeastOnce, false);
     vec![format!("v5: {connack}"), format!("v5 publish of 150 bytes: {publish}")]
 }
