@@ -184,8 +184,7 @@ bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlm
     #[test]
     fn bad_lines_are_dropped_with_file_and_line() {
         let (passwords, warnings) = file("# comment\n\nplain:text\nnocolon\nok:$6$AAAA$AAAA\n");
-        let (added, _, _) = PasswordFile::default().changes_to(&passwords);
-        assert_eq!(added, ["ok"]);
+        assert_eq!(passwords.len(), 1);
         assert_eq!(
             warnings,
             [
