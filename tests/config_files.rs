@@ -65,6 +65,67 @@ fn test_config_reports_errors_with_file_and_line() {
     );
 }
 
+/// A Mosquitto host's TLS listener and TLS bridge, as written there: until Culex serves TLS, the
+/// real broker refuses to start (naming file, line and option) rather than open the listener or
+/// dial the peer in plaintext, and nothing answers on the listener's port.
+#[test]
+fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
+    let dir = common::TempDir::new();
+    let port = common::free_port();
+    for (text, line, option) in [
+        (
+            format!(
+                "listener {port} 127.0.0.1\ncafile /etc/mosquitto/ca_certificates/ca.crt\n\
+                 certfile /etc/mosquitto/certs/server.crt\nkeyfile /etc/mosquitto/certs/server.key\n"
+            ),
+            2,
+            "cafile",
+        ),
+        (
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nconnection site2\n\
+                 address 127.0.0.1:1\ntopic room1/# both 2 sensor/ myhouse/\n\
+                 remote_password secret\nbridge_cafile /etc/mosquitto/ca_certificates/ca.crt\n"
+            ),
+            7,
+            "bridge_cafile",
+        ),
+    ] {
+        let conf = dir.0.join("tls.conf");
+        std::fs::write(&conf, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_culex"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "culex started with `{option}`: {}",
+                common::answers_mqtt(([127, 0, 0, 1], port).into())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{}:{line}: option `{option}` asks for TLS, which Culex does not implement yet",
+                conf.display()
+            )),
+            "{stderr}"
+        );
+        assert!(!common::answers_mqtt(([127, 0, 0, 1], port).into()));
+    }
+}
+
 /// The tutorial's master configuration, as written there, checks out with both bridges.
 #[test]
 fn the_tutorials_master_config_passes_test_config() {

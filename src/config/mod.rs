@@ -330,6 +330,10 @@ pub enum ConfigError {
     UnknownOption { file: PathBuf, line: usize, option: String },
     #[error("{file}:{line}: invalid value for `{option}`: {reason}")]
     InvalidValue { file: PathBuf, line: usize, option: String, reason: String },
+    /// An option Culex recognises but refuses to start with, because ignoring it would be
+    /// unsafe (a TLS option ignored would serve or dial in plaintext).
+    #[error("{file}:{line}: option `{option}` {reason}")]
+    Refused { file: PathBuf, line: usize, option: String, reason: String },
 }
 
 /// Options of Mosquitto 2.0's mosquitto.conf(5) that Culex recognises but does not apply yet:
@@ -339,21 +343,29 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "auth_plugin",
     "auth_plugin_deny_special_chars",
     "auto_id_prefix_listener",
+    "check_retain_source",
+    "enable_control_api",
+    "http_dir",
+    "listener_allow_anonymous",
+    "max_inflight_bytes",
+    "plugin",
+    "websockets_headers_size",
+    "websockets_log_level",
+];
+
+/// A listener's TLS options (mosquitto.conf(5), "Certificate based SSL/TLS Support" and "Pre-shared
+/// key based SSL/TLS Support"). Culex does not serve TLS yet, and a listener given any of these
+/// must never open in plaintext instead: each one stops the broker, naming file and line.
+pub const LISTENER_TLS_OPTIONS: &[&str] = &[
     "cafile",
     "capath",
     "certfile",
-    "check_retain_source",
     "ciphers",
     "ciphers_tls1.3",
     "crlfile",
     "dhparamfile",
-    "enable_control_api",
-    "http_dir",
     "keyfile",
-    "listener_allow_anonymous",
-    "max_inflight_bytes",
     "ocsp_stapling",
-    "plugin",
     "psk_file",
     "psk_hint",
     "require_certificate",
@@ -363,8 +375,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "tls_version",
     "use_identity_as_username",
     "use_subject_as_username",
-    "websockets_headers_size",
-    "websockets_log_level",
 ];
 
 /// Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`).
@@ -425,6 +435,7 @@ pub fn is_known_option(option: &str) -> bool {
         || NOT_YET_IMPLEMENTED.contains(&option)
         || bridge::OPTIONS.contains(&option)
         || bridge::TLS_OPTIONS.contains(&option)
+        || LISTENER_TLS_OPTIONS.contains(&option)
         || NOT_YET_IMPLEMENTED_PREFIXES.iter().any(|p| option.starts_with(p))
 }
 
@@ -805,15 +816,21 @@ impl Parser {
                 }
                 config.bridges.push(Bridge::new(value, file, line));
             }
-            tls if bridge::TLS_OPTIONS.contains(&tls) => {
-                if config.bridges.is_empty() {
-                    return Err(invalid("invalid bridge configuration: no `connection` before it"));
-                }
-                self.warnings.push(format!(
-                    "{}:{line}: option `{option}` is not implemented yet (no TLS): the bridge \
-                     connects without TLS",
-                    file.display()
-                ));
+            tls if bridge::TLS_OPTIONS.contains(&tls) || LISTENER_TLS_OPTIONS.contains(&tls) => {
+                let what = if bridge::TLS_OPTIONS.contains(&tls) {
+                    "the bridge would connect to its peer in plaintext"
+                } else {
+                    "the listener would accept plaintext connections"
+                };
+                return Err(ConfigError::Refused {
+                    file: file.to_path_buf(),
+                    line,
+                    option: option.to_string(),
+                    reason: format!(
+                        "asks for TLS, which Culex does not implement yet: refusing to start, \
+                         since without it {what}"
+                    ),
+                });
             }
             bridge_option if bridge::OPTIONS.contains(&bridge_option) => {
                 let Some(bridge) = config.bridges.last_mut() else {
@@ -1266,18 +1283,43 @@ mod tests {
     }
 
     #[test]
-    fn tls_bridge_options_warn() {
-        let (config, warnings) = Config::parse(
-            "connection a\naddress h\ntopic #\nbridge_cafile /etc/ca.pem\n",
-            Path::new("t.conf"),
-        )
-        .unwrap();
-        assert_eq!(config.bridges.len(), 1);
-        assert_eq!(
-            warnings,
-            ["t.conf:4: option `bridge_cafile` is not implemented yet (no TLS): \
-              the bridge connects without TLS"]
-        );
+    fn tls_options_stop_the_broker_rather_than_serve_plaintext() {
+        for (text, option, what) in [
+            (
+                "connection a\naddress h\ntopic #\nbridge_cafile /etc/ca.pem\n",
+                "bridge_cafile",
+                "the bridge would connect to its peer in plaintext",
+            ),
+            (
+                "listener 8883\ncafile /etc/ca.pem\n",
+                "cafile",
+                "the listener would accept plaintext connections",
+            ),
+        ] {
+            let error = Config::parse(text, Path::new("t.conf")).unwrap_err().to_string();
+            let line = text.lines().count();
+            assert_eq!(
+                error,
+                format!(
+                    "t.conf:{line}: option `{option}` asks for TLS, which Culex does not \
+                     implement yet: refusing to start, since without it {what}"
+                )
+            );
+        }
+        // Every one of them, before and after a `listener`, and every bridge one.
+        for option in LISTENER_TLS_OPTIONS.iter().chain(bridge::TLS_OPTIONS) {
+            for text in [
+                format!("{option} x\n"),
+                format!("listener 8883\n{option} x\n"),
+                format!("connection a\naddress h\ntopic #\n{option} x\n"),
+            ] {
+                let error = Config::parse(&text, Path::new("t.conf")).unwrap_err();
+                assert!(
+                    matches!(error, ConfigError::Refused { .. }),
+                    "{option} in {text:?}: {error}"
+                );
+            }
+        }
     }
 
     #[test]
