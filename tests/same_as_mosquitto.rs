@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::node::{Kind, Node};
 use common::{ConnectOptions, RawClient};
 use culex::protocol::{Packet, Properties, ProtocolVersion, QoS};
-use ProtocolVersion::V5;
+use ProtocolVersion::{V311, V5};
 
 /// Runs `script` against a Culex and a Mosquitto started with `config` on their listener, and
 /// checks what each observes: `ours` for Culex, `theirs` for Mosquitto (the same but where
@@ -100,6 +100,18 @@ same_as_mosquitto! {
     use_username_as_clientid_makes_a_username_one_session:
         "use_username_as_clientid true", username_sessions
         => ["second connection of the same user: CONNACK Success", "first connection: closed"];
+    topics_and_filters_of_more_than_201_levels_are_refused:
+        "", topic_depths
+        => ["v3.1.1 subscribe, 201 levels: SUBACK [GrantedQos1]",
+            "v3.1.1 publish, 201 levels: PUBACK Success",
+            "delivered, 201 levels: 201 levels at QoS 1",
+            "v3.1.1 subscribe, 202 levels: closed",
+            "v5 subscribe, 202 levels: DISCONNECT MalformedPacket",
+            "v5 unsubscribe, 202 levels: DISCONNECT MalformedPacket",
+            "v3.1.1 publish, 202 levels: closed",
+            "v5 publish, 202 levels: DISCONNECT ProtocolError",
+            "v3.1.1 will, 202 levels: closed",
+            "v5 will, 202 levels: closed"];
     max_inflight_messages_limits_unacknowledged_deliveries:
         "max_inflight_messages 2", inflight_window
         => ["unacknowledged: 2", "after acknowledging them: 2"];
@@ -123,6 +135,48 @@ fn set_tcp_nodelay_sets_it_on_accepted_sockets() {
     }
 }
 
+/// Mosquitto's bound on topic depth (200 `/` at most), met from both sides, with packets built by
+/// hand since our encoder refuses what is too deep.
+fn topic_depths(addr: SocketAddr) -> Vec<String> {
+    use common::{raw_connect_with_will, raw_publish, raw_subscription};
+    let levels = |n: usize, level: &str| vec![level; n].join("/");
+    let mut observed = Vec::new();
+    let mut subscriber = connect(addr, "deep-subscriber", Default::default());
+    subscriber.write_raw(&raw_subscription(V311, &levels(201, "+"), false));
+    observed.push(format!("v3.1.1 subscribe, 201 levels: {}", describe(subscriber.recv())));
+    let mut publisher = connect(addr, "deep-publisher", Default::default());
+    publisher.write_raw(&raw_publish(V311, &levels(201, "a"), b"m"));
+    observed.push(format!("v3.1.1 publish, 201 levels: {}", describe(publisher.recv())));
+    let delivered = deliveries(&mut subscriber).join(", ");
+    observed.push(format!(
+        "delivered, 201 levels: {}",
+        delivered.replace(&levels(201, "a"), "201 levels")
+    ));
+    for (version, name) in [(V311, "v3.1.1"), (V5, "v5")] {
+        let options = || ConnectOptions { version, ..Default::default() };
+        let mut client = connect(addr, "deep", options());
+        client.write_raw(&raw_subscription(version, &levels(202, "+"), false));
+        observed.push(format!("{name} subscribe, 202 levels: {}", describe(client.recv())));
+        if version == V5 {
+            let mut client = connect(addr, "deep", options());
+            client.write_raw(&raw_subscription(version, &levels(202, "+"), true));
+            observed.push(format!("{name} unsubscribe, 202 levels: {}", describe(client.recv())));
+        }
+    }
+    for (version, name) in [(V311, "v3.1.1"), (V5, "v5")] {
+        let mut client = connect(addr, "deep", ConnectOptions { version, ..Default::default() });
+        client.write_raw(&raw_publish(version, &levels(202, "a"), b"m"));
+        observed.push(format!("{name} publish, 202 levels: {}", describe(client.recv())));
+    }
+    for (version, name) in [(V311, "v3.1.1"), (V5, "v5")] {
+        let mut client = RawClient::open_addr(addr);
+        client.version = version;
+        client.write_raw(&raw_connect_with_will(version, "deep-will", &levels(202, "a")));
+        observed.push(format!("{name} will, 202 levels: {}", describe(client.recv())));
+    }
+    observed
+}
+
 /// What a client observes of one packet from the broker.
 fn describe(packet: Option<Packet>) -> String {
     match packet {
@@ -130,6 +184,7 @@ fn describe(packet: Option<Packet>) -> String {
         Some(Packet::ConnAck(ack)) => format!("CONNACK {:?}", ack.reason),
         Some(Packet::Disconnect(disconnect)) => format!("DISCONNECT {:?}", disconnect.reason),
         Some(Packet::PubAck(ack)) => format!("PUBACK {:?}", ack.reason),
+        Some(Packet::SubAck(ack)) => format!("SUBACK {:?}", ack.reasons),
         Some(Packet::Publish(publish)) => {
             format!("{} at QoS {}", publish.topic.as_str(), publish.qos as u8)
         }

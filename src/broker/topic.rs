@@ -29,6 +29,16 @@ impl<T> Default for TopicTrie<T> {
     }
 }
 
+/// Dismantled with a loop: the default drop would recurse once per level.
+impl<T> Drop for TopicTrie<T> {
+    fn drop(&mut self) {
+        let mut nodes = vec![std::mem::take(&mut self.root)];
+        while let Some(mut node) = nodes.pop() {
+            nodes.extend(node.children.drain().map(|(_, child)| child));
+        }
+    }
+}
+
 impl<T> TopicTrie<T> {
     /// Number of filters holding a value.
     pub fn len(&self) -> usize {
@@ -67,61 +77,75 @@ impl<T> TopicTrie<T> {
         node.value.as_mut()
     }
 
-    /// Removes the value at `filter` and prunes nodes left empty.
+    /// Removes the value at `filter` and prunes nodes left empty. A loop, not recursion: a
+    /// client chooses how deep a filter goes (within `TOPIC_LEVELS_MAX`).
     pub fn remove(&mut self, filter: &str) -> Option<T> {
-        let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels);
-        if removed.is_some() {
-            self.len -= 1;
+        // The deepest node on the path that stays (it holds a value or another branch): the
+        // branch below it holds nothing but the removed value, and goes whole.
+        let mut keep_depth = 0;
+        let mut node = &self.root;
+        for (depth, level) in filter.split('/').enumerate() {
+            if node.value.is_some() || node.children.len() > 1 {
+                keep_depth = depth;
+            }
+            node = node.children.get(level)?;
         }
-        removed
-    }
-
-    fn remove_at(node: &mut Node<T>, levels: &[&str]) -> Option<T> {
-        let Some((first, rest)) = levels.split_first() else {
-            return node.value.take();
+        node.value.as_ref()?;
+        let removed = if node.children.is_empty() {
+            let mut levels = filter.split('/');
+            let mut kept = &mut self.root;
+            for level in levels.by_ref().take(keep_depth) {
+                // Invariant: the walk above found every level of `filter`.
+                kept = kept.children.get_mut(level)?;
+            }
+            let mut branch = kept.children.remove(levels.next()?)?;
+            for level in levels {
+                branch = branch.children.remove(level)?;
+            }
+            branch.value
+        } else {
+            let mut node = &mut self.root;
+            for level in filter.split('/') {
+                node = node.children.get_mut(level)?;
+            }
+            node.value.take()
         };
-        let child = node.children.get_mut(*first)?;
-        let removed = Self::remove_at(child, rest);
-        if child.value.is_none() && child.children.is_empty() {
-            node.children.remove(*first);
-        }
+        debug_assert!(removed.is_some());
+        self.len -= 1;
         removed
     }
 
     /// Calls `visit` with the value of every filter that matches `topic` (MQTT 5.0 section
     /// 4.7): `+` matches one level, `#` the rest (including the parent level itself), and a
     /// topic starting with `$` is not matched by a filter starting with a wildcard
-    /// [MQTT-4.7.2-1].
+    /// [MQTT-4.7.2-1]. Depth first with a stack of its own rather than recursion: the topic's
+    /// depth is the publisher's choice.
     pub fn matches<'a>(&'a self, topic: &str, mut visit: impl FnMut(&'a T)) {
         let levels: smallvec::SmallVec<[&str; 8]> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        Self::match_at(&self.root, &levels, dollar, &mut visit);
-    }
-
-    fn match_at<'a>(
-        node: &'a Node<T>,
-        levels: &[&str],
-        skip_wildcards: bool,
-        visit: &mut impl FnMut(&'a T),
-    ) {
-        if !skip_wildcards {
-            if let Some(value) = node.children.get("#").and_then(|n| n.value.as_ref()) {
-                visit(value);
+        // (node, how many levels it has consumed, whether wildcards may match at it)
+        let mut pending: smallvec::SmallVec<[(&Node<T>, usize, bool); 16]> =
+            smallvec::smallvec![(&self.root, 0, !dollar)];
+        while let Some((node, depth, wildcards)) = pending.pop() {
+            if wildcards {
+                if let Some(value) = node.children.get("#").and_then(|n| n.value.as_ref()) {
+                    visit(value);
+                }
             }
-        }
-        let Some((level, rest)) = levels.split_first() else {
-            if let Some(value) = &node.value {
-                visit(value);
+            let Some(level) = levels.get(depth) else {
+                if let Some(value) = &node.value {
+                    visit(value);
+                }
+                continue;
+            };
+            // Pushed in reverse, so the exact level is walked before `+`.
+            if wildcards {
+                if let Some(child) = node.children.get("+") {
+                    pending.push((child, depth + 1, true));
+                }
             }
-            return;
-        };
-        if let Some(child) = node.children.get(*level) {
-            Self::match_at(child, rest, false, visit);
-        }
-        if !skip_wildcards {
-            if let Some(child) = node.children.get("+") {
-                Self::match_at(child, rest, false, visit);
+            if let Some(child) = node.children.get(*level) {
+                pending.push((child, depth + 1, true));
             }
         }
     }
@@ -189,9 +213,38 @@ mod tests {
         assert!(trie.root.children.is_empty(), "empty branches are pruned");
     }
 
+    #[test]
+    fn remove_keeps_what_other_filters_share() {
+        let mut trie = TopicTrie::default();
+        for f in ["a/b/c/d", "a/b", "a/x/y", "a/b/c/d/e"] {
+            *trie.entry(f, String::new) = f.to_string();
+        }
+        assert_eq!(trie.remove("a/b/c/d").as_deref(), Some("a/b/c/d"), "a node with children");
+        assert_eq!(trie.remove("a/b/c/d"), None);
+        assert_eq!(trie.remove("a/b/c/d/e").as_deref(), Some("a/b/c/d/e"));
+        assert_eq!(trie.remove("a/b/c"), None, "pruned: nothing was there");
+        assert_eq!(matched(&trie, "a/b"), ["a/b"]);
+        assert_eq!(matched(&trie, "a/x/y"), ["a/x/y"]);
+        assert_eq!(trie.remove("a/b").as_deref(), Some("a/b"));
+        assert_eq!(trie.remove("a/x/y").as_deref(), Some("a/x/y"));
+        assert!(trie.root.children.is_empty() && trie.is_empty());
+    }
+
+    /// Far deeper than any client may go: nothing recurses on depth.
+    #[test]
+    fn deep_filters_are_walked_without_recursion() {
+        let deep = vec!["+"; 100_000].join("/");
+        let topic = vec!["a"; 100_000].join("/");
+        let mut trie = TopicTrie::default();
+        *trie.entry(&deep, String::new) = "deep".into();
+        assert_eq!(matched(&trie, &topic), ["deep"]);
+        assert_eq!(trie.remove(&deep).as_deref(), Some("deep"));
+        assert!(trie.root.children.is_empty());
+    }
+
     fn arb_filter() -> impl Strategy<Value = String> {
         let level = prop_oneof!["[ab$]{0,2}", Just("+".to_string())];
-        (prop::collection::vec(level, 1..4), any::<bool>()).prop_map(|(levels, hash)| {
+        (prop::collection::vec(level, 1..5), any::<bool>()).prop_map(|(levels, hash)| {
             let mut f = levels.join("/");
             if hash {
                 f.push_str("/#");
@@ -215,6 +268,36 @@ mod tests {
             expected.sort();
             expected.dedup();
             prop_assert_eq!(matched(&trie, &topic), expected);
+        }
+
+        #[test]
+        fn removing_leaves_what_a_fresh_trie_would_hold(
+            filters in prop::collection::vec(arb_filter(), 1..20),
+            removed in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+            topic in "[ab$]{0,2}(/[ab$]{0,2}){0,4}",
+        ) {
+            let mut trie = TopicTrie::default();
+            let mut left: Vec<String> = Vec::new();
+            for f in &filters {
+                *trie.entry(f, String::new) = f.clone();
+                if !left.contains(f) {
+                    left.push(f.clone());
+                }
+            }
+            for index in removed {
+                let f = index.get(&filters);
+                let expected = left.iter().position(|l| l == f).map(|i| left.remove(i));
+                prop_assert_eq!(trie.remove(f), expected);
+                prop_assert_eq!(trie.len(), left.len());
+            }
+            let mut expected: Vec<String> =
+                left.iter().filter(|f| filter_matches(f, &topic)).cloned().collect();
+            expected.sort();
+            prop_assert_eq!(matched(&trie, &topic), expected);
+            for f in &left {
+                prop_assert!(trie.remove(f).is_some());
+            }
+            prop_assert!(trie.root.children.is_empty());
         }
     }
 }

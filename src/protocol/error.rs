@@ -40,6 +40,10 @@ pub enum DecodeError {
     ZeroPacketId,
     #[error("topic name is empty or contains a wildcard")]
     InvalidTopicName,
+    #[error("topic name has more than {} levels", super::topic::TOPIC_LEVELS_MAX)]
+    TopicTooDeep,
+    #[error("topic filter has more than {} levels", super::topic::TOPIC_LEVELS_MAX)]
+    TopicFilterTooDeep,
     #[error("5.0 PUBLISH with an empty topic and no topic alias")]
     EmptyTopicWithoutAlias,
     #[error("topic filter is empty or misuses a wildcard")]
@@ -84,11 +88,13 @@ impl DecodeError {
             | InvalidReasonCode { .. }
             | InvalidConnAckFlags(_)
             | UnknownProperty(_)
-            | PropertyNotAllowed { .. } => ReasonCode::MalformedPacket,
+            | PropertyNotAllowed { .. }
+            | TopicFilterTooDeep => ReasonCode::MalformedPacket,
             InvalidProtocolName
             | PasswordWithoutUsername
             | ZeroPacketId
             | EmptyTopicWithoutAlias
+            | TopicTooDeep
             | NoTopicFilters(_)
             | DuplicateProperty(_)
             | InvalidPropertyValue(_) => ReasonCode::ProtocolError,

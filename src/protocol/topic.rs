@@ -11,6 +11,19 @@ use super::DecodeError;
 /// The maximum encoded length of any MQTT string, topics included.
 pub const TOPIC_LEN_MAX: usize = u16::MAX as usize;
 
+/// The most levels a topic name or filter may have. Without a bound a client chooses how deep
+/// every walk over a topic goes (one 60 KB filter of 30,000 levels once overflowed a shard's
+/// stack and took the broker down). Mosquitto 2.0 refuses more than 200 `/` in any topic or
+/// filter a client sends (`TOPIC_HIERARCHY_LIMIT`), so 201 levels pass and 202 do not; measured
+/// against 2.0.11, it closes the connection (5.0: DISCONNECT 0x82 for a PUBLISH, 0x81 for a
+/// SUBSCRIBE or UNSUBSCRIBE, no CONNACK for a will), and Culex does the same.
+pub const TOPIC_LEVELS_MAX: usize = 201;
+
+/// Whether `topic` has more levels than [`TOPIC_LEVELS_MAX`].
+fn too_deep(topic: &str) -> bool {
+    topic.bytes().filter(|&b| b == b'/').count() >= TOPIC_LEVELS_MAX
+}
+
 /// A topic name: no `+` or `#` [MQTT-4.7.0-1]. It is empty only in a 5.0 PUBLISH that carries a
 /// topic alias; the PUBLISH decoder enforces that, so this type admits the empty name.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -21,6 +34,9 @@ impl TopicName {
         let name = name.into();
         if name.len() > TOPIC_LEN_MAX || name.contains(['+', '#', '\0']) {
             return Err(DecodeError::InvalidTopicName);
+        }
+        if too_deep(&name) {
+            return Err(DecodeError::TopicTooDeep);
         }
         Ok(Self(name))
     }
@@ -56,6 +72,9 @@ impl TopicFilter {
         let filter = filter.into();
         if filter.len() > TOPIC_LEN_MAX || filter.contains('\0') {
             return Err(DecodeError::InvalidTopicFilter);
+        }
+        if too_deep(&filter) {
+            return Err(DecodeError::TopicFilterTooDeep);
         }
         let pattern = match filter.strip_prefix(SHARE_PREFIX) {
             Some(rest) => {
@@ -171,6 +190,32 @@ mod tests {
         assert!(TopicName::new("").is_ok());
         assert!(TopicName::new("a/+").is_err());
         assert!(TopicName::new("a/#").is_err());
+    }
+
+    #[test]
+    fn depth_is_bounded_as_mosquitto_bounds_it() {
+        let levels = |n: usize, level: &str| vec![level; n].join("/");
+        assert!(TopicName::new(levels(TOPIC_LEVELS_MAX, "a")).is_ok());
+        assert_eq!(
+            TopicName::new(levels(TOPIC_LEVELS_MAX + 1, "a")),
+            Err(DecodeError::TopicTooDeep)
+        );
+        assert!(TopicFilter::new(levels(TOPIC_LEVELS_MAX, "+")).is_ok());
+        assert_eq!(
+            TopicFilter::new(levels(TOPIC_LEVELS_MAX + 1, "+")),
+            Err(DecodeError::TopicFilterTooDeep)
+        );
+        // Empty levels count: `/` alone separates them.
+        assert_eq!(
+            TopicFilter::new("/".repeat(TOPIC_LEVELS_MAX)),
+            Err(DecodeError::TopicFilterTooDeep)
+        );
+        // The 60 KB filter of 30,000 levels that once crashed the broker.
+        assert_eq!(TopicFilter::new(levels(30_000, "+")), Err(DecodeError::TopicFilterTooDeep));
+        // The depth of a shared subscription counts its `$share/group/` prefix, as Mosquitto's.
+        let shared = format!("$share/g/{}", levels(TOPIC_LEVELS_MAX - 2, "+"));
+        assert!(TopicFilter::new(shared.clone()).is_ok());
+        assert!(TopicFilter::new(format!("{shared}/+")).is_err());
     }
 
     #[test]

@@ -417,6 +417,71 @@ impl RawClient {
     }
 }
 
+/// The bytes of a packet built by hand, for what our own encoder would refuse to build: the
+/// first byte of the fixed header, then `body` after its Remaining Length.
+pub fn raw_packet(first_byte: u8, body: &[u8]) -> Vec<u8> {
+    let mut packet = vec![first_byte];
+    let mut length = body.len();
+    loop {
+        let mut byte = (length % 128) as u8;
+        length /= 128;
+        if length > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if length == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(body);
+    packet
+}
+
+/// An MQTT string (two length bytes, then the bytes), for `raw_packet` bodies.
+pub fn mqtt_string(text: &str) -> Vec<u8> {
+    let mut out = u16::try_from(text.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// A SUBSCRIBE (`unsubscribe`: an UNSUBSCRIBE) of one filter with packet id 1, whatever the
+/// filter, built by hand.
+pub fn raw_subscription(version: ProtocolVersion, filter: &str, unsubscribe: bool) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    if version.is_v5() {
+        body.push(0); // no properties
+    }
+    body.extend(mqtt_string(filter));
+    if !unsubscribe {
+        body.push(1); // QoS 1
+    }
+    raw_packet(if unsubscribe { 0xa2 } else { 0x82 }, &body)
+}
+
+/// A QoS 1 PUBLISH with packet id 1 to any topic, built by hand.
+pub fn raw_publish(version: ProtocolVersion, topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = mqtt_string(topic);
+    body.extend([0, 1]);
+    if version.is_v5() {
+        body.push(0);
+    }
+    body.extend_from_slice(payload);
+    raw_packet(0x32, &body)
+}
+
+/// A clean-start CONNECT with a will on any topic, built by hand.
+pub fn raw_connect_with_will(version: ProtocolVersion, client_id: &str, topic: &str) -> Vec<u8> {
+    let mut body = mqtt_string("MQTT");
+    body.extend([version.level(), 0x02 | 0x04, 0, 60]);
+    let properties: &[u8] = if version.is_v5() { &[0] } else { &[] };
+    body.extend_from_slice(properties);
+    body.extend(mqtt_string(client_id));
+    body.extend_from_slice(properties);
+    body.extend(mqtt_string(topic));
+    body.extend(mqtt_string("gone"));
+    raw_packet(0x10, &body)
+}
+
 /// Finds a Mosquitto tool. Missing: a loud skip locally, a failure under CI.
 pub fn mosquitto_tool(name: &str) -> Option<PathBuf> {
     let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
