@@ -40,3 +40,51 @@ fn a_filter_of_30000_levels_loses_only_its_own_connection() {
         assert_eq!(&bystander.receive().payload[..], b"still here");
     }
 }
+
+/// A subscriber that stops reading while a publisher floods it: the publisher waits for it at
+/// most `flow::STUCK_AFTER` (500 ms), then it is stuck and its QoS 0 messages beyond its outbox
+/// cap are dropped; another subscriber of the same topic, which reads, gets every message, and
+/// the publisher's QoS 1 round trip afterwards still works.
+#[test]
+fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
+    const MESSAGES: usize = 20_000;
+    let broker = Broker::start("max_queued_messages 0\nmax_inflight_messages 0\nsys_interval 1");
+    let (mut stalled, _) = RawClient::connect(&broker, "stalled", ConnectOptions::default());
+    stalled.subscribe("flood", QoS::AtMostOnce);
+    let (mut reader, _) = RawClient::connect(&broker, "reader", ConnectOptions::default());
+    reader.subscribe("flood", QoS::AtMostOnce);
+    let (mut publisher, _) = RawClient::connect(&broker, "flooder", ConnectOptions::default());
+    // 20,000 messages of 1 KiB: more than the stalled subscriber's socket buffers (loopback
+    // autotuning grows them to a few MiB each way) and its 4 MiB outbox cap together hold.
+    let payload = vec![b'x'; 1024];
+    let reading = std::thread::spawn(move || {
+        let mut count = 0;
+        while count < MESSAGES {
+            match reader.recv() {
+                Some(Packet::Publish(p)) if p.topic.as_str() == "flood" => count += 1,
+                other => panic!("after {count} messages: {other:?}"),
+            }
+        }
+        count
+    });
+    for _ in 0..MESSAGES {
+        publisher.publish("flood", &payload, QoS::AtMostOnce, false);
+    }
+    publisher.publish("after", b"still answered", QoS::AtLeastOnce, false);
+    assert_eq!(reading.join().unwrap(), MESSAGES);
+    // What the stalled one could not take was dropped, and counted.
+    let (mut watcher, _) = RawClient::connect(&broker, "watcher", ConnectOptions::default());
+    watcher.subscribe("$SYS/broker/publish/messages/dropped", QoS::AtMostOnce);
+    // The retained value may predate the flood; the next one (sys_interval 1) follows it.
+    for _ in 0..3 {
+        let dropped: u64 = match watcher.recv() {
+            Some(Packet::Publish(p)) => std::str::from_utf8(&p.payload).unwrap().parse().unwrap(),
+            other => panic!("expected the dropped count, got {other:?}"),
+        };
+        if dropped > 0 {
+            drop(stalled);
+            return;
+        }
+    }
+    panic!("nothing dropped: the stalled subscriber was never stuck");
+}

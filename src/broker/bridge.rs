@@ -626,8 +626,11 @@ impl Link {
             if !self.out.is_empty() {
                 let out = self.out.split();
                 let keepalive = Duration::from_secs(u64::from(self.bridge.keepalive_secs));
+                // The local session drains as the remote takes the bytes: publishers waiting
+                // for this subscriber see that progress.
+                let local = self.local.clone();
                 match glommio::timer::timeout(keepalive, async {
-                    Ok(self.stream.write_all(&out).await)
+                    Ok(local.write_out(&mut self.stream, &out).await)
                 })
                 .await
                 {
@@ -635,10 +638,6 @@ impl Link {
                     Ok(Err(_)) => return LinkEnd::RemoteClosed,
                     Err(_) => return LinkEnd::KeepAliveTimeout,
                 }
-            }
-            if took_local {
-                // Publishers waiting for this subscriber go on once the remote took the bytes.
-                self.local.wrote();
             }
             if let Some(close) = self.local.close_reason() {
                 return match close {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use bytes::BytesMut;
 use bytestring::ByteString;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::num::NonZeroU16;
 
@@ -133,8 +133,12 @@ pub struct ConnHandle {
     drained: Rc<Event>,
     /// Listed in the shard's congested connections (so it is listed once).
     pub listed_congested: Cell<bool>,
-    /// Did not drain within `flow::STALL_MAX`: publishers no longer wait for it until it does.
+    /// Took less than `flow::PROGRESS_MIN_BYTES` within `flow::STUCK_AFTER` while publishers
+    /// waited for it: they no longer wait for it until it drains.
     pub stuck: Cell<bool>,
+    /// Bytes its socket has taken, ever: what publishers waiting for it judge its progress by
+    /// (a slow subscriber's write of a large outbox is progress long before it ends).
+    written_bytes: Cell<u64>,
     pub last_seen: Cell<Instant>,
     /// Its shard's `$SYS` counters: packets and bytes sent, messages dropped.
     counters: Arc<ShardCounters>,
@@ -177,6 +181,7 @@ impl ConnHandle {
             drained: Rc::new(Event::default()),
             listed_congested: Cell::new(false),
             stuck: Cell::new(false),
+            written_bytes: Cell::new(0),
             last_seen: Cell::new(Instant::now()),
             counters,
             held_acks: RefCell::new(VecDeque::new()),
@@ -396,9 +401,34 @@ impl ConnHandle {
             && (self.outbox.borrow().len() > OUTBOX_HIGH_WATER_BYTES || queued > QUEUE_HIGH_WATER)
     }
 
+    /// Bytes its socket has taken since the connection began.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes.get()
+    }
+
+    /// Writes `out` (what `take_outbox` gave, or what a bridge made of it) to `stream`,
+    /// counting every partial write as progress, then `wrote`.
+    pub async fn write_out(
+        &self,
+        stream: &mut (impl AsyncWrite + Unpin),
+        out: &[u8],
+    ) -> io::Result<()> {
+        let mut rest = out;
+        while !rest.is_empty() {
+            let written = stream.write(rest).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.written_bytes.set(self.written_bytes.get() + written as u64);
+            rest = rest.get(written..).unwrap_or_default();
+        }
+        self.wrote();
+        Ok(())
+    }
+
     /// The connection task wrote the outbox: wake waiting publishers, and a stuck subscriber
     /// that caught up is waited for again.
-    pub fn wrote(&self) {
+    fn wrote(&self) {
         if self.outbox.borrow().len() <= OUTBOX_HIGH_WATER_BYTES {
             self.stuck.set(false);
         }
@@ -552,11 +582,8 @@ async fn run(
     let mut published = false;
     loop {
         let out = conn.take_outbox();
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return Close::ConnectionLost;
-            }
-            conn.wrote();
+        if !out.is_empty() && conn.write_out(stream, &out).await.is_err() {
+            return Close::ConnectionLost;
         }
         if let Some(close) = conn.close.get() {
             return close;

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::connection::{ConnHandle, ConnId};
 use super::shard::Shard;
@@ -17,16 +17,24 @@ pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
 pub const QUEUE_HIGH_WATER: usize = 64;
 /// Messages waiting for one other shard above which this shard's connections stop reading.
 pub const OUTBOUND_HIGH_WATER: usize = 1024;
-/// The longest a publisher waits for one subscriber. A subscriber that does not drain within it
-/// is marked stuck: publishers stop waiting for it and its own limits (outbox cap, queue limits)
-/// drop what it cannot take, so one stuck client cannot stall the others for long.
-pub const STALL_MAX: Duration = Duration::from_millis(50);
+/// How often a publisher waiting for a subscriber looks at its progress.
+pub const PROGRESS_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// A subscriber publishers wait for whose socket takes less than `PROGRESS_MIN_BYTES` in this
+/// long is stuck: they stop waiting for it, and its own limits (outbox cap, queue limits) drop
+/// what it cannot take, until it drains. One that reads, however much slower than its
+/// publishers, paces them instead. This is the most a subscriber that stops reading costs the
+/// tasks delivering to it, once each time it stops.
+pub const STUCK_AFTER: Duration = Duration::from_millis(500);
+/// See `STUCK_AFTER`: 8 KiB/s. Measured with four `mosquitto_pub -l` into one `mosquitto_sub`
+/// on 2 busy cores: calling stuck any subscriber that had not written a whole outbox within 50
+/// ms lost half the messages, since a runnable `mosquitto_sub` can wait that long for a core.
+pub const PROGRESS_MIN_BYTES: u64 = 4 << 10;
 
-/// Waits until the subscribers this task congested have room again (each for at most
-/// `STALL_MAX`, then it is marked stuck). Only the task that made the deliveries waits: a
-/// shard-wide wait made subscribers' own tasks wait on each other (measured: fan-out at a
-/// tenth of its rate, both processes idle). `own` is the calling connection, which cannot drain
-/// while it waits.
+/// Waits until the subscribers this task congested have room again, for as long as each keeps
+/// draining (see `STUCK_AFTER`). Only the task that made the deliveries waits: a shard-wide
+/// wait made subscribers' own tasks wait on each other (measured: fan-out at a tenth of its
+/// rate, both processes idle). `own` is the calling connection, which cannot drain while it
+/// waits.
 pub async fn wait_for_subscribers(
     shard: &Rc<RefCell<Shard>>,
     congested: Vec<Rc<ConnHandle>>,
@@ -36,13 +44,19 @@ pub async fn wait_for_subscribers(
         if Some(conn.id) == own {
             continue;
         }
+        let (mut progress_bytes, mut progress_at) = (conn.written_bytes(), Instant::now());
         while shard.borrow().is_congested(&conn) {
-            let drained = glommio::timer::timeout(STALL_MAX, async {
+            let drained = glommio::timer::timeout(PROGRESS_CHECK_EVERY, async {
                 conn.drained().wait().await;
                 Ok(())
             })
             .await;
-            if drained.is_err() {
+            if drained.is_ok() {
+                continue;
+            }
+            if conn.written_bytes() - progress_bytes >= PROGRESS_MIN_BYTES {
+                (progress_bytes, progress_at) = (conn.written_bytes(), Instant::now());
+            } else if progress_at.elapsed() >= STUCK_AFTER {
                 tracing::debug!(client_id = %conn.client_id, "subscriber not draining: stuck");
                 conn.stuck.set(true);
             }

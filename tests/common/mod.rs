@@ -205,6 +205,8 @@ impl RawClient {
     pub fn open_addr(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
+        // A broker that stops reading fails the test instead of hanging it.
+        stream.set_write_timeout(Some(WAIT * 6)).unwrap();
         stream.set_nodelay(true).unwrap();
         RawClient {
             stream,
