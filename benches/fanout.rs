@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use culex::broker::bench::FanOut;
+use culex::runtime::bench::FanOut;
 
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out_qos0_64B");

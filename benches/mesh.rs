@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use culex::broker::bench::{executor, BATCHES_IN_FLIGHT_MAX};
+use culex::runtime::bench::{executor, BATCHES_IN_FLIGHT_MAX};
 use glommio::channels::channel_mesh::MeshBuilder;
 
 /// Messages per measurement: enough that executor start-up is outside the measured span.

@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use culex::broker::topic::TopicTrie;
+use culex::broker::trie::TopicTrie;
 
 /// A mix shaped like a device fleet: mostly exact topics, some `+` and `#` filters.
 fn filters(count: usize) -> Vec<String> {

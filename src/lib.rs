@@ -1,8 +1,11 @@
 //! Culex: a thread-per-core MQTT broker, drop-in for Mosquitto 2.x.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod logging;
 pub mod protocol;
+pub mod runtime;
 pub mod store;
+pub mod sys;

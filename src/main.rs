@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     }
     let pid_file = config.pid_file.clone();
     exit_on_signals(pid_file.clone());
-    let result = culex::broker::run(config);
+    let result = culex::runtime::run(config, culex::bridge::spawn);
     remove_pid_file(pid_file.as_deref());
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,12 +189,12 @@ fn exit_on_signals(pid_file: Option<PathBuf>) {
         for signal in signals.forever() {
             if signal == SIGHUP {
                 culex::logging::reopen_files();
-                culex::broker::reload();
+                culex::runtime::reload();
                 continue;
             }
             tracing::info!(signal, "shutting down");
-            culex::broker::request_shutdown();
-            std::thread::sleep(culex::broker::SHUTDOWN_GRACE);
+            culex::runtime::request_shutdown();
+            std::thread::sleep(culex::runtime::SHUTDOWN_GRACE);
             remove_pid_file(pid_file.as_deref());
             std::process::exit(0);
         }

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use culex::broker::topic::filter_matches;
+use culex::protocol::filter_matches;
 use culex::protocol::{
     frame, ConnAck, Frame, Packet, Properties, ProtocolVersion, ReasonCode, SubAck, TopicFilter,
     PACKET_SIZE_MAX,

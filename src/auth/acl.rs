@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use ahash::AHashMap;
 use thiserror::Error;
 
-use crate::broker::topic::filter_matches;
+use crate::protocol::filter_matches;
 use crate::protocol::TopicFilter;
 
 #[derive(Debug, Error, PartialEq, Eq)]

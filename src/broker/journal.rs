@@ -12,8 +12,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
 
-use super::connection::ConnHandle;
-use super::mesh::ShardId;
+use super::messages::ShardId;
+use super::outbox::ConnHandle;
 use super::session::{Message, Outgoing};
 use super::signal::Signal;
 use crate::protocol::{LastWill, Packet, PacketId, Publish};

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use super::connection::{ConnHandle, ConnId};
 use super::journal::{restored_message, restored_will, stored_will, StoredAt};
-use super::mesh::ShardId;
+use super::messages::ShardId;
+use super::outbox::{ConnHandle, ConnId};
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::protocol::{

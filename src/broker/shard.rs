@@ -15,18 +15,19 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use super::connection::{refusal, Close, ConnHandle, ConnId, ListenerContext, TOPIC_ALIAS_MAXIMUM};
+use super::counters::ShardCounters;
 use super::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
-use super::mesh::{Outbound, ShardId, ShardMsg, ShardSet};
+use super::messages::{Outbound, ShardId, ShardMsg, ShardSet};
+use super::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext, TOPIC_ALIAS_MAXIMUM};
 use super::session::{
     Delivery, Limits, Message, Outgoing, Reader, Session, SessionExpiry, SessionState, Subscription,
 };
 use super::shared::SharedSubscriptions;
 use super::signal::Signal;
-use super::sys::ShardCounters;
-use super::topic::{filter_matches, TopicTrie};
+use super::trie::TopicTrie;
 use crate::auth::{Access, Identity};
 use crate::config::Config;
+use crate::protocol::filter_matches;
 use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe,
@@ -40,7 +41,7 @@ const TARGETS_SEARCHED_MAX: usize = 16;
 /// Local subscribers of one filter: client id and options. Most filters have one or two.
 type Subscribers = SmallVec<[(ByteString, Subscription); 2]>;
 
-/// What start-up recovered from the stores for one shard (see `broker::recover`).
+/// What start-up recovered from the stores for one shard (see `runtime::recovery`).
 #[derive(Default)]
 pub struct Restored {
     pub sessions: Vec<RecoveredSession>,
@@ -264,7 +265,7 @@ impl Shard {
         }
         // `memory_limit`: checked afresh, so a client is not let in on a stale reading.
         if let Some(limit) = self.config.memory_limit.filter(|_| !internal) {
-            if super::sys::check_memory_limit(limit) {
+            if super::counters::check_memory_limit(limit) {
                 tracing::info!(%peer, client_id = %connect.client_id, "refused: memory_limit");
                 return refuse(ReasonCode::QuotaExceeded);
             }
@@ -822,7 +823,7 @@ impl Shard {
         }
         let topic = conn.mounted_topic(resolve_topic_alias(conn, &publish)?)?;
         let limit = self.config.message_size_limit;
-        let refused = if super::sys::over_memory_limit() && !conn.internal {
+        let refused = if super::counters::over_memory_limit() && !conn.internal {
             // As Mosquitto, a 3.x publisher is disconnected (it resends QoS 1 and 2 later);
             // a 5.0 one is told, and the connection stays.
             if !conn.version.is_v5() {

@@ -8,9 +8,9 @@ use std::cell::Cell;
 use ahash::AHashMap;
 use bytestring::ByteString;
 
-use super::mesh::{ShardId, ShardSet};
+use super::messages::{ShardId, ShardSet};
 use super::session::Subscription;
-use super::topic::TopicTrie;
+use super::trie::TopicTrie;
 
 #[derive(Default)]
 struct Group {

@@ -126,7 +126,7 @@ impl BridgeTopic {
 }
 
 fn remap(topic: &str, filter: &TopicFilter, from: &str, to: &str) -> Option<String> {
-    if !crate::broker::topic::filter_matches(filter, topic) {
+    if !crate::protocol::filter_matches(filter, topic) {
         return None;
     }
     let rest = topic.strip_prefix(from)?;

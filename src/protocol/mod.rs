@@ -29,7 +29,9 @@ pub use session_end::{Auth, Disconnect};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-pub use topic::{SharedFilter, TopicFilter, TopicName, TOPIC_LEN_MAX, TOPIC_LEVELS_MAX};
+pub use topic::{
+    filter_matches, SharedFilter, TopicFilter, TopicName, TOPIC_LEN_MAX, TOPIC_LEVELS_MAX,
+};
 
 use wire::Reader;
 

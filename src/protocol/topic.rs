@@ -122,6 +122,26 @@ fn is_valid_pattern(pattern: &str) -> bool {
     true
 }
 
+/// Whether `filter` matches `topic` (MQTT 5.0 section 4.7), one pair at a time: for ACL rules,
+/// bridge topic lines and retained messages checked against one new subscription. The broker's
+/// subscription trie gives the same answers for many filters at once.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    for filter_level in filter.split('/') {
+        if filter_level == "#" {
+            return true;
+        }
+        match topic_levels.next() {
+            Some(level) if filter_level == "+" || filter_level == level => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
 macro_rules! string_newtype_impls {
     ($t:ty) => {
         impl Deref for $t {

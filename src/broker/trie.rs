@@ -151,28 +151,10 @@ impl<T> TopicTrie<T> {
     }
 }
 
-/// Whether `filter` matches `topic`, without a trie: for retained messages, where each stored
-/// topic is checked against one new subscription.
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut topic_levels = topic.split('/');
-    for filter_level in filter.split('/') {
-        if filter_level == "#" {
-            return true;
-        }
-        match topic_levels.next() {
-            Some(level) if filter_level == "+" || filter_level == level => {}
-            _ => return false,
-        }
-    }
-    topic_levels.next().is_none()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::filter_matches;
     use proptest::prelude::*;
 
     fn matched(trie: &TopicTrie<String>, topic: &str) -> Vec<String> {

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::connection::{ConnHandle, ListenerContext};
-use super::shard::{Origin, Shard};
-use super::sys::ShardCounters;
 use crate::auth::Credentials;
+use crate::broker::counters::ShardCounters;
+use crate::broker::outbox::{ConnHandle, ListenerContext};
+use crate::broker::{Origin, Shard};
 use crate::config::Config;
 use crate::protocol::{
     Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe,
     SubscriptionOptions, TopicFilter, TopicName,
 };
 
-pub use super::mesh::BATCHES_IN_FLIGHT_MAX;
+pub use crate::broker::messages::BATCHES_IN_FLIGHT_MAX;
 
 /// An executor configured as a shard's (io_uring memory and ring depth), not pinned.
 pub fn executor(name: &str) -> LocalExecutorBuilder {

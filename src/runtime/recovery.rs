@@ -8,9 +8,9 @@ use std::sync::Arc;
 use ahash::AHashMap;
 use bytestring::ByteString;
 
-use super::journal::restored_message;
-use super::shard::{registry_owner, Restored};
 use super::StartError;
+use crate::broker::journal::restored_message;
+use crate::broker::{registry_owner, Restored};
 use crate::config::Config;
 use crate::store::{ShardStore, StoreOp, StoredMessage};
 

@@ -1,20 +1,15 @@
-//! What shards tell each other, and the two tasks per shard that carry it: one flusher that sends
-//! each shard's batch of pending messages with one wake-up per batch, and one receiver per peer.
-//! The queues are glommio's channel mesh: one bounded SPSC queue per ordered pair of shards, so
-//! the messages from one shard to another keep their order (MQTT 4.6).
+//! What shards tell each other (`ShardMsg`), and the batches a shard collects for each peer
+//! during a turn (`Outbound`). The runtime's flusher sends each batch with one wake-up; the
+//! queues are glommio's channel mesh, one bounded SPSC queue per ordered pair of shards, so the
+//! messages from one shard to another keep their order (MQTT 4.6).
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytestring::ByteString;
-use glommio::channels::channel_mesh::{Receivers, Senders};
-use glommio::{GlommioError, ResourceType};
 
-use super::connection::ConnId;
-use super::flow;
+use super::outbox::ConnId;
 use super::session::{Message, SessionState};
-use super::shard::Shard;
 use super::signal::{Event, Signal};
 
 pub type ShardId = usize;
@@ -31,6 +26,9 @@ pub const SHARDS_MAX: usize = 64;
 pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
 
 pub type Batch = Vec<ShardMsg>;
+
+/// Messages waiting for one other shard above which this shard's connections stop reading.
+pub const OUTBOUND_HIGH_WATER: usize = 1024;
 
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -146,9 +144,9 @@ impl Outbound {
         self.sent.clone()
     }
 
-    /// Whether some shard has more messages waiting than `flow::OUTBOUND_HIGH_WATER`.
+    /// Whether some shard has more messages waiting than `OUTBOUND_HIGH_WATER`.
     pub fn is_congested(&self) -> bool {
-        self.batches.iter().any(|b| b.len() > flow::OUTBOUND_HIGH_WATER)
+        self.batches.iter().any(|b| b.len() > OUTBOUND_HIGH_WATER)
     }
 
     pub fn take(&mut self) -> Vec<(ShardId, Batch)> {
@@ -158,52 +156,5 @@ impl Outbound {
             .filter(|(_, batch)| !batch.is_empty())
             .map(|(to, batch)| (to, std::mem::take(batch)))
             .collect()
-    }
-}
-
-/// Sends pending batches whenever there are some, waiting on a full queue.
-pub async fn run_flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
-    let (ready, sent) = {
-        let shard = shard.borrow();
-        (shard.outbound.ready(), shard.outbound.sent())
-    };
-    loop {
-        ready.wait().await;
-        let batches = shard.borrow_mut().outbound.take();
-        for (to, batch) in batches {
-            let result = match senders.try_send_to(to, batch) {
-                Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
-                    senders.send_to(to, batch).await
-                }
-                other => other,
-            };
-            if let Err(error) = result {
-                tracing::error!(to, %error, "cross-shard queue failed; shard stops sending");
-                return;
-            }
-        }
-        sent.notify_all();
-    }
-}
-
-/// Applies every batch a peer sends, in order.
-pub fn spawn_receivers(shard: &Rc<RefCell<Shard>>, mut receivers: Receivers<Batch>) {
-    for (_peer, receiver) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(batch) = receiver.recv().await {
-                {
-                    let mut shard = shard.borrow_mut();
-                    for msg in batch {
-                        shard.handle_shard_msg(msg);
-                    }
-                }
-                // Subscribers that could not take this batch slow the sending shard down.
-                let congested = shard.borrow_mut().take_congested();
-                flow::wait_for_subscribers(&shard, congested, None).await;
-                glommio::yield_if_needed().await;
-            }
-        })
-        .detach();
     }
 }

@@ -26,17 +26,23 @@ use bytestring::ByteString;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use super::connection::{Close, ConnHandle, PacketReader};
-use super::flow;
-use super::session::Message;
-use super::shard::{Origin, Shard};
-use super::sys::ShardCounters;
+use crate::broker::counters::ShardCounters;
+use crate::broker::outbox::{Close, ConnHandle};
+use crate::broker::session::Message;
+use crate::broker::{Origin, Shard};
 use crate::config::{Address, Bridge, StartType};
 use crate::protocol::{
     Ack, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion,
     Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, TopicName,
     Unsubscribe, PACKET_SIZE_MAX,
 };
+use crate::runtime::{flow, write_out, PacketReader};
+
+/// Starts `bridge`'s task on `shard` (a bridge shard: `crate::runtime` calls this for each of
+/// its bridges).
+pub fn spawn(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
+    glommio::spawn_local(run(shard, bridge)).detach();
+}
 
 /// How long the TCP connect, and then the CONNACK, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +62,7 @@ const UNSUBSCRIBE_ID: u16 = 2;
 const NOTIFICATION_ID: u16 = 1;
 
 /// Runs one bridge until the broker shuts down (or, with `start_type once`, the link ends).
-pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
+async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
     let local_id: ByteString = bridge.local_clientid().into();
     // The session exists from the start, so what is published for the remote while the link
     // is down waits in it. Unless it is to start clean, it resumes what the store kept.
@@ -77,7 +83,7 @@ pub async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
         {
             return;
         }
-        if super::is_shutting_down() {
+        if crate::runtime::is_shutting_down() {
             return;
         }
         report_dropped(&shard, &bridge, &local_id);
@@ -213,7 +219,7 @@ async fn wait_for_threshold(shard: &Rc<RefCell<Shard>>, local_id: &str, threshol
 async fn sleep_unless_shutdown(duration: Duration) -> bool {
     let until = Instant::now() + duration;
     loop {
-        if super::is_shutting_down() {
+        if crate::runtime::is_shutting_down() {
             return false;
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -630,7 +636,7 @@ impl Link {
                 // for this subscriber see that progress.
                 let local = self.local.clone();
                 match glommio::timer::timeout(keepalive, async {
-                    Ok(local.write_out(&mut self.stream, &out).await)
+                    Ok(write_out(&local, &mut self.stream, &out).await)
                 })
                 .await
                 {
@@ -678,7 +684,7 @@ impl Link {
                 let Link { reader, stream, local, .. } = self;
                 let readable = async { Wake::Readable(reader.fill(stream).await) };
                 let woken = async {
-                    local.woken().await;
+                    local.wake().wait().await;
                     Wake::Local
                 };
                 let timer = async {

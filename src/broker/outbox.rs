@@ -1,11 +1,10 @@
-//! One client connection: the task that owns its socket (the only code that reads or writes it),
-//! and the [`ConnHandle`] through which the shard queues packets for it. Packets are encoded into
-//! the handle's outbox as they are produced; the task writes the whole outbox in one call, so a
-//! burst of deliveries costs one write.
+//! The shard's write side of one client: the [`ConnHandle`] through which the shard queues
+//! packets for the connection (encoded into its outbox as they are produced, so a burst of
+//! deliveries costs the connection task one write), asks it to close, and holds its
+//! acknowledgements until they may leave. It owns no socket and never awaits.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,18 +12,14 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use bytes::BytesMut;
 use bytestring::ByteString;
-use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use std::num::NonZeroU16;
 
-use super::flow::{self, OUTBOX_HIGH_WATER_BYTES, QUEUE_HIGH_WATER};
-use super::shard::{Origin, Shard};
+use super::counters::ShardCounters;
 use super::signal::{Event, Signal};
-use super::sys::ShardCounters;
 use crate::auth::Credentials;
 use crate::protocol::{
-    Ack, ConnAck, DecodeError, Disconnect, Packet, PacketId, Properties, PropertyContext,
-    ProtocolVersion, Publish, QoS, ReasonCode, TopicFilter, TopicName,
+    Ack, ConnAck, Disconnect, Packet, PacketId, Properties, PropertyContext, ProtocolVersion,
+    Publish, QoS, ReasonCode, TopicFilter, TopicName,
 };
 
 /// Unique across shards: the shard id in the top bits, a counter below.
@@ -35,19 +30,14 @@ pub type ConnId = u64;
 /// 1 and 2 are bounded by the in-flight window and the session queue instead.
 pub const OUTBOX_BYTES_MAX: usize = 4 << 20;
 
+/// Unwritten bytes in a subscriber's outbox above which its publishers wait.
+pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
+/// Messages queued for an online subscriber (behind its window) above which publishers wait.
+pub const QUEUE_HIGH_WATER: usize = 64;
+
 /// Topic aliases a 5.0 client may set on this broker (announced in CONNACK; Mosquitto's default
 /// `max_topic_alias`).
 pub const TOPIC_ALIAS_MAXIMUM: u16 = 10;
-
-/// A client that opens a connection must send CONNECT within this time.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Bytes read from the socket per call at first: enough for a CONNECT and an idle client's
-/// traffic. Reads that fill it double it, up to `READ_CHUNK_MAX_BYTES`, so only busy connections
-/// hold large buffers (a fixed 16 KiB made an idle connection cost 45 KiB of resident memory,
-/// 13 KiB with 1 KiB: `loadtest compare --scenario connections --clients 5000`).
-const READ_CHUNK_MIN_BYTES: usize = 1 << 10;
-const READ_CHUNK_MAX_BYTES: usize = 16 << 10;
 
 /// Why a connection ends. Decides whether the will is published and what a 5.0 client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +96,7 @@ pub struct ConnHandle {
     /// A peer broker's bridge (Mosquitto's bridge bit in CONNECT): its subscriptions are No
     /// Local and Retain As Published, so nothing it sends comes back to it.
     pub is_bridge: bool,
-    /// One of this broker's own bridges (`crate::broker::bridge`), not a network client: it is
+    /// One of this broker's own bridges (`crate::bridge`), not a network client: it is
     /// not authenticated by password and the remote broker's window applies, not ours.
     pub internal: bool,
     /// 0: the client asked for no keep alive.
@@ -133,7 +123,7 @@ pub struct ConnHandle {
     drained: Rc<Event>,
     /// Listed in the shard's congested connections (so it is listed once).
     pub listed_congested: Cell<bool>,
-    /// Took less than `flow::PROGRESS_MIN_BYTES` within `flow::STUCK_AFTER` while publishers
+    /// Took less than `runtime::flow::PROGRESS_MIN_BYTES` within `STUCK_AFTER` while publishers
     /// waited for it: they no longer wait for it until it drains.
     pub stuck: Cell<bool>,
     /// Bytes its socket has taken, ever: what publishers waiting for it judge its progress by
@@ -385,9 +375,9 @@ impl ConnHandle {
         !self.outbox.borrow().is_empty()
     }
 
-    /// Waits until something is queued for the connection or it is asked to close.
-    pub async fn woken(&self) {
-        self.wake.wait().await;
+    /// Notified when something is queued for the connection or it is asked to close.
+    pub fn wake(&self) -> &Signal {
+        &self.wake
     }
 
     pub fn drained(&self) -> Rc<Event> {
@@ -406,96 +396,18 @@ impl ConnHandle {
         self.written_bytes.get()
     }
 
-    /// Writes `out` (what `take_outbox` gave, or what a bridge made of it) to `stream`,
-    /// counting every partial write as progress, then `wrote`.
-    pub async fn write_out(
-        &self,
-        stream: &mut (impl AsyncWrite + Unpin),
-        out: &[u8],
-    ) -> io::Result<()> {
-        let mut rest = out;
-        while !rest.is_empty() {
-            let written = stream.write(rest).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.written_bytes.set(self.written_bytes.get() + written as u64);
-            rest = rest.get(written..).unwrap_or_default();
-        }
-        self.wrote();
-        Ok(())
+    /// Its socket took `bytes` more of the outbox.
+    pub fn progressed(&self, bytes: usize) {
+        self.written_bytes.set(self.written_bytes.get() + bytes as u64);
     }
 
     /// The connection task wrote the outbox: wake waiting publishers, and a stuck subscriber
     /// that caught up is waited for again.
-    fn wrote(&self) {
+    pub fn wrote(&self) {
         if self.outbox.borrow().len() <= OUTBOX_HIGH_WATER_BYTES {
             self.stuck.set(false);
         }
         self.drained.notify_all();
-    }
-}
-
-/// Reads packets from a socket into one growing buffer, so decoded PUBLISH payloads are slices
-/// of it.
-pub struct PacketReader {
-    buf: BytesMut,
-    chunk: Box<[u8]>,
-    max_packet_size: u32,
-    /// The shard's `$SYS` counters: packets and bytes received.
-    counters: Arc<ShardCounters>,
-}
-
-impl PacketReader {
-    pub fn new(max_packet_size: u32, counters: Arc<ShardCounters>) -> Self {
-        PacketReader {
-            buf: BytesMut::with_capacity(READ_CHUNK_MIN_BYTES),
-            chunk: vec![0; READ_CHUNK_MIN_BYTES].into_boxed_slice(),
-            max_packet_size,
-            counters,
-        }
-    }
-
-    pub fn decode(&mut self, version: ProtocolVersion) -> Result<Option<Packet>, DecodeError> {
-        let packet = Packet::decode(&mut self.buf, version, self.max_packet_size)?;
-        self.counters.packets_received.add(u64::from(packet.is_some()));
-        Ok(packet)
-    }
-
-    /// Reads once; `Ok(false)` at end of stream.
-    pub async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
-        let read = stream.read(&mut self.chunk).await?;
-        self.counters.bytes_received.add(read as u64);
-        let bytes = self.chunk.get(..read).unwrap_or_default();
-        self.buf.extend_from_slice(bytes);
-        if read == self.chunk.len() && read < READ_CHUNK_MAX_BYTES {
-            let larger = read * 2;
-            self.chunk = vec![0; larger].into_boxed_slice();
-            // A BytesMut that must reallocate (decoded payloads still share its memory) takes
-            // its first capacity as the least it allocates: a buffer made small stayed small
-            // and cost busy connections 14% of pairs QoS 0 throughput.
-            let mut buf = BytesMut::with_capacity(larger);
-            buf.extend_from_slice(&self.buf);
-            self.buf = buf;
-        }
-        Ok(read > 0)
-    }
-
-    /// The next packet, or `Ok(None)` when the stream ends first.
-    pub async fn next(
-        &mut self,
-        stream: &mut TcpStream,
-        version: ProtocolVersion,
-    ) -> Result<Option<Packet>, DecodeError> {
-        loop {
-            if let Some(packet) = self.decode(version)? {
-                return Ok(Some(packet));
-            }
-            match self.fill(stream).await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return Ok(None),
-            }
-        }
     }
 }
 
@@ -505,135 +417,6 @@ pub struct ListenerContext {
     pub mount_point: Option<ByteString>,
     /// Its access rules: everyone's, or its own with `per_listener_settings true`.
     pub credentials: Arc<Credentials>,
-}
-
-/// Serves one accepted connection until it closes.
-pub async fn serve(
-    shard: Rc<RefCell<Shard>>,
-    mut stream: TcpStream,
-    listener: Arc<ListenerContext>,
-) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (max_packet_size, counters) = {
-        let shard = shard.borrow();
-        (shard.config().max_packet_size, shard.counters.clone())
-    };
-    counters.sockets.add(1);
-    let mut reader = PacketReader::new(max_packet_size, counters);
-
-    let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        Ok(reader.next(&mut stream, ProtocolVersion::V5).await)
-    })
-    .await;
-    let connect = match first {
-        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
-        Ok(Err(DecodeError::UnsupportedProtocolVersion(level))) => {
-            // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
-            let refused =
-                refusal(ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion, u32::MAX);
-            let _ = stream.write_all(&refused).await;
-            tracing::info!(%peer, level, "refused: unsupported protocol version");
-            return;
-        }
-        Ok(Ok(_)) => {
-            tracing::info!(%peer, "closed: first packet was not CONNECT");
-            return;
-        }
-        Ok(Err(error)) => {
-            tracing::info!(%peer, %error, "closed: malformed CONNECT");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "closed: no CONNECT in time");
-            return;
-        }
-    };
-
-    let origin = Origin::Network { peer: &peer, listener: &listener };
-    let begun = shard.borrow_mut().begin_connect(&connect, origin);
-    let (conn, claim) = match begun {
-        Ok(pending) => pending,
-        Err(refusal) => {
-            let _ = stream.write_all(&refusal).await;
-            return;
-        }
-    };
-    claim.answered().await;
-    shard.borrow_mut().finish_connect(&conn, *connect, claim.clone());
-    claim.connected().await;
-
-    let close = run(&shard, &conn, &mut stream, &mut reader).await;
-    let rest = conn.take_outbox();
-    if !rest.is_empty() {
-        let _ = stream.write_all(&rest).await;
-    }
-    shard.borrow_mut().connection_closed(&conn, close);
-    let _ = stream.close().await;
-}
-
-async fn run(
-    shard: &Rc<RefCell<Shard>>,
-    conn: &Rc<ConnHandle>,
-    stream: &mut TcpStream,
-    reader: &mut PacketReader,
-) -> Close {
-    // What the packets of the last turn congested; only a turn that published waits.
-    let mut congested = Vec::new();
-    let mut published = false;
-    loop {
-        let out = conn.take_outbox();
-        if !out.is_empty() && conn.write_out(stream, &out).await.is_err() {
-            return Close::ConnectionLost;
-        }
-        if let Some(close) = conn.close.get() {
-            return close;
-        }
-        // What this connection published last turn must have room before it reads more. A
-        // connection that did not publish (a subscriber) never waits: it must keep writing.
-        if std::mem::take(&mut published) {
-            flow::wait_for_subscribers(shard, std::mem::take(&mut congested), Some(conn.id)).await;
-            flow::wait_for_outbound(shard).await;
-        }
-        // A busy socket never makes `read` wait, so without this a flat-out publisher would
-        // keep the shard from its other connections (measured: seconds of tail latency).
-        glommio::yield_if_needed().await;
-        // Packets already buffered are handled before waiting again.
-        loop {
-            match reader.decode(conn.version) {
-                Ok(Some(packet)) => {
-                    conn.last_seen.set(Instant::now());
-                    published |= matches!(packet, Packet::Publish(_));
-                    if let Err(close) = shard.borrow_mut().handle_packet(conn, packet) {
-                        conn.close(close);
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(client_id = %conn.client_id, %error, "malformed packet");
-                    conn.close_explained(
-                        Close::ProtocolError(error.reason_code()),
-                        &error.to_string(),
-                    );
-                    break;
-                }
-            }
-        }
-        // Taken with no await since the deliveries: the list is this turn's and no other's.
-        congested = shard.borrow_mut().take_congested();
-        if conn.close.get().is_some() || !conn.outbox.borrow().is_empty() {
-            continue;
-        }
-        let readable = async { Some(reader.fill(stream).await) };
-        let woken = async {
-            conn.wake.wait().await;
-            None
-        };
-        match futures_lite::future::or(readable, woken).await {
-            Some(Ok(true)) | None => {}
-            Some(Ok(false)) | Some(Err(_)) => return Close::ConnectionLost,
-        }
-    }
 }
 
 /// The CONNACK bytes that refuse a client, in its own protocol version.

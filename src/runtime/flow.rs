@@ -2,21 +2,17 @@
 //! reading more, so TCP pushes back on publishers instead of the broker buffering without bound.
 //! Two hops can be congested: a subscriber's connection (its unwritten outbox, or the queue of
 //! its online session behind a full in-flight window), and the batches waiting for another
-//! shard. This module owns the thresholds and the waiting; the shard reports congestion.
+//! shard. The shard reports congestion against its thresholds (`OUTBOX_HIGH_WATER_BYTES`,
+//! `QUEUE_HIGH_WATER`, `OUTBOUND_HIGH_WATER`); this module owns the waiting, and when a
+//! subscriber is too slow to wait for.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::connection::{ConnHandle, ConnId};
-use super::shard::Shard;
+use crate::broker::outbox::{ConnHandle, ConnId};
+use crate::broker::Shard;
 
-/// Unwritten bytes in a subscriber's outbox above which its publishers wait.
-pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
-/// Messages queued for an online subscriber (behind its window) above which publishers wait.
-pub const QUEUE_HIGH_WATER: usize = 64;
-/// Messages waiting for one other shard above which this shard's connections stop reading.
-pub const OUTBOUND_HIGH_WATER: usize = 1024;
 /// How often a publisher waiting for a subscriber looks at its progress.
 pub const PROGRESS_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// A subscriber publishers wait for whose socket takes less than `PROGRESS_MIN_BYTES` in this

@@ -1,0 +1,141 @@
+//! The instruments every shard keeps: its [`ShardCounters`] (written by that shard alone, with
+//! relaxed loads and stores and no atomic read-modify-write, and read by any), and the heap
+//! against `memory_limit`. Counters of events (packets, bytes, connections) are bumped where the
+//! event happens; levels (clients connected, subscriptions, stored messages) are sampled by each
+//! shard on its sweep. `crate::sys` publishes their sum as `$SYS`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A number written by one shard and read by any.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning shard's thread may call this (or `set`): a plain load and
+    /// store, so a bump costs what a non-atomic one does.
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Declares the per-shard counters and their plain snapshot together, so they cannot drift.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One shard's counters. Aligned apart so that shards never write the same cache line.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct ShardCounters {
+            $($(#[$doc])* pub $name: Counter,)*
+        }
+
+        /// The counters of every shard, summed.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Totals {
+            $(pub $name: u64,)*
+        }
+
+        impl Totals {
+            pub fn sum(shards: &[Arc<ShardCounters>]) -> Totals {
+                let mut totals = Totals::default();
+                for shard in shards {
+                    $(totals.$name += shard.$name.get();)*
+                }
+                totals
+            }
+        }
+    };
+}
+
+counters! {
+    /// MQTT packets of any type, in and out.
+    packets_received,
+    packets_sent,
+    /// Bytes read from and written to client and bridge sockets.
+    bytes_received,
+    bytes_sent,
+    /// PUBLISH packets, and their payload bytes.
+    publish_received,
+    publish_sent,
+    publish_bytes_received,
+    publish_bytes_sent,
+    /// Messages not delivered to a subscriber: queue limits, a full outbox, expiry, a packet
+    /// larger than the client takes.
+    publish_dropped,
+    /// TCP connections accepted.
+    sockets,
+    /// CONNECTs accepted.
+    connections,
+    /// Sessions ended by their expiry while offline.
+    sessions_expired,
+    // Levels, sampled by each shard (`Shard::sample_levels`).
+    clients_connected,
+    /// Offline sessions kept for their clients.
+    clients_disconnected,
+    subscriptions,
+    shared_subscriptions,
+    /// Messages queued or in flight for sessions (once per session holding it), and retained.
+    stored_messages,
+    stored_bytes,
+    /// Retained messages: every shard holds them all, so shard 0 alone reports them.
+    retained,
+}
+
+/// The heap as the allocator sees it: (current, peak) bytes.
+pub type HeapUsage = (u64, u64);
+
+/// The heap as mimalloc accounts it: memory it has committed now and at most (its
+/// `mi_process_info`). Larger than the bytes allocated, by the free space in its pages.
+pub fn heap_usage() -> HeapUsage {
+    let (mut current, mut peak) = (0usize, 0usize);
+    let null = std::ptr::null_mut();
+    // SAFETY: every out-parameter is either null (not wanted) or a valid `usize`.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            null,
+            null,
+            null,
+            null,
+            null,
+            &mut current,
+            &mut peak,
+            null,
+        )
+    };
+    (current as u64, peak as u64)
+}
+
+/// Set while the heap is above `memory_limit` (checked on every shard's sweep): new clients
+/// and new messages are refused until it falls back.
+static OVER_MEMORY_LIMIT: AtomicBool = AtomicBool::new(false);
+
+/// Whether the broker is above its `memory_limit` (one relaxed load: cheap on every PUBLISH).
+pub fn over_memory_limit() -> bool {
+    OVER_MEMORY_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Compares the heap with `memory_limit` now; the flag follows, and the change is logged.
+pub fn check_memory_limit(limit: u64) -> bool {
+    let (current, _) = heap_usage();
+    let over = current > limit;
+    if OVER_MEMORY_LIMIT.swap(over, Ordering::Relaxed) != over {
+        if over {
+            tracing::warn!(
+                heap = current,
+                limit,
+                "memory_limit reached: refusing new clients and messages"
+            );
+        } else {
+            tracing::info!(heap = current, limit, "back under memory_limit");
+        }
+    }
+    over
+}

@@ -1,0 +1,678 @@
+//! Everything that awaits: one glommio executor per shard, each with its own listeners
+//! (SO_REUSEPORT) and the tasks that serve its connections, carry its messages to other shards,
+//! write its store and sweep its timers. What a shard decides is in `crate::broker`, which
+//! never awaits.
+
+#[cfg(feature = "bench")]
+pub mod bench;
+mod connection;
+pub mod flow;
+mod mesh;
+mod recovery;
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use thiserror::Error;
+
+use crate::auth::Credentials;
+use crate::broker::counters::{self, ShardCounters};
+use crate::broker::journal::{Journal, SharedJournal};
+use crate::broker::messages::{Batch, BATCHES_IN_FLIGHT_MAX, SHARDS_MAX};
+use crate::broker::outbox::{Close, ListenerContext};
+use crate::broker::Shard;
+use crate::config::{BindAddress, Config, PersistenceSync};
+use crate::store::ShardStore;
+pub use connection::{write_out, PacketReader};
+use recovery::ShardRecovery;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// io_uring memory per executor. glommio's default (10 MiB in three rings) exceeds the 8 MiB
+/// memlock limit that unprivileged users and containers get; 64 KiB with 128-entry rings
+/// started 48 executors in 16 processes on our machines (docs/ARCHITECTURE.md, glommio).
+const IO_MEMORY_BYTES: usize = 64 << 10;
+const RING_DEPTH: usize = 128;
+
+/// The start-up check for a broker already on a port: how long each attempt waits, and how many
+/// attempts must all be answered.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+const PROBE_ATTEMPTS: usize = 10;
+
+/// Pending connections per listener per shard (glommio's own default).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// How often each shard checks keep-alive deadlines, session expiry and shutdown.
+const KEEP_ALIVE_SWEEP_MS: u64 = 500;
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(KEEP_ALIVE_SWEEP_MS);
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("address {0} is already in use (is another broker running?)")]
+    AddressInUse(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0} shards requested; at most {SHARDS_MAX} are supported")]
+    TooManyShards(usize),
+    #[error("cannot start shard executor: {0}")]
+    Executor(String),
+    #[error("{0}")]
+    AuthFile(#[from] crate::auth::AuthFileError),
+    #[error(
+        "io_uring is not available ({0}): Culex needs it. Check `sysctl kernel.io_uring_disabled` \
+         (0 enables it for everyone) and, in a container, a seccomp profile that allows \
+         io_uring_setup; `tuning/check` reports what a host lacks"
+    )]
+    IoUringUnavailable(std::io::Error),
+    #[error(
+        "the locked-memory limit (memlock) is {soft_kib} KiB and cannot be raised (hard limit \
+         {hard_kib} KiB); Culex needs {needed_kib} KiB: raise it with `ulimit -l`, \
+         LimitMEMLOCK= in the systemd unit, or tuning/limits.conf"
+    )]
+    MemlockTooLow { soft_kib: u64, hard_kib: u64, needed_kib: u64 },
+    #[error("{0}")]
+    Store(String),
+    #[error("cannot drop privileges: {0}")]
+    User(String),
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// The credentials the shards check (one set, or one per listener with
+/// `per_listener_settings true`), for SIGHUP to reload.
+static CREDENTIALS: std::sync::OnceLock<Vec<Arc<Credentials>>> = std::sync::OnceLock::new();
+
+/// SIGHUP: reads the password and ACL files again, as Mosquitto does; connected clients stay.
+/// Safe from any thread.
+pub fn reload() {
+    for credentials in CREDENTIALS.get().into_iter().flatten() {
+        match credentials.reload() {
+            Ok(reloaded) => tracing::info!(
+                users_added = ?reloaded.users_added,
+                users_removed = ?reloaded.users_removed,
+                passwords_changed = ?reloaded.passwords_changed,
+                acl_changed = reloaded.acl_changed,
+                "SIGHUP: password and acl files reloaded"
+            ),
+            Err(error) => tracing::error!("{error}; the previous files stay in force"),
+        }
+    }
+}
+
+/// What each listener applies to its clients, in `config.listeners` order: its mount point and
+/// its access rules (one set shared by all unless `per_listener_settings true`).
+fn listener_contexts(config: &Config) -> Result<Vec<Arc<ListenerContext>>, StartError> {
+    let mut everyones = None;
+    let mut all = Vec::new();
+    let mut contexts = Vec::new();
+    for listener in &config.listeners {
+        let credentials = match &everyones {
+            Some(shared) if !config.per_listener_settings => Arc::clone(shared),
+            _ => {
+                let (credentials, warnings) = Credentials::load(config.auth_for(listener))?;
+                for warning in warnings {
+                    tracing::warn!(port = listener.port, "{warning}");
+                }
+                all.push(credentials.clone());
+                everyones = Some(credentials.clone());
+                credentials
+            }
+        };
+        let mount_point = listener.mount_point.as_deref().map(ByteString::from);
+        contexts.push(Arc::new(ListenerContext { mount_point, credentials }));
+    }
+    let _ = CREDENTIALS.set(all);
+    Ok(contexts)
+}
+
+/// How long `shutdown` leaves the shards to tell their clients: two sweeps.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2 * KEEP_ALIVE_SWEEP_MS);
+
+/// Asks every shard to close its connections (5.0 clients get DISCONNECT 0x8B) at its next
+/// sweep. Safe from any thread.
+pub fn request_shutdown() {
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
+}
+
+pub fn is_shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::Relaxed)
+}
+
+/// What an executor runs besides its share of the mesh.
+enum Role {
+    /// Accepts clients on every listener, through its own sockets (bound before the executors
+    /// start, so that privileges can be dropped first).
+    Worker(Vec<(Endpoint, Socket)>),
+    /// Runs these bridges (`bridge_shards`): no listener, so their traffic does not compete
+    /// with clients' on a worker's core.
+    Bridges(Vec<crate::config::Bridge>),
+}
+
+/// glommio refuses to create an executor below this memlock limit (its `MIN_MEMLOCK_LIMIT`).
+const MEMLOCK_NEEDED_BYTES: u64 = 512 << 10;
+
+/// What starts one bridge's task on the shard given (`crate::bridge::spawn`): the runtime runs
+/// bridge shards without knowing what a bridge is.
+pub type SpawnBridge = fn(Rc<RefCell<Shard>>, Rc<crate::config::Bridge>);
+
+/// Starts every shard and blocks until they stop (they stop only with the process).
+pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> {
+    // memlock first: below it, creating a ring fails too (ENOMEM), with a less helpful message.
+    ensure_memlock()?;
+    check_io_uring()?;
+    let cpus = allowed_cpus();
+    let worker_count = config.shards.unwrap_or(cpus.len().max(1));
+    let bridge_shard_count = config.bridge_shards.min(config.bridges.len());
+    let shard_count = worker_count + bridge_shard_count;
+    if shard_count > SHARDS_MAX {
+        return Err(StartError::TooManyShards(shard_count));
+    }
+    let endpoints = endpoints(&config, &listener_contexts(&config)?);
+    for endpoint in &endpoints {
+        probe_free(endpoint.bind.addr)?;
+    }
+    let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.bind.addr).collect();
+    let pin = worker_count <= cpus.len();
+    if !pin {
+        tracing::warn!(
+            worker_count,
+            cpus = cpus.len(),
+            "more shards than usable CPUs: not pinning"
+        );
+    }
+    tracing::info!(
+        shards = worker_count,
+        bridge_shards = bridge_shard_count,
+        cpus = cpus.len(),
+        listeners = ?addrs,
+        "culex {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    // Every worker binds its own socket per address (SO_REUSEPORT spreads connections).
+    let mut sockets = Vec::with_capacity(worker_count);
+    for worker in 0..worker_count {
+        sockets.push(bind_all(&endpoints, worker == 0)?);
+    }
+    // Shard ids are only known once the mesh is joined: each executor takes its own part.
+    let recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>> =
+        Arc::new(Mutex::new(if config.persistence {
+            recovery::recover(&config, shard_count)?.into_iter().map(Some).collect()
+        } else {
+            Vec::new()
+        }));
+    // As Mosquitto: sockets, store and log files are open; now give root up.
+    if let Some(user) = &config.user {
+        drop_privileges(user)?;
+    }
+    let mut sockets = sockets.into_iter();
+    let counters: Arc<[Arc<ShardCounters>]> = (0..shard_count).map(|_| Arc::default()).collect();
+    let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
+    let mut handles = Vec::with_capacity(shard_count);
+    for index in 0..shard_count {
+        // Bridge shards get CPUs the workers left free, else run where the kernel puts them.
+        let placement = match cpus.get(index) {
+            Some(cpu) if pin => Placement::Fixed(*cpu),
+            _ => Placement::Unbound,
+        };
+        let role = if index < worker_count {
+            Role::Worker(sockets.next().unwrap_or_default())
+        } else {
+            let nth = index - worker_count;
+            let bridges = config.bridges.iter().skip(nth).step_by(bridge_shard_count);
+            Role::Bridges(bridges.cloned().collect())
+        };
+        let config = config.clone();
+        let mesh = mesh.clone();
+        let recoveries = recoveries.clone();
+        let counters = counters.clone();
+        let name = match role {
+            Role::Worker { .. } => format!("culex-shard-{index}"),
+            Role::Bridges(_) => format!("culex-bridge-{}", index - worker_count),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&name)
+            .io_memory(IO_MEMORY_BYTES)
+            .ring_depth(RING_DEPTH)
+            .spawn(move || {
+                run_shard(config, role, mesh, shard_count, recoveries, counters, spawn_bridge)
+            })
+            .map_err(|e| StartError::Executor(e.to_string()))?;
+        handles.push(handle);
+    }
+    // An executor that fails leaves the others waiting for it in the mesh, so wait for the
+    // first one to end, whichever it is, rather than for each in turn.
+    let (ended, first_end) = std::sync::mpsc::channel();
+    for handle in handles {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            let result = match handle.join() {
+                Ok(result) => result,
+                Err(error) => Err(StartError::Executor(error.to_string())),
+            };
+            let _ = ended.send(result);
+        });
+    }
+    first_end.recv().unwrap_or(Ok(()))
+}
+
+/// Creates and closes one small io_uring: the kernel may lack it, forbid it
+/// (`kernel.io_uring_disabled`), or a seccomp profile may refuse it.
+fn check_io_uring() -> Result<(), StartError> {
+    // struct io_uring_params is 120 bytes; zeroed asks for nothing special.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(2) with a valid pointer to a zeroed params struct.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        if let (Some(libc::ENOMEM), Some(limit)) = (error.raw_os_error(), memlock_limit()) {
+            return Err(memlock_too_low(limit));
+        }
+        return Err(StartError::IoUringUnavailable(error));
+    }
+    // SAFETY: `fd` is the ring just created, owned here.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Raises the soft memlock limit to the hard one: glommio refuses an executor below 512 KiB,
+/// and registering its buffers needs more (at 512 KiB exactly, two shards could not register
+/// theirs). Refuses to start, naming the fix, when even the hard limit is below the minimum.
+fn ensure_memlock() -> Result<(), StartError> {
+    let Some(limit) = memlock_limit() else {
+        return Ok(()); // glommio will say what it finds
+    };
+    if limit.rlim_max < MEMLOCK_NEEDED_BYTES {
+        return Err(memlock_too_low(limit));
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(());
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit(2) with the soft limit equal to the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
+        if limit.rlim_cur >= MEMLOCK_NEEDED_BYTES {
+            return Ok(());
+        }
+        return Err(memlock_too_low(limit));
+    }
+    tracing::info!(
+        from_kib = limit.rlim_cur / 1024,
+        to_kib = limit.rlim_max / 1024,
+        "raised the soft memlock limit to the hard limit"
+    );
+    Ok(())
+}
+
+async fn run_shard(
+    config: Config,
+    role: Role,
+    mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
+    shard_count: usize,
+    recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>>,
+    counters: Arc<[Arc<ShardCounters>]>,
+    spawn_bridge: SpawnBridge,
+) -> Result<(), StartError> {
+    let (senders, receivers) =
+        mesh.join().await.map_err(|_| StartError::Executor("mesh join failed".into()))?;
+    // Shard ids are mesh peer ids, so every shard agrees on who is who.
+    let id = senders.peer_id();
+    let recovery = recoveries.lock().ok().and_then(|mut all| all.get_mut(id)?.take());
+    let holds = config.persistence_sync == PersistenceSync::Ack;
+    let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch, holds));
+    // `persistence_sync interval`: a durable commit at least this often, the others not synced.
+    let sync_every = (!holds).then_some(config.autosave_interval);
+    let sys_every = crate::sys::interval(config.sys_interval);
+    let shard = Shard::new(id, shard_count, Rc::new(config), journal.clone(), counters[id].clone());
+    let shard = Rc::new(RefCell::new(shard));
+    if let (Some(recovery), Some(journal)) = (recovery, journal) {
+        shard.borrow_mut().restore(recovery.restored);
+        let store = recovery.store;
+        glommio::spawn_local(persist(shard.clone(), journal, store, sync_every)).detach();
+    }
+    mesh::spawn_receivers(&shard, receivers);
+    glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
+    glommio::spawn_local(sweep(shard.clone(), sys_every.is_some())).detach();
+    if id == 0 {
+        if let Some(every) = sys_every {
+            glommio::spawn_local(crate::sys::publish_periodically(shard.clone(), counters, every))
+                .detach();
+        }
+        if let Some(lines) = crate::logging::topic_lines() {
+            glommio::spawn_local(crate::sys::publish_log_lines(shard.clone(), lines)).detach();
+        }
+    }
+    let endpoints = match role {
+        Role::Worker(endpoints) => endpoints,
+        Role::Bridges(bridges) => {
+            for bridge in bridges {
+                spawn_bridge(shard.clone(), Rc::new(bridge));
+            }
+            // The shard stays in the mesh for the process's life, whatever its bridges do.
+            futures_lite::future::pending::<()>().await;
+            return Ok(());
+        }
+    };
+    let mut accepting = Vec::new();
+    for (endpoint, socket) in endpoints {
+        // SAFETY: a bound, listening TCP socket whose ownership moves to glommio.
+        let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
+        accepting.push(glommio::spawn_local(accept(shard.clone(), listener, endpoint)));
+    }
+    for task in accepting {
+        task.await;
+    }
+    Ok(())
+}
+
+/// The shard's store task: commits what the journal collected, one transaction per batch on
+/// the shard's blocking thread (the executor never waits on the disk), then releases what
+/// waited for it. Every commit is durable, or with `sync_every` (`persistence_sync interval`)
+/// only one at least that often. A commit that fails stops the broker: acknowledging what
+/// cannot be stored would break the promise persistence makes.
+async fn persist(
+    shard: Rc<RefCell<Shard>>,
+    journal: SharedJournal,
+    store: Arc<ShardStore>,
+    sync_every: Option<Duration>,
+) {
+    let wake = journal.borrow().wake();
+    // Since when changes are written but not synced (`persistence_sync interval` only).
+    let mut unsynced_since: Option<Instant> = None;
+    // Released by the next durable commit.
+    let mut waiting = Vec::new();
+    loop {
+        match (sync_every, unsynced_since) {
+            (Some(every), Some(since)) => {
+                let left = (since + every).saturating_duration_since(Instant::now());
+                futures_lite::future::or(wake.wait(), glommio::timer::sleep(left)).await;
+            }
+            _ => wake.wait().await,
+        }
+        let (ops, waiters) = journal.borrow_mut().take();
+        waiting.extend(waiters);
+        let durable = match sync_every {
+            None => true,
+            Some(every) => unsynced_since.is_some_and(|since| since.elapsed() >= every),
+        };
+        if !ops.is_empty() || (durable && unsynced_since.is_some()) {
+            let store = store.clone();
+            let written =
+                glommio::executor().spawn_blocking(move || store.apply(ops, durable)).await;
+            if let Err(error) = written {
+                tracing::error!("{error}: stopping, since nothing unstored may be acknowledged");
+                std::process::exit(1);
+            }
+            if !durable && unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
+            }
+        }
+        if durable {
+            unsynced_since = None;
+            shard.borrow_mut().committed(std::mem::take(&mut waiting));
+        } else if !waiting.is_empty() && unsynced_since.is_none() {
+            unsynced_since = Some(Instant::now());
+        }
+    }
+}
+
+/// One socket every worker shard opens, with what its listener asks of it.
+#[derive(Clone)]
+struct Endpoint {
+    bind: BindAddress,
+    /// `bind_interface`.
+    interface: Option<String>,
+    /// `max_connections`, counted across shards and the listener's addresses.
+    limit: Option<Arc<ConnectionLimit>>,
+    /// `set_tcp_nodelay`.
+    nodelay: bool,
+    /// What the listener applies to the clients it accepts.
+    listener: Arc<ListenerContext>,
+}
+
+/// The sockets of every listener (`protocol websockets` ones are not opened yet).
+fn endpoints(config: &Config, contexts: &[Arc<ListenerContext>]) -> Vec<Endpoint> {
+    let mut endpoints = Vec::new();
+    let listeners = config.listeners.iter().zip(contexts).filter(|(l, _)| !l.websockets);
+    for (listener, context) in listeners {
+        let limit = listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max)));
+        for bind in listener.bind_addresses(config.local_only) {
+            endpoints.push(Endpoint {
+                bind,
+                interface: listener.bind_interface.clone(),
+                limit: limit.clone(),
+                nodelay: config.tcp_nodelay,
+                listener: context.clone(),
+            });
+        }
+    }
+    endpoints
+}
+
+/// Mosquitto's `max_connections` for one listener.
+struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    fn new(max: usize) -> Self {
+        ConnectionLimit { max, open: AtomicUsize::new(0) }
+    }
+
+    /// A place for one more connection, held until dropped; `None` when the listener is full.
+    fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+}
+
+struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One worker's listening sockets. An optional address that cannot be bound (IPv6 on a host
+/// without it) is left out, with a warning when `report`.
+fn bind_all(endpoints: &[Endpoint], report: bool) -> Result<Vec<(Endpoint, Socket)>, StartError> {
+    let mut sockets = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let addr = endpoint.bind.addr;
+        match listen(endpoint) {
+            Ok(socket) => sockets.push((endpoint.clone(), socket)),
+            Err(error) if endpoint.bind.optional => {
+                if report {
+                    tracing::warn!(%addr, %error, "IPv6 unavailable; listening on IPv4 only");
+                }
+            }
+            Err(error) => return Err(StartError::Listen { addr, source: error }),
+        }
+    }
+    Ok(sockets)
+}
+
+/// Mosquitto's `user`: started as root, the broker continues as this user (its group, and its
+/// supplementary groups). Not root: nothing to do, as in Mosquitto.
+fn drop_privileges(user: &str) -> Result<(), StartError> {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 || user == "root" {
+        return Ok(());
+    }
+    let failed = |what: &str| {
+        StartError::User(format!("{what} for user `{user}`: {}", std::io::Error::last_os_error()))
+    };
+    let name = std::ffi::CString::new(user)
+        .map_err(|_| StartError::User(format!("invalid user `{user}`")))?;
+    // SAFETY: getpwnam(3) with a valid C string; the record is read before any other call to it
+    // (start-up is single-threaded here).
+    let passwd = unsafe { libc::getpwnam(name.as_ptr()) };
+    if passwd.is_null() {
+        return Err(StartError::User(format!("user `{user}` does not exist")));
+    }
+    // SAFETY: non-null, as just checked.
+    let (uid, gid) = unsafe { ((*passwd).pw_uid, (*passwd).pw_gid) };
+    // SAFETY: plain system calls with values from the password database. The group goes
+    // first: once the user id changes, changing groups is no longer allowed. glibc applies
+    // them to every thread of the process.
+    unsafe {
+        if libc::setgid(gid) != 0 {
+            return Err(failed("setgid"));
+        }
+        if libc::initgroups(name.as_ptr(), gid) != 0 {
+            return Err(failed("initgroups"));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(failed("setuid"));
+        }
+    }
+    tracing::info!(user, uid, gid, "dropped root privileges");
+    Ok(())
+}
+
+/// Binds a listening socket. glommio's own `bind` sets SO_REUSEPORT only; without
+/// SO_REUSEADDR too, the TIME_WAIT sockets Culex leaves behind would stop a Mosquitto (or any
+/// SO_REUSEADDR server) started on the same port right after it, which is what a migration does.
+fn listen(endpoint: &Endpoint) -> std::io::Result<Socket> {
+    let addr = endpoint.bind.addr;
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if let Some(interface) = &endpoint.interface {
+        socket.bind_device(Some(interface.as_bytes())).map_err(|error| {
+            std::io::Error::new(error.kind(), format!("bind_interface {interface}: {error}"))
+        })?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endpoint) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let slot = match &endpoint.limit {
+                    None => None,
+                    Some(limit) => match limit.admit() {
+                        Some(slot) => Some(slot),
+                        None => {
+                            // As Mosquitto: closed at once, before any MQTT.
+                            let peer =
+                                stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                            tracing::info!(%peer, max = limit.max, "denied: max_connections exceeded");
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(endpoint.nodelay);
+                let shard = shard.clone();
+                let listener = endpoint.listener.clone();
+                glommio::spawn_local(async move {
+                    connection::serve(shard, stream, listener).await;
+                    drop(slot);
+                })
+                .detach();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// The shard's periodic chores: shutdown, keep alives, session expiry, and with `$SYS` its
+/// levels (sampled here so that shard 0's publication is at most a sweep behind).
+async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
+    loop {
+        glommio::timer::sleep(KEEP_ALIVE_SWEEP).await;
+        let mut shard = shard.borrow_mut();
+        if SHUTTING_DOWN.load(Ordering::Relaxed) {
+            shard.close_all(Close::ServerShuttingDown);
+            return;
+        }
+        let now = Instant::now();
+        shard.expire_keep_alives(now);
+        shard.expire_sessions(now);
+        if samples_levels {
+            shard.sample_levels();
+        }
+        if let Some(limit) = shard.config().memory_limit {
+            counters::check_memory_limit(limit);
+        }
+    }
+}
+
+/// glommio binds every listener with SO_REUSEPORT, so a second broker of the same user would
+/// silently share the port. Refuse to start when something keeps accepting connections there,
+/// as Mosquitto does. Two things that are not a live broker are let through: TIME_WAIT sockets
+/// of a broker just restarted (a plain probe bind trips over those an older glommio listener
+/// left without SO_REUSEADDR), and the listener of a broker just killed, which lives on for a
+/// moment while the kernel tears its io_uring rings down.
+fn probe_free(addr: SocketAddr) -> Result<(), StartError> {
+    for _ in 0..PROBE_ATTEMPTS {
+        if !accepts_connections(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(PROBE_TIMEOUT);
+    }
+    Err(StartError::AddressInUse(addr))
+}
+
+fn accepts_connections(addr: SocketAddr) -> bool {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok()
+}
+
+fn memlock_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes into `limit`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0).then_some(limit)
+}
+
+fn memlock_too_low(limit: libc::rlimit) -> StartError {
+    StartError::MemlockTooLow {
+        soft_kib: limit.rlim_cur / 1024,
+        hard_kib: limit.rlim_max / 1024,
+        needed_kib: MEMLOCK_NEEDED_BYTES / 1024,
+    }
+}
+
+/// CPUs this process may run on. `Placement::Fixed` panics for a CPU outside the affinity mask
+/// (cgroups, taskset), so shards are pinned only to these.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is valid for `size` bytes; pid 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    // SAFETY: CPU_ISSET reads the set within CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) }).collect()
+}
