@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod journal;
+mod latch;
 pub mod messages;
 pub mod outbox;
 pub mod session;

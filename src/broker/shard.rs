@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 
 use super::counters::ShardCounters;
 use super::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
+use super::latch::Latches;
 use super::messages::{Outbound, ShardId, ShardMsg, ShardSet};
 use super::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext, TOPIC_ALIAS_MAXIMUM};
 use super::session::{
@@ -136,20 +137,20 @@ pub struct Shard {
     retained: AHashMap<TopicName, Arc<Message>>,
     registry: AHashMap<ByteString, RegistryEntry>,
     claims: AHashMap<ConnId, Rc<PendingClaim>>,
-    /// Replies waiting for barrier acknowledgements: token -> (acks missing, reply).
-    held: AHashMap<u64, (usize, HeldReply)>,
+    /// Replies waiting for barrier acknowledgements (and, with persistence, the commit).
+    held: Latches<HeldReply>,
     next_token: u64,
     next_conn: u64,
     pub outbound: Outbound,
     /// Connections that took deliveries beyond their high-water mark this turn.
     congested: Vec<Rc<ConnHandle>>,
-    /// This shard's part of `$SYS` (`super::sys`).
+    /// This shard's part of `$SYS` (`crate::sys`).
     pub counters: Arc<ShardCounters>,
     /// This shard's pending store changes (`persistence true`).
     journal: Option<SharedJournal>,
-    /// Acknowledgements held until their message is durable everywhere it was stored:
-    /// token -> (confirmations missing, the publisher's connection).
-    durable: AHashMap<u64, (usize, Rc<ConnHandle>)>,
+    /// Acknowledgements held until their message is durable everywhere it was stored: the
+    /// publisher's connection, which holds the acknowledgement under the same token.
+    durable: Latches<Rc<ConnHandle>>,
 }
 
 impl Shard {
@@ -173,14 +174,14 @@ impl Shard {
             retained: AHashMap::new(),
             registry: AHashMap::new(),
             claims: AHashMap::new(),
-            held: AHashMap::new(),
+            held: Latches::default(),
             next_token: 0,
             next_conn: 0,
             outbound: Outbound::new(shard_count),
             congested: Vec::new(),
             counters,
             journal,
-            durable: AHashMap::new(),
+            durable: Latches::default(),
         }
     }
 
@@ -491,23 +492,15 @@ impl Shard {
             journal.borrow_mut().wait(Waiter::Barrier(token));
             waiting += 1;
         }
-        if waiting == 0 {
+        if let Some(reply) = self.held.hold(token, waiting, reply) {
             self.release(reply);
-        } else {
-            self.held.insert(token, (waiting, reply));
         }
     }
 
     /// One of the acknowledgements a barrier waits for came.
     fn barrier_passed(&mut self, token: u64) {
-        let done = self.held.get_mut(&token).is_some_and(|(acks_missing, _)| {
-            *acks_missing -= 1;
-            *acks_missing == 0
-        });
-        if done {
-            if let Some((_, reply)) = self.held.remove(&token) {
-                self.release(reply);
-            }
+        if let Some(reply) = self.held.confirm(token) {
+            self.release(reply);
         }
     }
 
@@ -923,7 +916,9 @@ impl Shard {
         self.next_token += 1;
         let remote = message.map_or(0, |message| self.route(message, Some(token)));
         conn.hold_ack(token, ack);
-        self.durable.insert(token, (remote + 1, conn.clone()));
+        // Its own shard's commit, and each other shard's it went to.
+        let held = self.durable.hold(token, remote + 1, conn.clone());
+        debug_assert!(held.is_none());
         journal.borrow_mut().wait(Waiter::Local(token));
     }
 
@@ -934,14 +929,8 @@ impl Shard {
 
     /// One of the shards storing the message behind acknowledgement `token` made it durable.
     fn durable_confirmed(&mut self, token: u64) {
-        let done = self.durable.get_mut(&token).is_some_and(|(missing, _)| {
-            *missing -= 1;
-            *missing == 0
-        });
-        if done {
-            if let Some((_, conn)) = self.durable.remove(&token) {
-                conn.release_ack(token);
-            }
+        if let Some(conn) = self.durable.confirm(token) {
+            conn.release_ack(token);
         }
     }
 
@@ -1082,7 +1071,7 @@ impl Shard {
             subscribers, sessions, limits, counters, congested, checks_reads, config, ..
         } = self;
         let upgrade = config.upgrade_outgoing_qos;
-        let acl = *checks_reads;
+        let checks_reads = *checks_reads;
         let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
             SmallVec::new();
         // Where each client is in `targets`, once there are too many to search one by one (a
@@ -1120,11 +1109,9 @@ impl Shard {
                 }
             }
         });
+        let mut deliveries = Deliveries { limits, counters, congested, checks_reads };
         for (client_id, options, subscription_ids) in targets {
             let Some(session) = sessions.get_mut(client_id) else { continue };
-            if acl && !may_read(client_id, session, &message.topic) {
-                continue;
-            }
             let outgoing = Outgoing {
                 message: message.clone(),
                 qos: delivery_qos(message.qos, options.qos, upgrade),
@@ -1134,10 +1121,7 @@ impl Shard {
                 shared: None,
                 seq: None,
             };
-            if session.deliver(outgoing, limits) == Delivery::Dropped {
-                counters.publish_dropped.add(1);
-            }
-            note_congestion(congested, session);
+            deliveries.deliver(client_id, session, outgoing);
         }
     }
 
@@ -1228,23 +1212,16 @@ impl Shard {
     }
 
     fn complete_suback(&mut self, pending: PendingSubAck) {
-        let limits = self.limits;
-        let Shard { sessions, retained, counters, checks_reads, config, .. } = self;
+        let Shard { sessions, retained, limits, counters, congested, checks_reads, config, .. } =
+            self;
         let upgrade = config.upgrade_outgoing_qos;
-        let acl = *checks_reads;
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
+        let checks_reads = *checks_reads;
+        let mut deliveries = Deliveries { limits, counters, congested, checks_reads };
         for (filter, subscription) in &pending.retained_for {
-            let readable =
-                |m: &&Arc<Message>| !acl || may_read(&pending.client_id, session, &m.topic);
-            let matching: Vec<Arc<Message>> = retained
-                .values()
-                .filter(|m| filter_matches(filter, &m.topic))
-                .filter(readable)
-                .cloned()
-                .collect();
-            for message in &matching {
+            for message in retained.values().filter(|m| filter_matches(filter, &m.topic)) {
                 let outgoing = Outgoing {
                     message: message.clone(),
                     qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
@@ -1253,9 +1230,7 @@ impl Shard {
                     shared: None,
                     seq: None,
                 };
-                if session.deliver(outgoing, &limits) == Delivery::Dropped {
-                    counters.publish_dropped.add(1);
-                }
+                deliveries.deliver(&pending.client_id, session, outgoing);
             }
         }
     }
@@ -1466,27 +1441,21 @@ impl Shard {
         durable: Option<(ShardId, u64)>,
     ) {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
-            let limits = self.limits;
             let upgrade = self.config.upgrade_outgoing_qos;
-            let Shard { sessions, counters, congested, checks_reads, .. } = self;
-            let Some(session) = sessions.get_mut(&client_id) else { return };
-            if *checks_reads && !may_read(&client_id, session, &message.topic) {
-                counters.publish_dropped.add(1);
-                self.confirm_durable(durable);
-                return;
+            let Shard { sessions, limits, counters, congested, checks_reads, .. } = self;
+            if let Some(session) = sessions.get_mut(&client_id) {
+                let outgoing = Outgoing {
+                    message: message.clone(),
+                    qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
+                    retain: subscription.options.retain_as_published && message.retain,
+                    subscription_ids: subscription.id.into_iter().collect(),
+                    shared: Some(Box::new((filter.clone(), group.clone()))),
+                    seq: None,
+                };
+                let checks_reads = *checks_reads;
+                Deliveries { limits, counters, congested, checks_reads }
+                    .deliver(&client_id, session, outgoing);
             }
-            let outgoing = Outgoing {
-                message: message.clone(),
-                qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
-                retain: subscription.options.retain_as_published && message.retain,
-                subscription_ids: subscription.id.into_iter().collect(),
-                shared: Some(Box::new((filter.clone(), group.clone()))),
-                seq: None,
-            };
-            if session.deliver(outgoing, &limits) == Delivery::Dropped {
-                counters.publish_dropped.add(1);
-            }
-            note_congestion(congested, session);
             self.confirm_durable(durable);
             return;
         }
@@ -1574,11 +1543,183 @@ fn may_read(client_id: &str, session: &Session, topic: &str) -> bool {
     })
 }
 
-/// Lists a session's connection as congested if the delivery took it past its high-water mark.
-fn note_congestion(congested: &mut Vec<Rc<ConnHandle>>, session: &Session) {
-    let Some(conn) = &session.conn else { return };
-    if !conn.listed_congested.get() && conn.is_congested(session.state.queued_len()) {
-        conn.listed_congested.set(true);
-        congested.push(conn.clone());
+/// What every delivery takes from its shard besides the session: live, shared and retained
+/// deliveries all go through `deliver`, so they check the ACL, count drops and note congestion
+/// alike (three copies of this had drifted apart).
+struct Deliveries<'a> {
+    limits: &'a Limits,
+    counters: &'a ShardCounters,
+    congested: &'a mut Vec<Rc<ConnHandle>>,
+    /// An ACL file is configured: each delivery asks it.
+    checks_reads: bool,
+}
+
+impl Deliveries<'_> {
+    /// One message to `client_id`'s session. A message its ACL does not let it read is skipped
+    /// and not counted as dropped: Mosquitto's `publish/messages/dropped` counts what queue
+    /// limits refused, not what a client may not see. A delivery that takes the client past its
+    /// high-water mark lists it as congested for the task making the delivery.
+    fn deliver(&mut self, client_id: &str, session: &mut Session, outgoing: Outgoing) {
+        if self.checks_reads && !may_read(client_id, session, &outgoing.message.topic) {
+            return;
+        }
+        if session.deliver(outgoing, self.limits) == Delivery::Dropped {
+            self.counters.publish_dropped.add(1);
+        }
+        let Some(conn) = &session.conn else { return };
+        if !conn.listed_congested.get() && conn.is_congested(session.state.queued_len()) {
+            conn.listed_congested.set(true);
+            self.congested.push(conn.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shard's rules driven without sockets: one shard, whose connections are handles the
+    //! test reads the outboxes of.
+
+    use super::*;
+    use crate::auth::Credentials;
+    use crate::protocol::{Connect, PacketId, ProtocolVersion, Publish, Subscribe};
+    use bytes::{Bytes, BytesMut};
+
+    struct OneShard {
+        shard: Shard,
+        listener: ListenerContext,
+        _acl: Option<RemovedOnDrop>,
+    }
+
+    /// A file removed when the test ends.
+    struct RemovedOnDrop(std::path::PathBuf);
+
+    impl Drop for RemovedOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    impl OneShard {
+        fn new(acl: Option<&str>) -> OneShard {
+            let mut config = Config::default();
+            let acl = acl.map(|rules| {
+                let path = std::env::temp_dir().join(format!(
+                    "culex-shard-acl-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::write(&path, rules).unwrap();
+                RemovedOnDrop(path)
+            });
+            config.acl_file = acl.as_ref().map(|a| a.0.clone());
+            let (credentials, _) = Credentials::load(config.auth()).unwrap();
+            let listener = ListenerContext { mount_point: None, credentials };
+            let shard = Shard::new(0, 1, Rc::new(config), None, Arc::default());
+            OneShard { shard, listener, _acl: acl }
+        }
+
+        fn connect(&mut self, client_id: &str) -> Rc<ConnHandle> {
+            let connect = Connect {
+                protocol: ProtocolVersion::V311,
+                bridge: false,
+                clean_start: true,
+                keep_alive_secs: 60,
+                properties: Properties::default(),
+                client_id: client_id.into(),
+                will: None,
+                username: None,
+                password: None,
+            };
+            let origin = Origin::Network { peer: "test", listener: &self.listener };
+            let (conn, claim) = self.shard.begin_connect(&connect, origin).unwrap();
+            self.shard.finish_connect(&conn, connect, claim);
+            assert!(matches!(packets(&conn)[..], [Packet::ConnAck(_)]));
+            conn
+        }
+
+        fn subscribe(&mut self, conn: &Rc<ConnHandle>, filter: &str) {
+            let subscribe = Subscribe {
+                packet_id: PacketId::MIN,
+                properties: Properties::default(),
+                filters: vec![(TopicFilter::new(filter).unwrap(), Default::default())],
+            };
+            self.shard.handle_packet(conn, Packet::Subscribe(subscribe)).unwrap();
+        }
+
+        fn publish(&mut self, conn: &Rc<ConnHandle>, topic: &str, payload_bytes: usize) {
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: topic.contains("retained"),
+                topic: TopicName::new(topic).unwrap(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: Bytes::from(vec![b'x'; payload_bytes]),
+            };
+            self.shard.handle_packet(conn, Packet::Publish(publish)).unwrap();
+        }
+
+        fn congested(&mut self) -> Vec<ByteString> {
+            self.shard.take_congested().iter().map(|c| c.client_id.clone()).collect()
+        }
+    }
+
+    /// What the shard queued for `conn` since the last call.
+    fn packets(conn: &ConnHandle) -> Vec<Packet> {
+        let mut out: BytesMut = conn.take_outbox();
+        std::iter::from_fn(|| Packet::decode(&mut out, conn.version, u32::MAX).unwrap()).collect()
+    }
+
+    fn topics(conn: &ConnHandle) -> Vec<String> {
+        packets(conn)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Live, shared and retained deliveries go through one function: each skips what the
+    /// subscriber's ACL does not let it read, none counts that as a drop.
+    #[test]
+    fn every_delivery_path_skips_what_the_acl_denies_without_counting_a_drop() {
+        let mut one = OneShard::new(Some("topic write #\ntopic read public/#\n"));
+        let publisher = one.connect("publisher");
+        one.publish(&publisher, "secret/retained", 10);
+        one.publish(&publisher, "public/retained", 10);
+        let subscriber = one.connect("subscriber");
+        one.subscribe(&subscriber, "+/retained");
+        one.subscribe(&subscriber, "secret/live");
+        one.subscribe(&subscriber, "$share/g/secret/shared");
+        one.subscribe(&subscriber, "public/live");
+        assert_eq!(topics(&subscriber), ["public/retained"], "retained: only the readable one");
+        for topic in ["secret/live", "secret/shared", "public/live"] {
+            one.publish(&publisher, topic, 10);
+        }
+        assert_eq!(topics(&subscriber), ["public/live"]);
+        assert_eq!(one.shard.counters.publish_dropped.get(), 0);
+    }
+
+    /// And each lists a subscriber its delivery took past the high-water mark as congested,
+    /// for the task that made the delivery to wait for.
+    #[test]
+    fn every_delivery_path_notes_congestion() {
+        let big = super::super::outbox::OUTBOX_HIGH_WATER_BYTES + 1;
+        let mut one = OneShard::new(None);
+        let publisher = one.connect("publisher");
+        one.publish(&publisher, "big/retained", big);
+        let live = one.connect("live");
+        let shared = one.connect("shared");
+        let retained = one.connect("retained");
+        one.subscribe(&live, "big/live");
+        one.subscribe(&shared, "$share/g/big/shared");
+        assert_eq!(one.congested(), Vec::<ByteString>::new());
+        one.subscribe(&retained, "big/retained");
+        assert_eq!(one.congested(), ["retained"]);
+        one.publish(&publisher, "big/live", big);
+        assert_eq!(one.congested(), ["live"]);
+        one.publish(&publisher, "big/shared", big);
+        assert_eq!(one.congested(), ["shared"]);
     }
 }
