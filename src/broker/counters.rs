@@ -70,6 +70,10 @@ counters! {
     /// Messages not delivered to a subscriber: queue limits, a full outbox, expiry, a packet
     /// larger than the client takes.
     publish_dropped,
+    /// Packets that could not be decoded (each closed its connection), and reads that failed
+    /// (a reset, not an orderly end). Not in Mosquitto's `$SYS` tree.
+    packets_malformed,
+    read_errors,
     /// TCP connections accepted.
     sockets,
     /// CONNECTs accepted.

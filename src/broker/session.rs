@@ -525,6 +525,7 @@ impl Session {
                 break;
             }
             let Some(outgoing) = self.state.queue.pop_front() else { break };
+            debug_assert!(self.state.queued_bytes >= outgoing.size_bytes(), "queued bytes < 0");
             self.state.queued_bytes -= outgoing.size_bytes();
             // Expired while queued: dropped [MQTT-3.3.2-5].
             let expired = outgoing.message.expires_at.is_some()
@@ -534,6 +535,9 @@ impl Session {
             } else {
                 self.send_new(outgoing);
             }
+            // Sent only into room: the window holds from this side; acknowledgements only
+            // shrink it.
+            debug_assert!(self.state.inflight.len() <= window, "in flight beyond the window");
         }
     }
 

@@ -990,9 +990,9 @@ impl Shard {
     // ---- Routing ----------------------------------------------------------------------------
 
     /// Routes a message published on this shard: retained store (all replicas), local
-    /// subscribers, and once to each other shard with a matching subscription.
-    /// Delivers a message everywhere it is subscribed. With `durable` (an acknowledgement
-    /// token), the shards it is sent to confirm once they have stored it; returns how many.
+    /// subscribers, and once to each other shard with a matching subscription. With `durable`
+    /// (an acknowledgement token), the shards it is sent to confirm once they have stored it;
+    /// returns how many.
     fn route(&mut self, message: Arc<Message>, durable: Option<u64>) -> usize {
         let mut confirmations = 0;
         if message.retain {
@@ -1095,6 +1095,8 @@ impl Shard {
                 let ids = subscription.id.into_iter();
                 match found {
                     Some(i) => {
+                        // Invariant: `i` came from `targets` itself (a search, or the index
+                        // kept in step with every push), and nothing is ever removed from it.
                         let (_, best, all_ids) = &mut targets[i];
                         best.qos = best.qos.max(options.qos);
                         best.retain_as_published |= options.retain_as_published;
@@ -1477,8 +1479,6 @@ impl Shard {
     }
 }
 
-/// The shard keeping `client_id`'s registry entry. Fixed seeds, so that every shard (and
-/// start-up, placing recovered sessions) agrees.
 /// A session ends for good: its records go too.
 fn forget_stored(session: &Session) {
     if let Some(stored) = &session.stored {
@@ -1486,6 +1486,8 @@ fn forget_stored(session: &Session) {
     }
 }
 
+/// The shard keeping `client_id`'s registry entry. Fixed seeds, so that every shard (and
+/// start-up, placing recovered sessions) agrees.
 pub fn registry_owner(client_id: &str, shard_count: usize) -> ShardId {
     let hasher = ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021);
     // Invariant: shard_count <= SHARDS_MAX, so the remainder fits usize.
@@ -1619,17 +1621,7 @@ mod tests {
         }
 
         fn connect(&mut self, client_id: &str) -> Rc<ConnHandle> {
-            let connect = Connect {
-                protocol: ProtocolVersion::V311,
-                bridge: false,
-                clean_start: true,
-                keep_alive_secs: 60,
-                properties: Properties::default(),
-                client_id: client_id.into(),
-                will: None,
-                username: None,
-                password: None,
-            };
+            let connect = Connect::new(ProtocolVersion::V311, client_id);
             let origin = Origin::Network { peer: "test", listener: &self.listener };
             let (conn, claim) = self.shard.begin_connect(&connect, origin).unwrap();
             self.shard.finish_connect(&conn, connect, claim);

@@ -448,8 +448,8 @@ impl Config {
         self.persistence_location.join(format!("{}.shard{shard}", self.persistence_file))
     }
 
-    /// What `crate::auth` needs to know.
-    /// The access settings of every listener, without `per_listener_settings true`.
+    /// What `crate::auth` needs to know of every listener, without `per_listener_settings
+    /// true`.
     pub fn auth(&self) -> crate::auth::AuthConfig {
         crate::auth::AuthConfig {
             password_file: self.password_file.clone(),
@@ -643,9 +643,8 @@ impl Parser {
                 }
                 config.user = Some(value.to_string());
             }
-            // Ignoring these would apply one listener's authentication to all, or show a
-            // listener's clients every topic instead of their mount point's: refused, not
-            // warned about, until implemented.
+            // With it, the security options that follow belong to the current listener (the
+            // start of this function).
             "per_listener_settings" => config.per_listener_settings = parse_bool(value, &invalid)?,
             "mount_point" => {
                 let topic = crate::protocol::TopicName::new(value.to_string());

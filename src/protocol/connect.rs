@@ -50,6 +50,22 @@ mod flag {
 }
 
 impl Connect {
+    /// The plainest CONNECT of `protocol`: clean start, keep alive 60 s, no will, no
+    /// credentials, no properties.
+    pub fn new(protocol: ProtocolVersion, client_id: &str) -> Connect {
+        Connect {
+            protocol,
+            bridge: false,
+            clean_start: true,
+            keep_alive_secs: 60,
+            properties: Properties::default(),
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        }
+    }
+
     pub(crate) fn decode(reader: &mut Reader) -> Result<Self, DecodeError> {
         let name = reader.string()?;
         let raw_level = reader.u8()?;

@@ -84,17 +84,7 @@ impl FanOut {
 }
 
 fn connect(shard: &mut Shard, listener: &ListenerContext, client_id: &str) -> Rc<ConnHandle> {
-    let connect = Connect {
-        protocol: ProtocolVersion::V311,
-        bridge: false,
-        clean_start: true,
-        keep_alive_secs: 60,
-        properties: Properties::default(),
-        client_id: client_id.into(),
-        will: None,
-        username: None,
-        password: None,
-    };
+    let connect = Connect::new(ProtocolVersion::V311, client_id);
     let origin = Origin::Network { peer: "bench", listener };
     let (conn, claim) = shard.begin_connect(&connect, origin).expect("connection admitted");
     shard.finish_connect(&conn, connect, claim);

@@ -49,14 +49,17 @@ impl PacketReader {
     }
 
     pub fn decode(&mut self, version: ProtocolVersion) -> Result<Option<Packet>, DecodeError> {
-        let packet = Packet::decode(&mut self.buf, version, self.max_packet_size)?;
+        let packet = Packet::decode(&mut self.buf, version, self.max_packet_size)
+            .inspect_err(|_| self.counters.packets_malformed.add(1))?;
         self.counters.packets_received.add(u64::from(packet.is_some()));
         Ok(packet)
     }
 
     /// Reads once; `Ok(false)` at end of stream.
     pub async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
-        let read = stream.read(&mut self.chunk).await?;
+        let read = stream.read(&mut self.chunk).await.inspect_err(|_| {
+            self.counters.read_errors.add(1);
+        })?;
         self.counters.bytes_received.add(read as u64);
         let bytes = self.chunk.get(..read).unwrap_or_default();
         self.buf.extend_from_slice(bytes);
@@ -78,17 +81,23 @@ impl PacketReader {
         &mut self,
         stream: &mut TcpStream,
         version: ProtocolVersion,
-    ) -> Result<Option<Packet>, DecodeError> {
+    ) -> Result<Option<Packet>, ReadError> {
         loop {
-            if let Some(packet) = self.decode(version)? {
+            if let Some(packet) = self.decode(version).map_err(ReadError::Malformed)? {
                 return Ok(Some(packet));
             }
-            match self.fill(stream).await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return Ok(None),
+            if !self.fill(stream).await.map_err(ReadError::Io)? {
+                return Ok(None);
             }
         }
     }
+}
+
+/// Why `PacketReader::next` gave no packet (both counted in the shard's counters).
+#[derive(Debug)]
+pub enum ReadError {
+    Malformed(DecodeError),
+    Io(io::Error),
 }
 
 /// Serves one accepted connection until it closes.
@@ -111,7 +120,7 @@ pub async fn serve(
     .await;
     let connect = match first {
         Ok(Ok(Some(Packet::Connect(connect)))) => connect,
-        Ok(Err(DecodeError::UnsupportedProtocolVersion(level))) => {
+        Ok(Err(ReadError::Malformed(DecodeError::UnsupportedProtocolVersion(level)))) => {
             // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
             let refused =
                 refusal(ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion, u32::MAX);
@@ -123,8 +132,12 @@ pub async fn serve(
             tracing::info!(%peer, "closed: first packet was not CONNECT");
             return;
         }
-        Ok(Err(error)) => {
+        Ok(Err(ReadError::Malformed(error))) => {
             tracing::info!(%peer, %error, "closed: malformed CONNECT");
+            return;
+        }
+        Ok(Err(ReadError::Io(error))) => {
+            tracing::info!(%peer, %error, "closed: read failed before CONNECT");
             return;
         }
         Err(_) => {
@@ -239,4 +252,83 @@ pub async fn write_out(
     }
     conn.wrote();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Runs `test` on a glommio executor sized as a shard's, with the accepted end of a loopback
+    /// connection whose other end `peer` drives from a plain thread.
+    fn with_connection(
+        peer: impl FnOnce(std::net::TcpStream) + Send + 'static,
+        test: impl FnOnce(TcpStream) -> futures_lite::future::BoxedLocal<()> + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(super::super::IO_MEMORY_BYTES)
+            .ring_depth(super::super::RING_DEPTH)
+            .spawn(move || async move {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let client = std::thread::spawn(move || {
+                    peer(std::net::TcpStream::connect(addr).unwrap());
+                });
+                let stream = listener.accept().await.unwrap();
+                test(stream).await;
+                client.join().unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_malformed_packet_is_an_error_and_counted() {
+        with_connection(
+            |mut peer| {
+                // PUBLISH whose topic length runs past the packet.
+                peer.write_all(b"\x30\x03\x00\x09a").unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            },
+            |mut stream| {
+                Box::pin(async move {
+                    let counters = Arc::new(ShardCounters::default());
+                    let mut reader = PacketReader::new(1 << 20, counters.clone());
+                    let read = reader.next(&mut stream, ProtocolVersion::V311).await;
+                    assert!(matches!(read, Err(ReadError::Malformed(_))), "{read:?}");
+                    assert_eq!(counters.packets_malformed.get(), 1);
+                })
+            },
+        );
+    }
+
+    #[test]
+    fn a_reset_is_an_error_and_counted_an_orderly_end_is_not() {
+        for reset in [true, false] {
+            with_connection(
+                move |peer| {
+                    let peer = socket2::Socket::from(peer);
+                    if reset {
+                        // Closed with linger 0: the other end gets a reset, not an end.
+                        peer.set_linger(Some(Duration::ZERO)).unwrap();
+                    }
+                    drop(peer);
+                },
+                move |mut stream| {
+                    Box::pin(async move {
+                        let counters = Arc::new(ShardCounters::default());
+                        let mut reader = PacketReader::new(1 << 20, counters.clone());
+                        let read = reader.next(&mut stream, ProtocolVersion::V311).await;
+                        if reset {
+                            assert!(matches!(read, Err(ReadError::Io(_))), "{read:?}");
+                        } else {
+                            assert!(matches!(read, Ok(None)), "{read:?}");
+                        }
+                        assert_eq!(counters.read_errors.get(), u64::from(reset));
+                    })
+                },
+            );
+        }
+    }
 }

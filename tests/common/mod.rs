@@ -557,15 +557,8 @@ pub fn answers_mqtt(addr: SocketAddr) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let connect = culex::protocol::Connect {
-        protocol: ProtocolVersion::V311,
-        bridge: false,
-        clean_start: true,
         keep_alive_secs: 10,
-        properties: Properties::default(),
-        client_id: "readiness-probe".into(),
-        will: None,
-        username: None,
-        password: None,
+        ..culex::protocol::Connect::new(ProtocolVersion::V311, "readiness-probe")
     };
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V311, &mut out);
