@@ -13,52 +13,139 @@ const DEFAULT_PORT: u16 = 1883;
 /// Mosquitto refuses a bridge keep alive below this (seconds).
 const KEEPALIVE_MIN_SECS: u16 = 5;
 
-/// Bridge options that configure TLS or PSK: accepted, warned about, not applied (no TLS yet).
-pub const TLS_OPTIONS: &[&str] = &[
-    "bridge_alpn",
-    "bridge_cafile",
-    "bridge_capath",
-    "bridge_certfile",
-    "bridge_identity",
-    "bridge_insecure",
-    "bridge_keyfile",
-    "bridge_psk",
-    "bridge_require_ocsp",
-    "bridge_tls_version",
-];
+/// What sets one option of a `connection` block from its value.
+pub type Setter = fn(&mut Bridge, &str) -> Result<(), String>;
 
-/// Options that belong to the most recent `connection` (besides the TLS ones).
-pub const OPTIONS: &[&str] = &[
-    "address",
-    "addresses",
-    "bridge_attempt_unsubscribe",
-    "bridge_bind_address",
-    "bridge_max_packet_size",
-    "bridge_outgoing_retain",
-    "bridge_protocol_version",
-    "cleansession",
-    "clientid",
-    "idle_timeout",
-    "keepalive_interval",
-    "local_cleansession",
-    "local_clientid",
-    "local_password",
-    "local_username",
-    "notification_topic",
-    "notifications",
-    "notifications_local_only",
-    "password",
-    "remote_clientid",
-    "remote_password",
-    "remote_username",
-    "restart_timeout",
-    "round_robin",
-    "start_type",
-    "threshold",
-    "topic",
-    "try_private",
-    "username",
-];
+/// The options of a `connection` block, each with what it sets: the one list of them (the TLS
+/// ones are refused before this, in `config::handling`).
+pub fn setter(option: &str) -> Option<Setter> {
+    let set: Setter = match option {
+        "address" | "addresses" => |b, value| {
+            if !b.addresses.is_empty() {
+                return Err("invalid bridge configuration: a second address line".into());
+            }
+            b.addresses = value.split_whitespace().map(parse_address).collect::<Result<_, _>>()?;
+            if b.addresses.is_empty() {
+                return Err("expected host[:port] [host[:port] ...]".into());
+            }
+            Ok(())
+        },
+        "round_robin" => |b, value| {
+            b.round_robin = parse_bool(value)?;
+            Ok(())
+        },
+        "topic" => |b, value| {
+            b.topics.push(parse_topic(value)?);
+            Ok(())
+        },
+        "bridge_protocol_version" => |b, value| {
+            b.protocol = match value {
+                "mqttv31" => ProtocolVersion::V31,
+                "mqttv311" => ProtocolVersion::V311,
+                "mqttv50" => ProtocolVersion::V5,
+                _ => return Err("expected mqttv31, mqttv311 or mqttv50".into()),
+            };
+            Ok(())
+        },
+        "try_private" => |b, value| {
+            b.try_private = parse_bool(value)?;
+            Ok(())
+        },
+        "notifications" => |b, value| {
+            b.notifications = parse_bool(value)?;
+            Ok(())
+        },
+        "notifications_local_only" => |b, value| {
+            b.notifications_local_only = parse_bool(value)?;
+            Ok(())
+        },
+        "notification_topic" => |b, value| {
+            b.notification_topic = Some(topic_name(value)?);
+            Ok(())
+        },
+        "cleansession" => |b, value| {
+            b.cleansession = parse_bool(value)?;
+            Ok(())
+        },
+        "local_cleansession" => |b, value| {
+            b.local_cleansession = Some(parse_bool(value)?);
+            Ok(())
+        },
+        "start_type" => |b, value| {
+            b.start_type = match value {
+                "automatic" => StartType::Automatic,
+                "lazy" => StartType::Lazy,
+                "once" => StartType::Once,
+                _ => return Err("expected automatic, lazy or once".into()),
+            };
+            Ok(())
+        },
+        "threshold" => |b, value| {
+            b.threshold = parse_number(value)?;
+            if b.threshold == 0 {
+                return Err("must be at least 1".into());
+            }
+            Ok(())
+        },
+        "idle_timeout" => |b, value| {
+            b.idle_timeout = Duration::from_secs(parse_number(value)?);
+            Ok(())
+        },
+        "restart_timeout" => |b, value| {
+            b.restart_timeout = parse_restart_timeout(value)?;
+            Ok(())
+        },
+        "keepalive_interval" => |b, value| {
+            b.keepalive_secs = parse_number(value)?;
+            if b.keepalive_secs < KEEPALIVE_MIN_SECS {
+                return Err(format!("must be at least {KEEPALIVE_MIN_SECS} seconds"));
+            }
+            Ok(())
+        },
+        "remote_clientid" | "clientid" => |b, value| {
+            b.remote_clientid = Some(non_empty(value)?);
+            Ok(())
+        },
+        "local_clientid" => |b, value| {
+            b.local_clientid = Some(non_empty(value)?);
+            Ok(())
+        },
+        "remote_username" | "username" => |b, value| {
+            b.remote_username = Some(value.into());
+            Ok(())
+        },
+        "remote_password" | "password" => |b, value| {
+            b.remote_password = Some(value.into());
+            Ok(())
+        },
+        "local_username" => |b, value| {
+            b.local_username = Some(value.into());
+            Ok(())
+        },
+        "local_password" => |b, value| {
+            b.local_password = Some(value.into());
+            Ok(())
+        },
+        "bridge_attempt_unsubscribe" => |b, value| {
+            b.attempt_unsubscribe = parse_bool(value)?;
+            Ok(())
+        },
+        "bridge_outgoing_retain" => |b, value| {
+            b.outgoing_retain = parse_bool(value)?;
+            Ok(())
+        },
+        "bridge_max_packet_size" => |b, value| {
+            b.max_packet_size = parse_number(value)?;
+            Ok(())
+        },
+        "bridge_bind_address" => |b, value| {
+            b.bind_address = Some(value.parse().map_err(|_| "not an IP address".to_string())?);
+            Ok(())
+        },
+        _ => return None,
+    };
+    Some(set)
+}
 
 /// One `host[:port]` of `address`/`addresses`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,75 +346,6 @@ impl Bridge {
             .iter()
             .filter(|t| t.direction.is_in())
             .find_map(|t| Some((t, t.to_local(remote_topic)?)))
-    }
-
-    /// Applies one option of this block. `Err` is the reason the value is invalid.
-    pub(super) fn set(&mut self, option: &str, value: &str) -> Result<(), String> {
-        match option {
-            "address" | "addresses" => {
-                if !self.addresses.is_empty() {
-                    return Err("invalid bridge configuration: a second address line".into());
-                }
-                self.addresses =
-                    value.split_whitespace().map(parse_address).collect::<Result<_, _>>()?;
-                if self.addresses.is_empty() {
-                    return Err("expected host[:port] [host[:port] ...]".into());
-                }
-            }
-            "round_robin" => self.round_robin = parse_bool(value)?,
-            "topic" => self.topics.push(parse_topic(value)?),
-            "bridge_protocol_version" => {
-                self.protocol = match value {
-                    "mqttv31" => ProtocolVersion::V31,
-                    "mqttv311" => ProtocolVersion::V311,
-                    "mqttv50" => ProtocolVersion::V5,
-                    _ => return Err("expected mqttv31, mqttv311 or mqttv50".into()),
-                }
-            }
-            "try_private" => self.try_private = parse_bool(value)?,
-            "notifications" => self.notifications = parse_bool(value)?,
-            "notifications_local_only" => self.notifications_local_only = parse_bool(value)?,
-            "notification_topic" => self.notification_topic = Some(topic_name(value)?),
-            "cleansession" => self.cleansession = parse_bool(value)?,
-            "local_cleansession" => self.local_cleansession = Some(parse_bool(value)?),
-            "start_type" => {
-                self.start_type = match value {
-                    "automatic" => StartType::Automatic,
-                    "lazy" => StartType::Lazy,
-                    "once" => StartType::Once,
-                    _ => return Err("expected automatic, lazy or once".into()),
-                }
-            }
-            "threshold" => {
-                self.threshold = parse_number(value)?;
-                if self.threshold == 0 {
-                    return Err("must be at least 1".into());
-                }
-            }
-            "idle_timeout" => self.idle_timeout = Duration::from_secs(parse_number(value)?),
-            "restart_timeout" => self.restart_timeout = parse_restart_timeout(value)?,
-            "keepalive_interval" => {
-                self.keepalive_secs = parse_number(value)?;
-                if self.keepalive_secs < KEEPALIVE_MIN_SECS {
-                    return Err(format!("must be at least {KEEPALIVE_MIN_SECS} seconds"));
-                }
-            }
-            "remote_clientid" | "clientid" => self.remote_clientid = Some(non_empty(value)?),
-            "local_clientid" => self.local_clientid = Some(non_empty(value)?),
-            "remote_username" | "username" => self.remote_username = Some(value.to_string()),
-            "remote_password" | "password" => self.remote_password = Some(value.to_string()),
-            "local_username" => self.local_username = Some(value.to_string()),
-            "local_password" => self.local_password = Some(value.to_string()),
-            "bridge_attempt_unsubscribe" => self.attempt_unsubscribe = parse_bool(value)?,
-            "bridge_outgoing_retain" => self.outgoing_retain = parse_bool(value)?,
-            "bridge_max_packet_size" => self.max_packet_size = parse_number(value)?,
-            "bridge_bind_address" => {
-                self.bind_address =
-                    Some(value.parse().map_err(|_| "not an IP address".to_string())?)
-            }
-            _ => unreachable!("`{option}` is listed in bridge::OPTIONS but not applied"),
-        }
-        Ok(())
     }
 
     /// What the block must have once it ends (Mosquitto checks the same at start-up).
@@ -537,9 +555,10 @@ mod tests {
     #[test]
     fn first_matching_line_wins() {
         let mut bridge = Bridge::new("b", std::path::Path::new("x"), 1);
-        bridge.set("topic", "a/# out 0 l/ r1/").unwrap();
-        bridge.set("topic", "a/b out 0 l/ r2/").unwrap();
-        bridge.set("topic", "c/# in 1 l/ r/").unwrap();
+        let topic = setter("topic").unwrap();
+        topic(&mut bridge, "a/# out 0 l/ r1/").unwrap();
+        topic(&mut bridge, "a/b out 0 l/ r2/").unwrap();
+        topic(&mut bridge, "c/# in 1 l/ r/").unwrap();
         assert_eq!(bridge.outgoing("l/a/b").unwrap().1, "r1/a/b");
         assert_eq!(bridge.outgoing("l/c/d"), None);
         assert_eq!(bridge.incoming("r/c/d").unwrap().1, "l/c/d");

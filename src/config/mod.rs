@@ -336,107 +336,441 @@ pub enum ConfigError {
     Refused { file: PathBuf, line: usize, option: String, reason: String },
 }
 
-/// Options of Mosquitto 2.0's mosquitto.conf(5) that Culex recognises but does not apply yet:
-/// each gets a warning naming file and line, never silence.
-const NOT_YET_IMPLEMENTED: &[&str] = &[
-    "allow_duplicate_messages",
-    "auth_plugin",
-    "auth_plugin_deny_special_chars",
-    "auto_id_prefix_listener",
-    "check_retain_source",
-    "enable_control_api",
-    "http_dir",
-    "listener_allow_anonymous",
-    "max_inflight_bytes",
-    "plugin",
-    "websockets_headers_size",
-    "websockets_log_level",
-];
+/// How the parser takes one option. `handling` names every option Culex knows, once: whether an
+/// option is known, applied, warned about or refused all follows from it.
+enum Handling {
+    /// Applied: sets what the line says.
+    Apply(fn(&mut Parser, &Line) -> Result<(), ConfigError>),
+    /// Belongs to the most recent `connection` (`bridge::setter`).
+    Bridge(bridge::Setter),
+    /// Recognised, not applied yet: a warning names file and line, never silence.
+    Warn,
+    /// Recognised and refused, because ignoring it would be unsafe: this says why.
+    Refuse(&'static str),
+}
 
-/// A listener's TLS options (mosquitto.conf(5), "Certificate based SSL/TLS Support" and "Pre-shared
-/// key based SSL/TLS Support"). Culex does not serve TLS yet, and a listener given any of these
-/// must never open in plaintext instead: each one stops the broker, naming file and line.
-pub const LISTENER_TLS_OPTIONS: &[&str] = &[
-    "cafile",
-    "capath",
-    "certfile",
-    "ciphers",
-    "ciphers_tls1.3",
-    "crlfile",
-    "dhparamfile",
-    "keyfile",
-    "ocsp_stapling",
-    "psk_file",
-    "psk_hint",
-    "require_certificate",
-    "tls_engine",
-    "tls_engine_kpass_sha1",
-    "tls_keyform",
-    "tls_version",
-    "use_identity_as_username",
-    "use_subject_as_username",
-];
+/// A listener's TLS options (mosquitto.conf(5), "Certificate based SSL/TLS Support" and
+/// "Pre-shared key based SSL/TLS Support") and a bridge's: Culex does not serve TLS yet, and a
+/// listener or bridge given any of them must never run in plaintext instead.
+const TLS_LISTENER: &str = "asks for TLS, which Culex does not implement yet: refusing to \
+                            start, since without it the listener would accept plaintext \
+                            connections";
+const TLS_BRIDGE: &str = "asks for TLS, which Culex does not implement yet: refusing to start, \
+                          since without it the bridge would connect to its peer in plaintext";
 
-/// Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`).
-const NOT_YET_IMPLEMENTED_PREFIXES: &[&str] = &["auth_opt_", "plugin_opt_"];
-
-/// Whether `option` is a mosquitto.conf option (applied, warned about, or a bridge option).
+/// Whether `option` is a mosquitto.conf option Culex recognises (applied, warned about, refused
+/// or a bridge option).
 pub fn is_known_option(option: &str) -> bool {
-    const APPLIED: &[&str] = &[
-        "listener",
-        "port",
-        "allow_anonymous",
-        "password_file",
-        "acl_file",
-        "pid_file",
-        "shards",
-        "max_inflight_messages",
-        "max_queued_messages",
-        "max_queued_bytes",
-        "queue_qos0_messages",
-        "max_packet_size",
-        "max_keepalive",
-        "allow_zero_length_clientid",
-        "auto_id_prefix",
-        "retain_available",
-        "max_qos",
-        "message_size_limit",
-        "clientid_prefixes",
-        "use_username_as_clientid",
-        "upgrade_outgoing_qos",
-        "persistence",
-        "persistent_client_expiration",
-        "persistence_sync",
-        "persistence_location",
-        "persistence_file",
-        "autosave_interval",
-        "autosave_on_changes",
-        "sys_interval",
-        "include_dir",
-        "connection",
-        "bridge_shards",
-        "log_dest",
-        "log_type",
-        "log_facility",
-        "log_timestamp",
-        "log_timestamp_format",
-        "connection_messages",
-        "socket_domain",
-        "set_tcp_nodelay",
-        "user",
-        "memory_limit",
-        "per_listener_settings",
-        "mount_point",
-        "bind_interface",
-        "max_connections",
-        "protocol",
-    ];
-    APPLIED.contains(&option)
-        || NOT_YET_IMPLEMENTED.contains(&option)
-        || bridge::OPTIONS.contains(&option)
-        || bridge::TLS_OPTIONS.contains(&option)
-        || LISTENER_TLS_OPTIONS.contains(&option)
-        || NOT_YET_IMPLEMENTED_PREFIXES.iter().any(|p| option.starts_with(p))
+    handling(option).is_some()
+}
+
+/// The table of options: every name Culex recognises, and how it takes it.
+fn handling(option: &str) -> Option<Handling> {
+    use Handling::{Apply, Refuse, Warn};
+    if let Some(setter) = bridge::setter(option) {
+        return Some(Handling::Bridge(setter));
+    }
+    // Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`).
+    if ["auth_opt_", "plugin_opt_"].iter().any(|prefix| option.starts_with(prefix)) {
+        return Some(Warn);
+    }
+    Some(match option {
+        "listener" => Apply(|p, l| {
+            let mut parts = l.value.split_whitespace();
+            let port = parse_port(parts.next().unwrap_or(""), l)?;
+            let bind_address = parts
+                .next()
+                .map(|a| a.parse::<IpAddr>().map_err(|_| l.invalid("not an IP address")))
+                .transpose()?;
+            p.explicit_listeners.push(Listener::new(port, bind_address));
+            Ok(())
+        }),
+        "port" => Apply(|p, l| {
+            p.default_port = Some(parse_port(l.value, l)?);
+            Ok(())
+        }),
+        // With `per_listener_settings true`, these five belong to the current listener.
+        "allow_anonymous" => Apply(|p, l| {
+            let allow = parse_bool(l)?;
+            if p.config.per_listener_settings {
+                p.current_listener().security.allow_anonymous = Some(allow);
+            } else {
+                p.config.allow_anonymous = allow;
+                p.anonymous_set = true;
+            }
+            Ok(())
+        }),
+        "password_file" => Apply(|p, l| {
+            let path = Some(parse_path(l)?);
+            match p.config.per_listener_settings {
+                true => p.current_listener().security.password_file = path,
+                false => p.config.password_file = path,
+            }
+            Ok(())
+        }),
+        "acl_file" => Apply(|p, l| {
+            let path = Some(parse_path(l)?);
+            match p.config.per_listener_settings {
+                true => p.current_listener().security.acl_file = path,
+                false => p.config.acl_file = path,
+            }
+            Ok(())
+        }),
+        "allow_zero_length_clientid" => Apply(|p, l| {
+            let allow = parse_bool(l)?;
+            match p.config.per_listener_settings {
+                true => p.current_listener().security.allow_zero_length_clientid = Some(allow),
+                false => p.config.allow_zero_length_clientid = allow,
+            }
+            Ok(())
+        }),
+        "auto_id_prefix" => Apply(|p, l| {
+            let prefix = l.value.to_string();
+            match p.config.per_listener_settings {
+                true => p.current_listener().security.auto_id_prefix = Some(prefix),
+                false => p.config.auto_id_prefix = prefix,
+            }
+            Ok(())
+        }),
+        "pid_file" => Apply(|p, l| {
+            p.config.pid_file = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "shards" => Apply(|p, l| {
+            let shards: usize = parse_number(l)?;
+            if shards == 0 {
+                return Err(l.invalid("must be at least 1"));
+            }
+            p.config.shards = Some(shards);
+            Ok(())
+        }),
+        "max_inflight_messages" => Apply(|p, l| {
+            p.config.max_inflight_messages = parse_number(l)?;
+            Ok(())
+        }),
+        "max_queued_messages" => Apply(|p, l| {
+            p.config.max_queued_messages = parse_number(l)?;
+            Ok(())
+        }),
+        "max_queued_bytes" => Apply(|p, l| {
+            p.config.max_queued_bytes = parse_number(l)?;
+            Ok(())
+        }),
+        "queue_qos0_messages" => Apply(|p, l| {
+            p.config.queue_qos0_messages = parse_bool(l)?;
+            Ok(())
+        }),
+        "max_packet_size" => Apply(|p, l| {
+            // Mosquitto: 0 means no limit; a limit below 20 bytes cannot carry CONNECT.
+            p.config.max_packet_size = match parse_number::<u32>(l)? {
+                0 => crate::protocol::PACKET_SIZE_MAX,
+                1..=19 => return Err(l.invalid("must be 0 or at least 20")),
+                size => size,
+            };
+            Ok(())
+        }),
+        "max_keepalive" => Apply(|p, l| {
+            p.config.max_keepalive = parse_number(l)?;
+            Ok(())
+        }),
+        "sys_interval" => Apply(|p, l| {
+            p.config.sys_interval = parse_number(l)?;
+            Ok(())
+        }),
+        "memory_limit" => Apply(|p, l| {
+            let bytes: u64 = parse_number(l)?;
+            p.config.memory_limit = (bytes > 0).then_some(bytes);
+            Ok(())
+        }),
+        "user" => Apply(|p, l| {
+            if l.value.is_empty() {
+                return Err(l.invalid("expected a user name"));
+            }
+            p.config.user = Some(l.value.to_string());
+            Ok(())
+        }),
+        // From here on, the security options above belong to the current listener.
+        "per_listener_settings" => Apply(|p, l| {
+            p.config.per_listener_settings = parse_bool(l)?;
+            Ok(())
+        }),
+        "mount_point" => Apply(|p, l| {
+            let topic = crate::protocol::TopicName::new(l.value.to_string());
+            if l.value.contains(['+', '#']) || topic.is_err() {
+                return Err(l.invalid("expected a topic prefix without wildcards"));
+            }
+            p.current_listener().mount_point = Some(l.value.to_string());
+            Ok(())
+        }),
+        "set_tcp_nodelay" => Apply(|p, l| {
+            p.config.tcp_nodelay = parse_bool(l)?;
+            Ok(())
+        }),
+        "socket_domain" => Apply(|p, l| {
+            p.current_listener().socket_domain = Some(match l.value {
+                "ipv4" => SocketDomain::Ipv4,
+                "ipv6" => SocketDomain::Ipv6,
+                _ => return Err(l.invalid("expected `ipv4` or `ipv6`")),
+            });
+            Ok(())
+        }),
+        "bind_interface" => Apply(|p, l| {
+            if l.value.is_empty() {
+                return Err(l.invalid("expected a network interface name"));
+            }
+            p.current_listener().bind_interface = Some(l.value.to_string());
+            Ok(())
+        }),
+        "max_connections" => Apply(|p, l| {
+            let count: i64 = parse_number(l)?;
+            p.current_listener().max_connections = match count {
+                -1 => None,
+                0.. => Some(usize::try_from(count).unwrap_or(usize::MAX)),
+                _ => return Err(l.invalid("must be -1 (no limit) or a count")),
+            };
+            Ok(())
+        }),
+        "protocol" => Apply(|p, l| {
+            match l.value {
+                "mqtt" => p.current_listener().websockets = false,
+                "websockets" => {
+                    p.current_listener().websockets = true;
+                    p.warnings.push(l.warning(
+                        "`protocol websockets` is not implemented yet: this listener is not \
+                         opened",
+                    ));
+                }
+                _ => return Err(l.invalid("expected `mqtt` or `websockets`")),
+            }
+            Ok(())
+        }),
+        "log_dest" => Apply(|p, l| {
+            let value = l.value;
+            let destination = match value.split_once(char::is_whitespace) {
+                Some(("file", path)) => LogDest::File(PathBuf::from(path.trim())),
+                None if value == "file" => return Err(l.invalid("`file` needs a path")),
+                None if value == "stdout" => LogDest::Stdout,
+                None if value == "stderr" => LogDest::Stderr,
+                None if value == "syslog" => LogDest::Syslog,
+                None if value == "topic" => LogDest::Topic,
+                None if value == "none" => {
+                    p.log_dest_set = true;
+                    p.config.logging.destinations.clear();
+                    return Ok(());
+                }
+                None if value == "dlt" => {
+                    return Err(l.invalid("`dlt` is not supported: use stderr, file or syslog"))
+                }
+                _ => {
+                    return Err(
+                        l.invalid("expected stdout, stderr, file PATH, syslog, topic or none")
+                    )
+                }
+            };
+            // The first `log_dest` replaces the default; later ones add to it.
+            let destinations = &mut p.config.logging.destinations;
+            if !std::mem::replace(&mut p.log_dest_set, true) {
+                destinations.clear();
+            }
+            if !destinations.contains(&destination) {
+                destinations.push(destination);
+            }
+            Ok(())
+        }),
+        "log_type" => Apply(|p, l| {
+            let types = LogTypes::named(l.value).ok_or_else(|| {
+                l.invalid(
+                    "expected error, warning, notice, information, subscribe, unsubscribe, \
+                     websockets, debug, all or none",
+                )
+            })?;
+            // The first `log_type` replaces the default; later ones add to it.
+            if !std::mem::replace(&mut p.log_type_set, true) {
+                p.config.logging.types = LogTypes::NONE;
+            }
+            p.config.logging.types = p.config.logging.types | types;
+            Ok(())
+        }),
+        "connection_messages" => Apply(|p, l| {
+            p.config.logging.connection_messages = parse_bool(l)?;
+            Ok(())
+        }),
+        "log_timestamp" => Apply(|p, l| {
+            p.config.logging.timestamp = parse_bool(l)?;
+            Ok(())
+        }),
+        "log_timestamp_format" => Apply(|p, l| {
+            if l.value.is_empty() {
+                return Err(l.invalid("expected a strftime format"));
+            }
+            p.config.logging.timestamp_format = Some(l.value.to_string());
+            Ok(())
+        }),
+        "log_facility" => Apply(|p, l| {
+            let facility: u8 = parse_number(l)?;
+            if facility > 7 {
+                return Err(l.invalid("must be 0 to 7 (LOCAL0 to LOCAL7)"));
+            }
+            p.config.logging.facility = Some(facility);
+            Ok(())
+        }),
+        "retain_available" => Apply(|p, l| {
+            p.config.retain_available = parse_bool(l)?;
+            Ok(())
+        }),
+        "clientid_prefixes" => Apply(|p, l| {
+            p.config.clientid_prefixes = Some(l.value.to_string());
+            Ok(())
+        }),
+        "use_username_as_clientid" => Apply(|p, l| {
+            p.config.use_username_as_clientid = parse_bool(l)?;
+            Ok(())
+        }),
+        "upgrade_outgoing_qos" => Apply(|p, l| {
+            p.config.upgrade_outgoing_qos = parse_bool(l)?;
+            Ok(())
+        }),
+        "message_size_limit" => Apply(|p, l| {
+            p.config.message_size_limit = parse_number(l)?;
+            // The largest remaining length MQTT can express.
+            if p.config.message_size_limit > 268_435_455 {
+                return Err(l.invalid("must be at most 268435455"));
+            }
+            Ok(())
+        }),
+        "persistence" => Apply(|p, l| {
+            p.config.persistence = parse_bool(l)?;
+            Ok(())
+        }),
+        "persistence_location" => Apply(|p, l| {
+            p.config.persistence_location = PathBuf::from(l.value);
+            Ok(())
+        }),
+        "persistence_file" => Apply(|p, l| {
+            if l.value.is_empty() || l.value.contains('/') {
+                return Err(l.invalid("expected a file name"));
+            }
+            p.config.persistence_file = l.value.to_string();
+            Ok(())
+        }),
+        "persistent_client_expiration" => Apply(|p, l| {
+            p.config.persistent_client_expiration = Some(parse_expiration(l)?);
+            Ok(())
+        }),
+        "persistence_sync" => Apply(|p, l| {
+            p.config.persistence_sync = match l.value {
+                "ack" => PersistenceSync::Ack,
+                "interval" => PersistenceSync::Interval,
+                _ => return Err(l.invalid("expected `ack` or `interval`")),
+            };
+            Ok(())
+        }),
+        "autosave_interval" => Apply(|p, l| {
+            let secs: u64 = parse_number(l)?;
+            p.config.autosave_interval = std::time::Duration::from_secs(secs.max(1));
+            Ok(())
+        }),
+        "autosave_on_changes" => Apply(|p, l| {
+            parse_bool(l)?;
+            p.warnings.push(l.warning(&format!(
+                "option `{}` has no effect: Culex writes every change as it comes (see \
+                 `persistence_sync`)",
+                l.option
+            )));
+            Ok(())
+        }),
+        "max_qos" => Apply(|p, l| {
+            let level: u8 = parse_number(l)?;
+            p.config.max_qos =
+                crate::protocol::QoS::from_u8(level).map_err(|_| l.invalid("must be 0, 1 or 2"))?;
+            Ok(())
+        }),
+        "include_dir" => Apply(|p, l| p.include_dir(l)),
+        "bridge_shards" => Apply(|p, l| {
+            p.config.bridge_shards = parse_number(l)?;
+            if p.config.bridge_shards == 0 {
+                return Err(l.invalid("must be at least 1"));
+            }
+            Ok(())
+        }),
+        "connection" => Apply(|p, l| {
+            if l.value.is_empty() {
+                return Err(l.invalid("a connection needs a name"));
+            }
+            if p.config.bridges.iter().any(|b| b.name == l.value) {
+                return Err(l.invalid("a connection of this name already exists"));
+            }
+            p.config.bridges.push(Bridge::new(l.value, l.file, l.number));
+            Ok(())
+        }),
+        "allow_duplicate_messages"
+        | "auth_plugin"
+        | "auth_plugin_deny_special_chars"
+        | "auto_id_prefix_listener"
+        | "check_retain_source"
+        | "enable_control_api"
+        | "http_dir"
+        | "listener_allow_anonymous"
+        | "max_inflight_bytes"
+        | "plugin"
+        | "websockets_headers_size"
+        | "websockets_log_level" => Warn,
+        "cafile"
+        | "capath"
+        | "certfile"
+        | "ciphers"
+        | "ciphers_tls1.3"
+        | "crlfile"
+        | "dhparamfile"
+        | "keyfile"
+        | "ocsp_stapling"
+        | "psk_file"
+        | "psk_hint"
+        | "require_certificate"
+        | "tls_engine"
+        | "tls_engine_kpass_sha1"
+        | "tls_keyform"
+        | "tls_version"
+        | "use_identity_as_username"
+        | "use_subject_as_username" => Refuse(TLS_LISTENER),
+        "bridge_alpn"
+        | "bridge_cafile"
+        | "bridge_capath"
+        | "bridge_certfile"
+        | "bridge_identity"
+        | "bridge_insecure"
+        | "bridge_keyfile"
+        | "bridge_psk"
+        | "bridge_require_ocsp"
+        | "bridge_tls_version" => Refuse(TLS_BRIDGE),
+        _ => return None,
+    })
+}
+
+/// One line of a configuration file: the option it names and where it stands, for errors and
+/// warnings that name file and line.
+struct Line<'a> {
+    file: &'a Path,
+    number: usize,
+    option: &'a str,
+    value: &'a str,
+    /// How deep in `include_dir`s the file is.
+    depth: usize,
+}
+
+impl Line<'_> {
+    fn invalid(&self, reason: &str) -> ConfigError {
+        ConfigError::InvalidValue {
+            file: self.file.to_path_buf(),
+            line: self.number,
+            option: self.option.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn warning(&self, what: &str) -> String {
+        format!("{}:{}: {what}", self.file.display(), self.number)
+    }
 }
 
 /// `include_dir` may nest this deep (a directory including itself must not loop).
@@ -534,327 +868,40 @@ impl Parser {
                 Some((option, value)) => (option, value.trim()),
                 None => (trimmed, ""),
             };
-            self.option(option, value, file, index + 1, depth)?;
+            self.option(&Line { file, number: index + 1, option, value, depth })?;
         }
         Ok(())
     }
 
-    fn option(
-        &mut self,
-        option: &str,
-        value: &str,
-        file: &Path,
-        line: usize,
-        depth: usize,
-    ) -> Result<(), ConfigError> {
-        let invalid = |reason: &str| ConfigError::InvalidValue {
-            file: file.to_path_buf(),
-            line,
-            option: option.to_string(),
-            reason: reason.to_string(),
-        };
-        if self.config.per_listener_settings {
-            let security = &mut self.current_listener().security;
-            match option {
-                "allow_anonymous" => {
-                    security.allow_anonymous = Some(parse_bool(value, &invalid)?);
-                    return Ok(());
-                }
-                "password_file" | "acl_file" => {
-                    if value.is_empty() {
-                        return Err(invalid("expected the path of a file"));
-                    }
-                    let path = Some(PathBuf::from(value));
-                    match option {
-                        "password_file" => security.password_file = path,
-                        _ => security.acl_file = path,
-                    }
-                    return Ok(());
-                }
-                "allow_zero_length_clientid" => {
-                    security.allow_zero_length_clientid = Some(parse_bool(value, &invalid)?);
-                    return Ok(());
-                }
-                "auto_id_prefix" => {
-                    security.auto_id_prefix = Some(value.to_string());
-                    return Ok(());
-                }
-                _ => {}
+    fn option(&mut self, line: &Line) -> Result<(), ConfigError> {
+        match handling(line.option) {
+            Some(Handling::Apply(apply)) => apply(self, line),
+            Some(Handling::Bridge(set)) => {
+                let Some(bridge) = self.config.bridges.last_mut() else {
+                    return Err(
+                        line.invalid("invalid bridge configuration: no `connection` before it")
+                    );
+                };
+                set(bridge, line.value).map_err(|reason| line.invalid(&reason))
             }
+            Some(Handling::Warn) => {
+                let what =
+                    format!("option `{}` is not implemented yet and is ignored", line.option);
+                self.warnings.push(line.warning(&what));
+                Ok(())
+            }
+            Some(Handling::Refuse(reason)) => Err(ConfigError::Refused {
+                file: line.file.to_path_buf(),
+                line: line.number,
+                option: line.option.to_string(),
+                reason: reason.to_string(),
+            }),
+            None => Err(ConfigError::UnknownOption {
+                file: line.file.to_path_buf(),
+                line: line.number,
+                option: line.option.to_string(),
+            }),
         }
-        let config = &mut self.config;
-        match option {
-            "listener" => {
-                let mut parts = value.split_whitespace();
-                let port = parse_port(parts.next().unwrap_or(""), &invalid)?;
-                let bind_address = parts
-                    .next()
-                    .map(|a| a.parse::<IpAddr>().map_err(|_| invalid("not an IP address")))
-                    .transpose()?;
-                self.explicit_listeners.push(Listener::new(port, bind_address));
-            }
-            "port" => self.default_port = Some(parse_port(value, &invalid)?),
-            "allow_anonymous" => {
-                config.allow_anonymous = parse_bool(value, &invalid)?;
-                self.anonymous_set = true;
-            }
-            "password_file" | "acl_file" | "pid_file" => {
-                if value.is_empty() {
-                    return Err(invalid("expected the path of a file"));
-                }
-                let path = Some(PathBuf::from(value));
-                match option {
-                    "password_file" => config.password_file = path,
-                    "acl_file" => config.acl_file = path,
-                    _ => config.pid_file = path,
-                }
-            }
-            "shards" => {
-                let shards: usize = parse_number(value, &invalid)?;
-                if shards == 0 {
-                    return Err(invalid("must be at least 1"));
-                }
-                config.shards = Some(shards);
-            }
-            "max_inflight_messages" => {
-                config.max_inflight_messages = parse_number(value, &invalid)?
-            }
-            "max_queued_messages" => config.max_queued_messages = parse_number(value, &invalid)?,
-            "max_queued_bytes" => config.max_queued_bytes = parse_number(value, &invalid)?,
-            "queue_qos0_messages" => config.queue_qos0_messages = parse_bool(value, &invalid)?,
-            "max_packet_size" => {
-                let size: u32 = parse_number(value, &invalid)?;
-                // Mosquitto: 0 means no limit; a limit below 20 bytes cannot carry CONNECT.
-                config.max_packet_size = match size {
-                    0 => crate::protocol::PACKET_SIZE_MAX,
-                    1..=19 => return Err(invalid("must be 0 or at least 20")),
-                    size => size,
-                };
-            }
-            "max_keepalive" => config.max_keepalive = parse_number(value, &invalid)?,
-            "sys_interval" => config.sys_interval = parse_number(value, &invalid)?,
-            "memory_limit" => {
-                let bytes: u64 = parse_number(value, &invalid)?;
-                config.memory_limit = (bytes > 0).then_some(bytes);
-            }
-            "user" => {
-                if value.is_empty() {
-                    return Err(invalid("expected a user name"));
-                }
-                config.user = Some(value.to_string());
-            }
-            // With it, the security options that follow belong to the current listener (the
-            // start of this function).
-            "per_listener_settings" => config.per_listener_settings = parse_bool(value, &invalid)?,
-            "mount_point" => {
-                let topic = crate::protocol::TopicName::new(value.to_string());
-                if value.contains(['+', '#']) || topic.is_err() {
-                    return Err(invalid("expected a topic prefix without wildcards"));
-                }
-                self.current_listener().mount_point = Some(value.to_string());
-            }
-            "set_tcp_nodelay" => config.tcp_nodelay = parse_bool(value, &invalid)?,
-            "socket_domain" => {
-                self.current_listener().socket_domain = Some(match value {
-                    "ipv4" => SocketDomain::Ipv4,
-                    "ipv6" => SocketDomain::Ipv6,
-                    _ => return Err(invalid("expected `ipv4` or `ipv6`")),
-                })
-            }
-            "bind_interface" => {
-                if value.is_empty() {
-                    return Err(invalid("expected a network interface name"));
-                }
-                self.current_listener().bind_interface = Some(value.to_string());
-            }
-            "max_connections" => {
-                let count: i64 = parse_number(value, &invalid)?;
-                self.current_listener().max_connections = match count {
-                    -1 => None,
-                    0.. => Some(usize::try_from(count).unwrap_or(usize::MAX)),
-                    _ => return Err(invalid("must be -1 (no limit) or a count")),
-                };
-            }
-            "protocol" => match value {
-                "mqtt" => self.current_listener().websockets = false,
-                "websockets" => {
-                    self.current_listener().websockets = true;
-                    self.warnings.push(format!(
-                        "{}:{line}: `protocol websockets` is not implemented yet: this listener \
-                         is not opened",
-                        file.display()
-                    ));
-                }
-                _ => return Err(invalid("expected `mqtt` or `websockets`")),
-            },
-            "log_dest" => {
-                let destination = match value.split_once(char::is_whitespace) {
-                    Some(("file", path)) => LogDest::File(PathBuf::from(path.trim())),
-                    None if value == "file" => return Err(invalid("`file` needs a path")),
-                    None if value == "stdout" => LogDest::Stdout,
-                    None if value == "stderr" => LogDest::Stderr,
-                    None if value == "syslog" => LogDest::Syslog,
-                    None if value == "topic" => LogDest::Topic,
-                    None if value == "none" => {
-                        self.log_dest_set = true;
-                        config.logging.destinations.clear();
-                        return Ok(());
-                    }
-                    None if value == "dlt" => {
-                        return Err(invalid("`dlt` is not supported: use stderr, file or syslog"))
-                    }
-                    _ => {
-                        return Err(invalid(
-                            "expected stdout, stderr, file PATH, syslog, topic or none",
-                        ))
-                    }
-                };
-                // The first `log_dest` replaces the default; later ones add to it.
-                if !std::mem::replace(&mut self.log_dest_set, true) {
-                    config.logging.destinations.clear();
-                }
-                if !config.logging.destinations.contains(&destination) {
-                    config.logging.destinations.push(destination);
-                }
-            }
-            "log_type" => {
-                let types = LogTypes::named(value).ok_or_else(|| {
-                    invalid(
-                        "expected error, warning, notice, information, subscribe, \
-                         unsubscribe, websockets, debug, all or none",
-                    )
-                })?;
-                // The first `log_type` replaces the default; later ones add to it.
-                if !std::mem::replace(&mut self.log_type_set, true) {
-                    config.logging.types = LogTypes::NONE;
-                }
-                config.logging.types = config.logging.types | types;
-            }
-            "connection_messages" => {
-                config.logging.connection_messages = parse_bool(value, &invalid)?
-            }
-            "log_timestamp" => config.logging.timestamp = parse_bool(value, &invalid)?,
-            "log_timestamp_format" => {
-                if value.is_empty() {
-                    return Err(invalid("expected a strftime format"));
-                }
-                config.logging.timestamp_format = Some(value.to_string());
-            }
-            "log_facility" => {
-                let facility: u8 = parse_number(value, &invalid)?;
-                if facility > 7 {
-                    return Err(invalid("must be 0 to 7 (LOCAL0 to LOCAL7)"));
-                }
-                config.logging.facility = Some(facility);
-            }
-            "allow_zero_length_clientid" => {
-                config.allow_zero_length_clientid = parse_bool(value, &invalid)?
-            }
-            "auto_id_prefix" => config.auto_id_prefix = value.to_string(),
-            "retain_available" => config.retain_available = parse_bool(value, &invalid)?,
-            "clientid_prefixes" => config.clientid_prefixes = Some(value.to_string()),
-            "use_username_as_clientid" => {
-                config.use_username_as_clientid = parse_bool(value, &invalid)?
-            }
-            "upgrade_outgoing_qos" => config.upgrade_outgoing_qos = parse_bool(value, &invalid)?,
-            "message_size_limit" => {
-                config.message_size_limit = parse_number(value, &invalid)?;
-                // The largest remaining length MQTT can express.
-                if config.message_size_limit > 268_435_455 {
-                    return Err(invalid("must be at most 268435455"));
-                }
-            }
-            "persistence" => config.persistence = parse_bool(value, &invalid)?,
-            "persistence_location" => config.persistence_location = PathBuf::from(value),
-            "persistence_file" => {
-                if value.is_empty() || value.contains('/') {
-                    return Err(invalid("expected a file name"));
-                }
-                config.persistence_file = value.to_string();
-            }
-            "persistent_client_expiration" => {
-                config.persistent_client_expiration = Some(parse_expiration(value, &invalid)?)
-            }
-            "persistence_sync" => {
-                config.persistence_sync = match value {
-                    "ack" => PersistenceSync::Ack,
-                    "interval" => PersistenceSync::Interval,
-                    _ => return Err(invalid("expected `ack` or `interval`")),
-                }
-            }
-            "autosave_interval" => {
-                let secs: u64 = parse_number(value, &invalid)?;
-                config.autosave_interval = std::time::Duration::from_secs(secs.max(1));
-            }
-            "autosave_on_changes" => {
-                parse_bool(value, &invalid)?;
-                self.warnings.push(format!(
-                    "{}:{line}: option `{option}` has no effect: Culex writes every change as it \
-                     comes (see `persistence_sync`)",
-                    file.display()
-                ));
-            }
-            "max_qos" => {
-                let level: u8 = parse_number(value, &invalid)?;
-                config.max_qos = crate::protocol::QoS::from_u8(level)
-                    .map_err(|_| invalid("must be 0, 1 or 2"))?;
-            }
-            "include_dir" => self.include_dir(value, file, line, depth, &invalid)?,
-            "bridge_shards" => {
-                config.bridge_shards = parse_number(value, &invalid)?;
-                if config.bridge_shards == 0 {
-                    return Err(invalid("must be at least 1"));
-                }
-            }
-            "connection" => {
-                if value.is_empty() {
-                    return Err(invalid("a connection needs a name"));
-                }
-                if config.bridges.iter().any(|b| b.name == value) {
-                    return Err(invalid("a connection of this name already exists"));
-                }
-                config.bridges.push(Bridge::new(value, file, line));
-            }
-            tls if bridge::TLS_OPTIONS.contains(&tls) || LISTENER_TLS_OPTIONS.contains(&tls) => {
-                let what = if bridge::TLS_OPTIONS.contains(&tls) {
-                    "the bridge would connect to its peer in plaintext"
-                } else {
-                    "the listener would accept plaintext connections"
-                };
-                return Err(ConfigError::Refused {
-                    file: file.to_path_buf(),
-                    line,
-                    option: option.to_string(),
-                    reason: format!(
-                        "asks for TLS, which Culex does not implement yet: refusing to start, \
-                         since without it {what}"
-                    ),
-                });
-            }
-            bridge_option if bridge::OPTIONS.contains(&bridge_option) => {
-                let Some(bridge) = config.bridges.last_mut() else {
-                    return Err(invalid("invalid bridge configuration: no `connection` before it"));
-                };
-                bridge.set(option, value).map_err(|reason| invalid(&reason))?;
-            }
-            known
-                if NOT_YET_IMPLEMENTED.contains(&known)
-                    || NOT_YET_IMPLEMENTED_PREFIXES.iter().any(|p| known.starts_with(p)) =>
-            {
-                self.warnings.push(format!(
-                    "{}:{line}: option `{option}` is not implemented yet and is ignored",
-                    file.display()
-                ));
-            }
-            _ => {
-                return Err(ConfigError::UnknownOption {
-                    file: file.to_path_buf(),
-                    line,
-                    option: option.to_string(),
-                })
-            }
-        }
-        Ok(())
     }
 
     /// The listener that listener options apply to: the last `listener`, or before any, the
@@ -867,26 +914,25 @@ impl Parser {
     }
 
     /// `include_dir DIR`: every `DIR/*.conf`, in alphabetical order, as if written here.
-    fn include_dir(
-        &mut self,
-        dir: &str,
-        file: &Path,
-        line: usize,
-        depth: usize,
-        invalid: &impl Fn(&str) -> ConfigError,
-    ) -> Result<(), ConfigError> {
-        if depth >= INCLUDE_DEPTH_MAX {
-            return Err(invalid("include_dir nested too deep (a directory including itself?)"));
+    fn include_dir(&mut self, line: &Line) -> Result<(), ConfigError> {
+        if line.depth >= INCLUDE_DEPTH_MAX {
+            return Err(line.invalid("include_dir nested too deep (a directory including itself?)"));
         }
-        let entries = std::fs::read_dir(dir).map_err(|e| invalid(&e.to_string()))?;
+        let entries = std::fs::read_dir(line.value).map_err(|e| line.invalid(&e.to_string()))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "conf") && path.is_file())
             .collect();
         files.sort();
-        tracing::debug!(file = %file.display(), line, dir, included = files.len(), "include_dir");
+        tracing::debug!(
+            file = %line.file.display(),
+            line = line.number,
+            dir = line.value,
+            included = files.len(),
+            "include_dir"
+        );
         for path in files {
-            self.file(&path, depth + 1)?;
+            self.file(&path, line.depth + 1)?;
         }
         Ok(())
     }
@@ -924,11 +970,9 @@ impl Parser {
 
 /// Mosquitto's expiration periods: a number and h, d, w, m or y (hours, days, weeks, months
 /// of 30 days, years of 365 days).
-fn parse_expiration(
-    value: &str,
-    invalid: &impl Fn(&str) -> ConfigError,
-) -> Result<std::time::Duration, ConfigError> {
-    let expected = || invalid("expected a number followed by h, d, w, m or y (e.g. 2d)");
+fn parse_expiration(line: &Line) -> Result<std::time::Duration, ConfigError> {
+    let value = line.value;
+    let expected = || line.invalid("expected a number followed by h, d, w, m or y (e.g. 2d)");
     let unit = value.chars().last().ok_or_else(expected)?;
     let hours: u64 = match unit {
         'h' => 1,
@@ -945,12 +989,13 @@ fn parse_expiration(
     Ok(std::time::Duration::from_secs(count.saturating_mul(hours).saturating_mul(3600)))
 }
 
-fn parse_port(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<u16, ConfigError> {
-    value.parse::<u16>().map_err(|_| invalid("not a port number (0-65535)"))
+/// A port: the whole value, or (for `listener`) its first word.
+fn parse_port(text: &str, line: &Line) -> Result<u16, ConfigError> {
+    text.parse::<u16>().map_err(|_| line.invalid("not a port number (0-65535)"))
 }
 
-fn parse_bool(value: &str, invalid: &impl Fn(&str) -> ConfigError) -> Result<bool, ConfigError> {
-    bool_value(value).ok_or_else(|| invalid(BOOL_EXPECTED))
+fn parse_bool(line: &Line) -> Result<bool, ConfigError> {
+    bool_value(line.value).ok_or_else(|| line.invalid(BOOL_EXPECTED))
 }
 
 const BOOL_EXPECTED: &str = "expected `true` or `false`";
@@ -964,11 +1009,15 @@ fn bool_value(value: &str) -> Option<bool> {
     }
 }
 
-fn parse_number<T: std::str::FromStr>(
-    value: &str,
-    invalid: &impl Fn(&str) -> ConfigError,
-) -> Result<T, ConfigError> {
-    value.parse::<T>().map_err(|_| invalid("not a number in the allowed range"))
+fn parse_number<T: std::str::FromStr>(line: &Line) -> Result<T, ConfigError> {
+    line.value.parse::<T>().map_err(|_| line.invalid("not a number in the allowed range"))
+}
+
+fn parse_path(line: &Line) -> Result<PathBuf, ConfigError> {
+    if line.value.is_empty() {
+        return Err(line.invalid("expected the path of a file"));
+    }
+    Ok(PathBuf::from(line.value))
 }
 
 #[cfg(test)]
@@ -1306,7 +1355,37 @@ mod tests {
             );
         }
         // Every one of them, before and after a `listener`, and every bridge one.
-        for option in LISTENER_TLS_OPTIONS.iter().chain(bridge::TLS_OPTIONS) {
+        let tls = [
+            "cafile",
+            "capath",
+            "certfile",
+            "ciphers",
+            "ciphers_tls1.3",
+            "crlfile",
+            "dhparamfile",
+            "keyfile",
+            "ocsp_stapling",
+            "psk_file",
+            "psk_hint",
+            "require_certificate",
+            "tls_engine",
+            "tls_engine_kpass_sha1",
+            "tls_keyform",
+            "tls_version",
+            "use_identity_as_username",
+            "use_subject_as_username",
+            "bridge_alpn",
+            "bridge_cafile",
+            "bridge_capath",
+            "bridge_certfile",
+            "bridge_identity",
+            "bridge_insecure",
+            "bridge_keyfile",
+            "bridge_psk",
+            "bridge_require_ocsp",
+            "bridge_tls_version",
+        ];
+        for option in tls {
             for text in [
                 format!("{option} x\n"),
                 format!("listener 8883\n{option} x\n"),
