@@ -72,3 +72,28 @@ fn no_folder_imports_from_a_folder_above_it() {
     assert!(violations.is_empty(), "imports against the layers:\n{}", violations.join("\n"));
     assert!(files.len() > 30, "found only {} files under {}", files.len(), src.display());
 }
+
+/// The core decides and never waits: nothing under `src/broker/` is async or awaits, except
+/// the wake-up primitive the runtime waits on (`signal.rs`).
+#[test]
+fn the_core_never_awaits() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/broker");
+    let mut files = Vec::new();
+    rust_files(&core, &mut files);
+    let mut awaiting = Vec::new();
+    for file in files.iter().filter(|f| !f.ends_with("signal.rs")) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let awaits = code.match_indices(".await").any(|(at, _)| {
+                let next = code[at + ".await".len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+            if awaits || code.contains("async ") {
+                awaiting.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(awaiting.is_empty(), "the core awaits:\n{}", awaiting.join("\n"));
+    assert!(files.len() > 10, "found only {} files under {}", files.len(), core.display());
+}

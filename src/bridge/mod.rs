@@ -36,7 +36,7 @@ use crate::protocol::{
     Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, TopicName,
     Unsubscribe, PACKET_SIZE_MAX,
 };
-use crate::runtime::{flow, write_out, PacketReader};
+use crate::runtime::{claim_answered, claim_connected, flow, write_out, PacketReader};
 
 /// Starts `bridge`'s task on `shard` (a bridge shard: `crate::runtime` calls this for each of
 /// its bridges).
@@ -161,9 +161,9 @@ async fn connect_local(
         tracing::error!(bridge = %bridge.name, "the local session was refused");
         return None;
     };
-    claim.answered().await;
+    claim_answered(&claim).await;
     shard.borrow_mut().finish_connect(&conn, connect, claim.clone());
-    claim.connected().await;
+    claim_connected(&claim).await;
     Some(conn)
 }
 

@@ -22,16 +22,19 @@ pub struct PendingClaim {
 }
 
 impl PendingClaim {
-    pub async fn answered(&self) {
-        while self.state.borrow().is_none() {
-            self.progressed.wait().await;
-        }
+    /// The registry answered (the connection task may then `Shard::finish_connect`).
+    pub fn is_answered(&self) -> bool {
+        self.state.borrow().is_some()
     }
 
-    pub async fn connected(&self) {
-        while !self.connected.get() {
-            self.progressed.wait().await;
-        }
+    /// The CONNACK went out (the connection task may then read the client's packets).
+    pub fn is_connected(&self) -> bool {
+        self.connected.get()
+    }
+
+    /// Notified at each step.
+    pub fn progressed(&self) -> &Signal {
+        &self.progressed
     }
 }
 

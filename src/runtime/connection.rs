@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 use super::flow;
 use crate::broker::counters::ShardCounters;
 use crate::broker::outbox::{refusal, Close, ConnHandle, ListenerContext};
-use crate::broker::{Origin, Shard};
+use crate::broker::{Origin, PendingClaim, Shard};
 use crate::protocol::{DecodeError, Packet, ProtocolVersion, ReasonCode};
 
 /// A client that opens a connection must send CONNECT within this time.
@@ -155,9 +155,9 @@ pub async fn serve(
             return;
         }
     };
-    claim.answered().await;
+    claim_answered(&claim).await;
     shard.borrow_mut().finish_connect(&conn, *connect, claim.clone());
-    claim.connected().await;
+    claim_connected(&claim).await;
 
     let close = run(&shard, &conn, &mut stream, &mut reader).await;
     let rest = conn.take_outbox();
@@ -230,6 +230,20 @@ async fn run(
             Some(Ok(true)) | None => {}
             Some(Ok(false)) | Some(Err(_)) => return Close::ConnectionLost,
         }
+    }
+}
+
+/// Waits until the registry has answered a CONNECT's claim.
+pub async fn claim_answered(claim: &PendingClaim) {
+    while !claim.is_answered() {
+        claim.progressed().wait().await;
+    }
+}
+
+/// Waits until the CONNACK of a claimed CONNECT has gone out.
+pub async fn claim_connected(claim: &PendingClaim) {
+    while !claim.is_connected() {
+        claim.progressed().wait().await;
     }
 }
 

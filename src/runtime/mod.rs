@@ -31,7 +31,7 @@ use crate::broker::outbox::{Close, ListenerContext};
 use crate::broker::Shard;
 use crate::config::{BindAddress, Config, PersistenceSync};
 use crate::store::ShardStore;
-pub use connection::{write_out, PacketReader};
+pub use connection::{claim_answered, claim_connected, write_out, PacketReader};
 use recovery::ShardRecovery;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
