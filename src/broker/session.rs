@@ -758,15 +758,20 @@ mod tests {
         packets
     }
 
-    fn connected() -> (Session, Rc<ConnHandle>) {
-        let conn = Rc::new(ConnHandle::new(
-            1,
+    /// Connection `id` of client "s" (a second one resumes the session).
+    fn connection(id: ConnId) -> Rc<ConnHandle> {
+        Rc::new(ConnHandle::new(
+            id,
             ProtocolVersion::V311,
             "s".into(),
             0,
             u32::MAX,
             Default::default(),
-        ));
+        ))
+    }
+
+    fn connected() -> (Session, Rc<ConnHandle>) {
+        let conn = connection(1);
         let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
         session.resume(conn.clone(), &limits(2, 10));
         (session, conn)
@@ -828,14 +833,7 @@ mod tests {
         let ids: Vec<u16> = session.state.inflight.iter().map(|i| i.packet_id.get()).collect();
         assert_eq!(ids, [1, 3, 4], "send order kept, acknowledged id gone");
         session.conn = None;
-        let conn2 = Rc::new(ConnHandle::new(
-            2,
-            ProtocolVersion::V311,
-            "s".into(),
-            0,
-            u32::MAX,
-            Default::default(),
-        ));
+        let conn2 = connection(2);
         session.resume(conn2.clone(), &limits);
         let resent: Vec<u16> = drain(&conn2)
             .iter()
@@ -878,14 +876,7 @@ mod tests {
         assert!(matches!(&drain(&conn)[..], [Packet::PubRel(_)]));
         // The connection drops; a new one resumes the session.
         session.conn = None;
-        let conn2 = Rc::new(ConnHandle::new(
-            2,
-            ProtocolVersion::V311,
-            "s".into(),
-            0,
-            u32::MAX,
-            Default::default(),
-        ));
+        let conn2 = connection(2);
         session.resume(conn2.clone(), &limits);
         let resent = drain(&conn2);
         assert!(matches!(&resent[0], Packet::PubRel(a) if a.packet_id.get() == 1));

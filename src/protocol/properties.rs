@@ -117,52 +117,39 @@ impl Value for QoS {
     }
 }
 
-impl Value for u16 {
-    fn read(reader: &mut Reader, _id: u8) -> Result<Self, DecodeError> {
-        reader.u16()
-    }
-    fn wire_len(&self) -> usize {
-        2
-    }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u16(*self);
-    }
+/// The integer property values: `$int` read and written big-endian in `$len` bytes, and its
+/// non-zero form (Receive Maximum, Maximum Packet Size, ...), for which 0 is an invalid value.
+macro_rules! integer_values {
+    ($($int:ty, $nonzero:ty, $len:expr, $read:ident, $put:ident;)*) => {$(
+        impl Value for $int {
+            fn read(reader: &mut Reader, _id: u8) -> Result<Self, DecodeError> {
+                reader.$read()
+            }
+            fn wire_len(&self) -> usize {
+                $len
+            }
+            fn write(&self, buf: &mut BytesMut) {
+                buf.$put(*self);
+            }
+        }
+
+        impl Value for $nonzero {
+            fn read(reader: &mut Reader, id: u8) -> Result<Self, DecodeError> {
+                <$nonzero>::new(reader.$read()?).ok_or(DecodeError::InvalidPropertyValue(id))
+            }
+            fn wire_len(&self) -> usize {
+                $len
+            }
+            fn write(&self, buf: &mut BytesMut) {
+                buf.$put(self.get());
+            }
+        }
+    )*};
 }
 
-impl Value for NonZeroU16 {
-    fn read(reader: &mut Reader, id: u8) -> Result<Self, DecodeError> {
-        NonZeroU16::new(reader.u16()?).ok_or(DecodeError::InvalidPropertyValue(id))
-    }
-    fn wire_len(&self) -> usize {
-        2
-    }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u16(self.get());
-    }
-}
-
-impl Value for u32 {
-    fn read(reader: &mut Reader, _id: u8) -> Result<Self, DecodeError> {
-        reader.u32()
-    }
-    fn wire_len(&self) -> usize {
-        4
-    }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u32(*self);
-    }
-}
-
-impl Value for NonZeroU32 {
-    fn read(reader: &mut Reader, id: u8) -> Result<Self, DecodeError> {
-        NonZeroU32::new(reader.u32()?).ok_or(DecodeError::InvalidPropertyValue(id))
-    }
-    fn wire_len(&self) -> usize {
-        4
-    }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u32(self.get());
-    }
+integer_values! {
+    u16, NonZeroU16, 2, u16, put_u16;
+    u32, NonZeroU32, 4, u32, put_u32;
 }
 
 impl Value for ByteString {
