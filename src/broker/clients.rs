@@ -68,7 +68,7 @@ fn forget_stored(session: &Session) {
 pub fn registry_owner(client_id: &str, shard_count: usize) -> ShardId {
     let hasher = ahash::RandomState::with_seeds(0x6375, 0x6c65, 0x7821, 0x2021);
     // Invariant: shard_count <= SHARDS_MAX, so the remainder fits usize.
-    (hasher.hash_one(client_id) % shard_count as u64) as usize
+    ShardId::new((hasher.hash_one(client_id) % shard_count as u64) as usize)
 }
 
 impl Shard {
@@ -153,7 +153,7 @@ impl Shard {
             connect.client_id.clone()
         };
         self.next_conn += 1;
-        let conn_id = ((self.id as u64) << 48) | self.next_conn;
+        let conn_id = ConnId::new(self.id.index(), self.next_conn);
         // max_keepalive caps 5.0 clients through Server Keep Alive (Mosquitto 2.0: "This only
         // applies to MQTT v5 clients").
         let max = self.config.max_keepalive;
@@ -186,7 +186,7 @@ impl Shard {
         self.claims.insert(conn_id, claim.clone());
         tracing::info!(
             target: crate::logging::CONNECTION,
-            shard = self.id, %peer, %client_id, ?version, "new client connecting"
+            shard = self.id.index(), %peer, %client_id, ?version, "new client connecting"
         );
         let owner = self.owner_of(&client_id);
         self.dispatch(
@@ -448,7 +448,7 @@ impl Shard {
         }
         let received = self.counters.publish_received.get();
         let dropped = self.counters.publish_dropped.get();
-        tracing::info!(shard = self.id, received, dropped, "shard closing");
+        tracing::info!(shard = self.id.index(), received, dropped, "shard closing");
     }
 
     /// Closes connections whose keep alive ran out: 1.5 times the interval without a packet

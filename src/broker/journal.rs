@@ -238,5 +238,5 @@ fn unix_millis(at: SystemTime) -> u64 {
 /// with the shard id in the low bits to break ties.
 pub fn retained_stamp(shard: ShardId) -> u64 {
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    (micros << 8) | (shard as u64 & 0xFF)
+    (micros << 8) | (shard.index() as u64 & 0xFF)
 }

@@ -12,10 +12,72 @@ use super::outbox::ConnId;
 use super::session::{Message, SessionState};
 use super::signal::{Event, Signal};
 
-pub type ShardId = usize;
+/// A shard: its place in the mesh (glommio's peer id), which every shard agrees on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(usize);
 
-/// A set of shards as a bitmask (hence `SHARDS_MAX`).
-pub type ShardSet = u64;
+impl ShardId {
+    pub fn new(index: usize) -> ShardId {
+        debug_assert!(index < SHARDS_MAX, "shard {index} beyond SHARDS_MAX");
+        ShardId(index)
+    }
+
+    /// Its place in per-shard tables (the mesh, the counters, the store files).
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    fn bit(self) -> u64 {
+        // Invariant: `new` keeps the index below SHARDS_MAX, the bits of a u64.
+        1 << self.0
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A set of shards, as a bitmask (hence `SHARDS_MAX`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardSet(u64);
+
+impl ShardSet {
+    pub fn insert(&mut self, shard: ShardId) {
+        self.0 |= shard.bit();
+    }
+
+    pub fn remove(&mut self, shard: ShardId) {
+        self.0 &= !shard.bit();
+    }
+
+    pub fn union(self, other: ShardSet) -> ShardSet {
+        ShardSet(self.0 | other.0)
+    }
+
+    pub fn without(self, shard: ShardId) -> ShardSet {
+        ShardSet(self.0 & !shard.bit())
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The shards in the set, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = ShardId> {
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            let lowest = rest.trailing_zeros() as usize;
+            rest &= rest.checked_sub(1)?;
+            Some(ShardId(lowest))
+        })
+    }
+}
 
 /// Shard sets are bitmasks: at most this many shards.
 pub const SHARDS_MAX: usize = 64;
@@ -130,7 +192,7 @@ impl Outbound {
     }
 
     pub fn push(&mut self, to: ShardId, msg: ShardMsg) {
-        if let Some(batch) = self.batches.get_mut(to) {
+        if let Some(batch) = self.batches.get_mut(to.index()) {
             batch.push(msg);
             self.ready.notify();
         }
@@ -154,7 +216,29 @@ impl Outbound {
             .iter_mut()
             .enumerate()
             .filter(|(_, batch)| !batch.is_empty())
-            .map(|(to, batch)| (to, std::mem::take(batch)))
+            .map(|(to, batch)| (ShardId(to), std::mem::take(batch)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_set_holds_what_was_put_in_lowest_first() {
+        let mut set = ShardSet::default();
+        assert!(set.is_empty() && set.iter().next().is_none());
+        for shard in [5, 0, 63, 5] {
+            set.insert(ShardId::new(shard));
+        }
+        let shards: Vec<usize> = set.iter().map(ShardId::index).collect();
+        assert_eq!(shards, [0, 5, 63]);
+        assert_eq!(set.len(), 3);
+        set.remove(ShardId::new(0));
+        assert_eq!(set.without(ShardId::new(5)).iter().collect::<Vec<_>>(), [ShardId::new(63)]);
+        let mut other = ShardSet::default();
+        other.insert(ShardId::new(1));
+        assert_eq!(set.union(other).len(), 3);
     }
 }

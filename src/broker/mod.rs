@@ -168,11 +168,10 @@ impl Shard {
             }
         }
         for (client_id, shard) in restored.registered {
-            // No connection yet: 0 is no connection's id.
-            self.registry.insert(client_id, RegistryEntry { shard, conn: 0 });
+            self.registry.insert(client_id, RegistryEntry { shard, conn: ConnId::NONE });
         }
         for (filter, shard) in restored.remote_interest {
-            *self.interest.entry(&filter, || 0) |= 1 << shard;
+            self.interest.entry(&filter, ShardSet::default).insert(shard);
         }
         for (filter, group, shard) in restored.remote_shared {
             self.shared.set_remote(&filter, &group, shard, true);
@@ -198,7 +197,7 @@ impl Shard {
 
     fn other_shards(&self) -> impl Iterator<Item = ShardId> {
         let me = self.id;
-        (0..self.shard_count).filter(move |s| *s != me)
+        (0..self.shard_count).map(ShardId::new).filter(move |s| *s != me)
     }
 
     /// Sends a barrier to every other shard when `routes_changed`; `reply` goes out when all
@@ -278,7 +277,7 @@ impl Shard {
         counters.subscriptions.set(subscriptions);
         counters.shared_subscriptions.set(shared);
         // Every shard holds every retained message: shard 0 reports them.
-        if self.id == 0 {
+        if self.id.index() == 0 {
             counters.retained.set(self.retained.len() as u64);
             messages += self.retained.len() as u64;
             let retained_bytes = self.retained.values().map(|m| m.topic.len() + m.payload.len());
@@ -293,12 +292,11 @@ impl Shard {
             ShardMsg::Publish(message) => self.deliver_local(&message),
             ShardMsg::Retain(message) => self.store_retained(&message),
             ShardMsg::Interest { filter, from, added } => {
-                let bit: ShardSet = 1 << from;
                 if added {
-                    *self.interest.entry(&filter, || 0) |= bit;
+                    self.interest.entry(&filter, ShardSet::default).insert(from);
                 } else if let Some(set) = self.interest.get_mut(&filter) {
-                    *set &= !bit;
-                    if *set == 0 {
+                    set.remove(from);
+                    if set.is_empty() {
                         self.interest.remove(&filter);
                     }
                 }

@@ -22,8 +22,21 @@ use crate::protocol::{
     Publish, QoS, ReasonCode, TopicFilter, TopicName,
 };
 
-/// Unique across shards: the shard id in the top bits, a counter below.
-pub type ConnId = u64;
+/// A connection, unique across shards and the process's life: the shard id in the top bits, a
+/// counter below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// No connection: a session restored from the store, not yet resumed.
+    pub const NONE: ConnId = ConnId(0);
+
+    /// The `nth` connection made on `shard` (`nth` from 1, below 2^48: never `NONE`).
+    pub fn new(shard: usize, nth: u64) -> ConnId {
+        debug_assert!((1..1 << 48).contains(&nth));
+        ConnId(((shard as u64) << 48) | nth)
+    }
+}
 
 /// Above this many unwritten bytes, QoS 0 messages to the connection are dropped (and counted)
 /// instead of buffered: a slow subscriber must not grow the broker's memory without bound. QoS

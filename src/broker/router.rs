@@ -104,11 +104,9 @@ impl Shard {
                 }
             }
         }
-        let mut shards: ShardSet = 0;
-        self.interest.matches(&message.topic, |set| shards |= *set);
-        while shards != 0 {
-            let shard = shards.trailing_zeros() as usize;
-            shards &= shards - 1;
+        let mut shards = ShardSet::default();
+        self.interest.matches(&message.topic, |set| shards = shards.union(*set));
+        for shard in shards.iter() {
             let msg = match durable {
                 None => ShardMsg::Publish(message.clone()),
                 Some(token) => {
@@ -125,7 +123,7 @@ impl Shard {
     pub(super) fn has_subscribers(&self, topic: &str) -> bool {
         let mut any = false;
         self.subscribers.matches(topic, |subs| any |= !subs.is_empty());
-        self.interest.matches(topic, |shards| any |= *shards != 0);
+        self.interest.matches(topic, |shards| any |= !shards.is_empty());
         any || self.shared.any_group_matches(topic)
     }
 
@@ -255,13 +253,12 @@ impl Shard {
             self.confirm_durable(durable);
             return;
         }
-        let others = self.shared.remote_shards(filter, group) & !(1 << self.id);
-        if others == 0 || usize::from(hops) >= self.shard_count {
+        let others = self.shared.remote_shards(filter, group).without(self.id);
+        let Some(to) = others.iter().next().filter(|_| usize::from(hops) < self.shard_count) else {
             self.counters.publish_dropped.add(1);
             self.confirm_durable(durable);
             return;
-        }
-        let to = others.trailing_zeros() as usize;
+        };
         let msg = ShardMsg::SharedPublish {
             message: message.clone(),
             filter: filter.clone(),

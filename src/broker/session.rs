@@ -336,7 +336,7 @@ impl Session {
         }
         state.awaiting_pubrel.extend(incoming);
         let expiry = SessionExpiry::from_interval_secs(session.expiry_secs);
-        let mut restored = Session::new(expiry, 0, state);
+        let mut restored = Session::new(expiry, ConnId::NONE, state);
         restored.offline_since = Some(Instant::now());
         restored.delayed_will = session.delayed_will.map(|(will, due)| restored_will(will, due));
         restored.stored = Some(stored);
@@ -771,8 +771,9 @@ mod tests {
     }
 
     fn connected() -> (Session, Rc<ConnHandle>) {
-        let conn = connection(1);
-        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
+        let conn = connection(ConnId::new(0, 1));
+        let mut session =
+            Session::new(SessionExpiry::Never, ConnId::new(0, 1), SessionState::default());
         session.resume(conn.clone(), &limits(2, 10));
         (session, conn)
     }
@@ -804,7 +805,8 @@ mod tests {
             publisher: "p".into(),
             expires_at: None,
         });
-        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
+        let mut session =
+            Session::new(SessionExpiry::Never, ConnId::new(0, 1), SessionState::default());
         let outgoing = Outgoing {
             message: message.clone(),
             qos: QoS::AtLeastOnce,
@@ -833,7 +835,7 @@ mod tests {
         let ids: Vec<u16> = session.state.inflight.iter().map(|i| i.packet_id.get()).collect();
         assert_eq!(ids, [1, 3, 4], "send order kept, acknowledged id gone");
         session.conn = None;
-        let conn2 = connection(2);
+        let conn2 = connection(ConnId::new(0, 2));
         session.resume(conn2.clone(), &limits);
         let resent: Vec<u16> = drain(&conn2)
             .iter()
@@ -876,7 +878,7 @@ mod tests {
         assert!(matches!(&drain(&conn)[..], [Packet::PubRel(_)]));
         // The connection drops; a new one resumes the session.
         session.conn = None;
-        let conn2 = connection(2);
+        let conn2 = connection(ConnId::new(0, 2));
         session.resume(conn2.clone(), &limits);
         let resent = drain(&conn2);
         assert!(matches!(&resent[0], Packet::PubRel(a) if a.packet_id.get() == 1));
@@ -889,7 +891,8 @@ mod tests {
 
     #[test]
     fn offline_sessions_queue_qos1_and_drop_qos0() {
-        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
+        let mut session =
+            Session::new(SessionExpiry::Never, ConnId::new(0, 1), SessionState::default());
         let limits = limits(2, 10);
         assert_eq!(session.deliver(message(QoS::AtMostOnce), &limits), Delivery::Dropped);
         assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Queued);
@@ -897,7 +900,8 @@ mod tests {
 
     #[test]
     fn duplicate_qos2_publish_is_routed_once() {
-        let mut session = Session::new(SessionExpiry::Never, 1, SessionState::default());
+        let mut session =
+            Session::new(SessionExpiry::Never, ConnId::new(0, 1), SessionState::default());
         let id = PacketId::new(9).unwrap();
         assert_eq!(session.receive_qos2(id, 1), Ok(true));
         assert_eq!(session.receive_qos2(id, 1), Ok(false));
@@ -914,7 +918,7 @@ mod tests {
     fn sessions_that_never_expire_do_after_the_persistent_client_expiration() {
         let hour = Duration::from_secs(3600);
         let offline = |expiry| {
-            let mut session = Session::new(expiry, 1, SessionState::default());
+            let mut session = Session::new(expiry, ConnId::new(0, 1), SessionState::default());
             session.offline_since = Some(Instant::now());
             session
         };

@@ -25,7 +25,7 @@ struct Group {
 
 impl Group {
     fn is_empty(&self) -> bool {
-        self.local.is_empty() && self.remote == 0
+        self.local.is_empty() && self.remote.is_empty()
     }
 
     fn pick_local(&self) -> Option<&(ByteString, Subscription)> {
@@ -101,13 +101,12 @@ impl SharedSubscriptions {
 
     /// Another shard gained its first or lost its last member of a group.
     pub fn set_remote(&mut self, filter: &str, group: &str, shard: ShardId, has_members: bool) {
-        let bit: ShardSet = 1 << shard;
         if has_members {
             let groups = self.trie.entry(filter, || Groups::new(filter));
-            groups.by_name.entry(group.into()).or_default().remote |= bit;
+            groups.by_name.entry(group.into()).or_default().remote.insert(shard);
         } else if let Some(entry) = self.trie.get_mut(filter).and_then(|g| g.by_name.get_mut(group))
         {
-            entry.remote &= !bit;
+            entry.remote.remove(shard);
             self.prune(filter, group);
         }
     }
@@ -130,15 +129,15 @@ impl SharedSubscriptions {
             for (name, group) in &groups.by_name {
                 let mut shards = group.remote;
                 if !group.local.is_empty() {
-                    shards |= 1 << this_shard;
+                    shards.insert(this_shard);
                 }
-                let count = shards.count_ones() as usize;
+                let count = shards.len();
                 if count == 0 {
                     continue;
                 }
                 let turn = group.shard_turn.get();
                 group.shard_turn.set(turn.wrapping_add(1));
-                let Some(shard) = nth_shard(shards, turn % count) else { continue };
+                let Some(shard) = shards.iter().nth(turn % count) else { continue };
                 picks.push(Pick { filter: groups.filter.clone(), group: name.clone(), shard });
             }
         });
@@ -150,7 +149,7 @@ impl SharedSubscriptions {
     pub fn any_group_matches(&self, topic: &str) -> bool {
         let mut any = false;
         self.trie.matches(topic, |groups| {
-            any |= groups.by_name.values().any(|g| g.remote != 0 || !g.local.is_empty());
+            any |= groups.by_name.values().any(|g| !g.remote.is_empty() || !g.local.is_empty());
         });
         any
     }
@@ -162,17 +161,11 @@ impl SharedSubscriptions {
 
     /// Other shards with members, to forward to when this shard has none left.
     pub fn remote_shards(&self, filter: &str, group: &str) -> ShardSet {
-        self.trie.get(filter).and_then(|g| g.by_name.get(group)).map_or(0, |g| g.remote)
+        self.trie
+            .get(filter)
+            .and_then(|g| g.by_name.get(group))
+            .map_or_else(ShardSet::default, |g| g.remote)
     }
-}
-
-/// The `index`-th set bit of `set`.
-fn nth_shard(set: ShardSet, index: usize) -> Option<ShardId> {
-    let mut remaining = set;
-    for _ in 0..index {
-        remaining &= remaining.checked_sub(1)?;
-    }
-    (remaining != 0).then(|| remaining.trailing_zeros() as usize)
 }
 
 #[cfg(test)]
@@ -189,31 +182,26 @@ mod tests {
         let mut shared = SharedSubscriptions::default();
         assert!(shared.add_member("a/+", "g", &"c1".into(), member()));
         assert!(!shared.add_member("a/+", "g", &"c2".into(), member()));
-        shared.set_remote("a/+", "g", 3, true);
-        let shards: Vec<ShardId> = (0..4).map(|_| shared.pick_shards("a/x", 0)[0].shard).collect();
+        shared.set_remote("a/+", "g", ShardId::new(3), true);
+        let this = ShardId::new(0);
+        let shards: Vec<usize> =
+            (0..4).map(|_| shared.pick_shards("a/x", this)[0].shard.index()).collect();
         assert_eq!(shards, [0, 3, 0, 3]);
         let members: Vec<ByteString> =
             (0..3).map(|_| shared.pick_member("a/+", "g").unwrap().0).collect();
         assert_eq!(members, ["c1", "c2", "c1"]);
-        assert_eq!(shared.pick_shards("a/x", 0)[0].filter, "a/+");
+        assert_eq!(shared.pick_shards("a/x", this)[0].filter, "a/+");
     }
 
     #[test]
     fn groups_disappear_with_their_last_member() {
         let mut shared = SharedSubscriptions::default();
         shared.add_member("t", "g", &"c".into(), member());
-        shared.set_remote("t", "g", 1, true);
+        let other = ShardId::new(1);
+        shared.set_remote("t", "g", other, true);
         assert!(shared.remove_member("t", "g", &"c".into()));
-        assert_eq!(shared.pick_shards("t", 0)[0].shard, 1);
-        shared.set_remote("t", "g", 1, false);
+        assert_eq!(shared.pick_shards("t", ShardId::new(0))[0].shard, other);
+        shared.set_remote("t", "g", other, false);
         assert!(shared.is_empty());
-    }
-
-    #[test]
-    fn nth_set_bit() {
-        assert_eq!(nth_shard(0b1011, 0), Some(0));
-        assert_eq!(nth_shard(0b1011, 1), Some(1));
-        assert_eq!(nth_shard(0b1011, 2), Some(3));
-        assert_eq!(nth_shard(0b1011, 3), None);
     }
 }

@@ -41,7 +41,7 @@ impl OneShard {
         config.acl_file = acl.as_ref().map(|a| a.0.clone());
         let (credentials, _) = Credentials::load(config.auth()).unwrap();
         let listener = ListenerContext { mount_point: None, credentials };
-        let shard = Shard::new(0, shards, Rc::new(config), None, Arc::default());
+        let shard = Shard::new(ShardId::new(0), shards, Rc::new(config), None, Arc::default());
         OneShard { shard, listener, _acl: acl }
     }
 
@@ -151,10 +151,18 @@ fn a_message_goes_once_to_each_interested_shard() {
     let mut one = OneShard::of(3, None);
     for filter in ["fleet/#", "fleet/+/tele"] {
         let filter = ByteString::from(filter);
-        one.shard.handle_shard_msg(ShardMsg::Interest { filter, from: 1, added: true });
+        one.shard.handle_shard_msg(ShardMsg::Interest {
+            filter,
+            from: ShardId::new(1),
+            added: true,
+        });
     }
     let other = ByteString::from("other/#");
-    one.shard.handle_shard_msg(ShardMsg::Interest { filter: other, from: 2, added: true });
+    one.shard.handle_shard_msg(ShardMsg::Interest {
+        filter: other,
+        from: ShardId::new(2),
+        added: true,
+    });
     one.shard.outbound.take();
     one.shard.publish_internal(Message {
         topic: TopicName::new("fleet/7/tele").unwrap(),
@@ -172,7 +180,7 @@ fn a_message_goes_once_to_each_interested_shard() {
         .into_iter()
         .map(|(to, batch)| (to, batch.iter().filter(|m| matches!(m, ShardMsg::Publish(_))).count()))
         .collect();
-    assert_eq!(sent, [(1, 1)]);
+    assert_eq!(sent, [(ShardId::new(1), 1)]);
 }
 
 /// A second connection with the same client id takes the session over: the first is closed

@@ -18,6 +18,7 @@ use crate::protocol::{
     SubscriptionOptions, TopicFilter, TopicName,
 };
 
+use crate::broker::messages::ShardId;
 pub use crate::broker::messages::BATCHES_IN_FLIGHT_MAX;
 
 /// An executor configured as a shard's (io_uring memory and ring depth), not pinned.
@@ -43,7 +44,7 @@ impl FanOut {
         let (credentials, _) = Credentials::load(config.auth()).expect("no files to read");
         let listener = ListenerContext { mount_point: None, credentials };
         let counters = Arc::new(ShardCounters::default());
-        let mut shard = Shard::new(0, 1, config, None, counters);
+        let mut shard = Shard::new(ShardId::new(0), 1, config, None, counters);
         let topic = "fleet/7/telemetry";
         let publisher = connect(&mut shard, &listener, "publisher");
         let subscribers: Vec<Rc<ConnHandle>> = (0..subscribers)

@@ -21,14 +21,14 @@ pub async fn run_flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
         ready.wait().await;
         let batches = shard.borrow_mut().outbound.take();
         for (to, batch) in batches {
-            let result = match senders.try_send_to(to, batch) {
+            let result = match senders.try_send_to(to.index(), batch) {
                 Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
-                    senders.send_to(to, batch).await
+                    senders.send_to(to.index(), batch).await
                 }
                 other => other,
             };
             if let Err(error) = result {
-                tracing::error!(to, %error, "cross-shard queue failed; shard stops sending");
+                tracing::error!(%to, %error, "cross-shard queue failed; shard stops sending");
                 return;
             }
         }

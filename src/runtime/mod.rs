@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::auth::Credentials;
 use crate::broker::counters::{self, ShardCounters};
 use crate::broker::journal::{Journal, SharedJournal};
-use crate::broker::messages::{Batch, BATCHES_IN_FLIGHT_MAX, SHARDS_MAX};
+use crate::broker::messages::{Batch, ShardId, BATCHES_IN_FLIGHT_MAX, SHARDS_MAX};
 use crate::broker::outbox::{Close, ListenerContext};
 use crate::broker::Shard;
 use crate::config::{BindAddress, Config, PersistenceSync};
@@ -323,14 +323,15 @@ async fn run_shard(
     let (senders, receivers) =
         mesh.join().await.map_err(|_| StartError::Executor("mesh join failed".into()))?;
     // Shard ids are mesh peer ids, so every shard agrees on who is who.
-    let id = senders.peer_id();
-    let recovery = recoveries.lock().ok().and_then(|mut all| all.get_mut(id)?.take());
+    let id = ShardId::new(senders.peer_id());
+    let recovery = recoveries.lock().ok().and_then(|mut all| all.get_mut(id.index())?.take());
     let holds = config.persistence_sync == PersistenceSync::Ack;
     let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch, holds));
     // `persistence_sync interval`: a durable commit at least this often, the others not synced.
     let sync_every = (!holds).then_some(config.autosave_interval);
     let sys_every = crate::sys::interval(config.sys_interval);
-    let shard = Shard::new(id, shard_count, Rc::new(config), journal.clone(), counters[id].clone());
+    let shard =
+        Shard::new(id, shard_count, Rc::new(config), journal.clone(), counters[id.index()].clone());
     let shard = Rc::new(RefCell::new(shard));
     if let (Some(recovery), Some(journal)) = (recovery, journal) {
         shard.borrow_mut().restore(recovery.restored);
@@ -340,7 +341,7 @@ async fn run_shard(
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
     glommio::spawn_local(sweep(shard.clone(), sys_every.is_some())).detach();
-    if id == 0 {
+    if id.index() == 0 {
         if let Some(every) = sys_every {
             glommio::spawn_local(crate::sys::publish_periodically(shard.clone(), counters, every))
                 .detach();

@@ -10,6 +10,7 @@ use bytestring::ByteString;
 
 use super::StartError;
 use crate::broker::journal::restored_message;
+use crate::broker::messages::ShardId;
 use crate::broker::{registry_owner, Restored};
 use crate::config::Config;
 use crate::store::{ShardStore, StoreOp, StoredMessage};
@@ -101,7 +102,8 @@ pub fn recover(config: &Config, shard_count: usize) -> Result<Vec<ShardRecovery>
                 // From a store this run does not have: written into its new home's store.
                 cleanup[home].extend(rewrite(&found));
             }
-            shards[registry_owner(&client_id, shard_count)].registered.push((client_id, home));
+            let owner = registry_owner(&client_id, shard_count).index();
+            shards[owner].registered.push((client_id, ShardId::new(home)));
             shards[home].sessions.push(found);
         }
     }
@@ -168,6 +170,7 @@ fn place_interest(shards: &mut [Restored]) {
             if index == home {
                 continue;
             }
+            let home = ShardId::new(home);
             match filter.shared() {
                 Some(share) => {
                     restored.remote_shared.push((share.filter.into(), share.group.into(), home))
