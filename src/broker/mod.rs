@@ -15,6 +15,7 @@ mod latch;
 pub mod messages;
 pub mod outbox;
 mod publish;
+mod retain;
 mod router;
 pub mod session;
 mod shared;
@@ -39,6 +40,7 @@ use self::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Wai
 use self::latch::Latches;
 use self::messages::{Outbound, ShardId, ShardMsg, ShardSet};
 use self::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext, TOPIC_ALIAS_MAXIMUM};
+use self::retain::RetainedStore;
 use self::session::{
     Delivery, Limits, Message, Outgoing, Reader, Session, SessionExpiry, SessionState, Subscription,
 };
@@ -47,7 +49,6 @@ use self::signal::Signal;
 use self::trie::TopicTrie;
 use crate::auth::{Access, Identity};
 use crate::config::Config;
-use crate::protocol::filter_matches;
 use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe,
@@ -98,7 +99,7 @@ pub struct Shard {
     /// Shared subscription groups: members here, shards with members elsewhere.
     shared: SharedSubscriptions,
     /// Replica of the retained store (every shard holds all of it; see docs/ARCHITECTURE.md).
-    retained: AHashMap<TopicName, Arc<Message>>,
+    retained: RetainedStore,
     registry: AHashMap<ByteString, RegistryEntry>,
     claims: AHashMap<ConnId, Rc<PendingClaim>>,
     /// Replies waiting for barrier acknowledgements (and, with persistence, the commit).
@@ -135,7 +136,7 @@ impl Shard {
             subscribers: TopicTrie::default(),
             interest: TopicTrie::default(),
             shared: SharedSubscriptions::default(),
-            retained: AHashMap::new(),
+            retained: RetainedStore::default(),
             registry: AHashMap::new(),
             claims: AHashMap::new(),
             held: Latches::default(),
@@ -280,8 +281,7 @@ impl Shard {
         if self.id.index() == 0 {
             counters.retained.set(self.retained.len() as u64);
             messages += self.retained.len() as u64;
-            let retained_bytes = self.retained.values().map(|m| m.topic.len() + m.payload.len());
-            bytes += retained_bytes.sum::<usize>() as u64;
+            bytes += self.retained.bytes() as u64;
         }
         counters.stored_messages.set(messages);
         counters.stored_bytes.set(bytes);

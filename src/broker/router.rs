@@ -128,11 +128,7 @@ impl Shard {
     }
 
     pub(super) fn store_retained(&mut self, message: &Arc<Message>) {
-        if message.payload.is_empty() {
-            self.retained.remove(&message.topic);
-        } else {
-            self.retained.insert(message.topic.clone(), message.clone());
-        }
+        self.retained.store(message);
     }
 
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its

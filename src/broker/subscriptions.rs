@@ -96,7 +96,7 @@ impl Shard {
         let checks_reads = *checks_reads;
         let mut deliveries = Deliveries { limits, counters, congested, checks_reads };
         for (filter, subscription) in &pending.retained_for {
-            for message in retained.values().filter(|m| filter_matches(filter, &m.topic)) {
+            retained.matching(filter, |message| {
                 let outgoing = Outgoing {
                     message: message.clone(),
                     qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
@@ -106,7 +106,7 @@ impl Shard {
                     seq: None,
                 };
                 deliveries.deliver(&pending.client_id, session, outgoing);
-            }
+            });
         }
     }
 

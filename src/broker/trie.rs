@@ -149,6 +149,55 @@ impl<T> TopicTrie<T> {
             }
         }
     }
+
+    /// Calls `visit` with the value at every topic name the trie holds that `filter` matches:
+    /// the reverse of `matches`, for a trie of topic names (the retained store) and one new
+    /// subscription. It walks only the branches the filter reaches, so a subscription costs
+    /// what it matches, not the size of the store. A loop, not recursion.
+    pub fn matched_by<'a>(&'a self, filter: &str, mut visit: impl FnMut(&'a T)) {
+        let levels: smallvec::SmallVec<[&str; 8]> = filter.split('/').collect();
+        // (node, levels of the filter consumed; `None`: below a `#`, everything matches)
+        let mut pending: smallvec::SmallVec<[(&Node<T>, Option<usize>); 16]> =
+            smallvec::smallvec![(&self.root, Some(0))];
+        while let Some((node, depth)) = pending.pop() {
+            let Some(depth) = depth else {
+                if let Some(value) = &node.value {
+                    visit(value);
+                }
+                pending.extend(node.children.values().map(|child| (child, None)));
+                continue;
+            };
+            // A filter starting with a wildcard does not match a topic starting with `$`
+            // [MQTT-4.7.2-1].
+            let reachable = |name: &str| depth > 0 || !name.starts_with('$');
+            match levels.get(depth).copied() {
+                None => {
+                    if let Some(value) = &node.value {
+                        visit(value);
+                    }
+                }
+                Some("#") => {
+                    // `#` matches the parent level too: `sport/#` matches `sport`.
+                    if depth > 0 {
+                        if let Some(value) = &node.value {
+                            visit(value);
+                        }
+                    }
+                    let children = node.children.iter().filter(|(name, _)| reachable(name));
+                    pending.extend(children.map(|(_, child)| (child, None)));
+                }
+                Some("+") => {
+                    let children = node.children.iter().filter(|(name, _)| reachable(name));
+                    pending.extend(children.map(|(_, child)| (child, Some(depth + 1))));
+                }
+                Some(level) => {
+                    if let Some(child) = node.children.get(level) {
+                        pending.push((child, Some(depth + 1)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +299,25 @@ mod tests {
             expected.sort();
             expected.dedup();
             prop_assert_eq!(matched(&trie, &topic), expected);
+        }
+
+        #[test]
+        fn matched_by_agrees_with_the_naive_matcher(
+            topics in prop::collection::vec("[ab$]{0,2}(/[ab$]{0,2}){0,4}", 0..20),
+            filter in arb_filter(),
+        ) {
+            let mut trie = TopicTrie::default();
+            for t in &topics {
+                *trie.entry(t, String::new) = t.clone();
+            }
+            let mut found = Vec::new();
+            trie.matched_by(&filter, |t| found.push(t.clone()));
+            found.sort();
+            let mut expected: Vec<String> =
+                topics.iter().filter(|t| filter_matches(&filter, t)).cloned().collect();
+            expected.sort();
+            expected.dedup();
+            prop_assert_eq!(found, expected);
         }
 
         #[test]
