@@ -46,9 +46,9 @@ fn main() -> ExitCode {
     if let Some(port) = args.port {
         if config.local_only {
             // Like Mosquitto 2.0: `-p` without a config changes the port, still loopback only.
-            config.listeners = vec![Listener::new(port, None)];
+            config.listeners = vec![Listener::new(port, Vec::new())];
         } else {
-            config.listeners.push(Listener::new(port, None));
+            config.listeners.push(Listener::new(port, Vec::new()));
         }
     }
     if args.test_config {

@@ -112,6 +112,15 @@ same_as_mosquitto! {
             "v5 publish, 202 levels: DISCONNECT ProtocolError",
             "v3.1.1 will, 202 levels: closed",
             "v5 will, 202 levels: closed"];
+    max_topic_alias_is_announced_and_enforced:
+        "max_topic_alias 3", topic_alias_limits
+        => ["v5: CONNACK Success, topic alias maximum Some(3)",
+            "alias 3: accepted",
+            "alias 4: DISCONNECT TopicAliasInvalid"];
+    max_topic_alias_0_allows_none:
+        "max_topic_alias 0", topic_alias_limits
+        => ["v5: CONNACK Success, topic alias maximum None",
+            "alias 3: DISCONNECT TopicAliasInvalid"];
     max_inflight_messages_limits_unacknowledged_deliveries:
         "max_inflight_messages 2", inflight_window
         => ["unacknowledged: 2", "after acknowledging them: 2"];
@@ -133,6 +142,37 @@ fn set_tcp_nodelay_sets_it_on_accepted_sockets() {
             assert_eq!(nodelay, expected, "{kind:?} with `{config}`");
         }
     }
+}
+
+/// A 5.0 client told its Topic Alias Maximum, then setting aliases 3 and 4 on QoS 1 PUBLISHes.
+fn topic_alias_limits(addr: SocketAddr) -> Vec<String> {
+    let (mut client, connack) = handshake_v5(addr, "aliases", v5(), |properties| {
+        format!("topic alias maximum {:?}", properties.topic_alias_maximum)
+    });
+    let mut observed = vec![format!("v5: {connack}")];
+    for alias in [3, 4] {
+        let properties =
+            Properties { topic_alias: std::num::NonZeroU16::new(alias), ..Default::default() };
+        let packet_id = client.packet_id();
+        client.send(&Packet::Publish(culex::protocol::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: culex::protocol::TopicName::new("t".to_string()).unwrap(),
+            packet_id: Some(packet_id),
+            properties,
+            payload: bytes::Bytes::from_static(b"m"),
+        }));
+        let answer = match client.recv() {
+            Some(Packet::PubAck(_)) => "accepted".to_string(),
+            other => describe(other),
+        };
+        observed.push(format!("alias {alias}: {answer}"));
+        if answer != "accepted" {
+            break;
+        }
+    }
+    observed
 }
 
 /// Mosquitto's bound on topic depth (200 `/` at most), met from both sides, with packets built by

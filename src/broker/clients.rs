@@ -174,6 +174,7 @@ impl Shard {
         conn.username = connect.username.clone();
         if let Some(listener) = listener {
             conn.mount_point = listener.mount_point.clone();
+            conn.topic_aliases_accepted = listener.topic_alias_maximum;
         }
         conn.credentials = credentials;
         if let Some(receive_maximum) = connect.properties.receive_maximum {
@@ -318,7 +319,7 @@ impl Shard {
         if conn.assigned_client_id {
             properties.assigned_client_identifier = Some(conn.client_id.clone());
         }
-        properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
+        properties.topic_alias_maximum = Some(conn.topic_aliases_accepted).filter(|max| *max > 0);
         properties.server_keep_alive = conn.server_keep_alive;
         properties.receive_maximum = u16::try_from(self.limits.inflight_max)
             .ok()

@@ -39,7 +39,7 @@ use self::counters::ShardCounters;
 use self::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
 use self::latch::Latches;
 use self::messages::{Outbound, ShardId, ShardMsg, ShardSet};
-use self::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext, TOPIC_ALIAS_MAXIMUM};
+use self::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext};
 use self::retain::RetainedStore;
 use self::session::{
     Delivery, Limits, Message, Outgoing, Reader, Session, SessionExpiry, SessionState, Subscription,

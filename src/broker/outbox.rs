@@ -48,10 +48,6 @@ pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
 /// Messages queued for an online subscriber (behind its window) above which publishers wait.
 pub const QUEUE_HIGH_WATER: usize = 64;
 
-/// Topic aliases a 5.0 client may set on this broker (announced in CONNACK; Mosquitto's default
-/// `max_topic_alias`).
-pub const TOPIC_ALIAS_MAXIMUM: u16 = 10;
-
 /// Why a connection ends. Decides whether the will is published and what a 5.0 client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -123,8 +119,10 @@ pub struct ConnHandle {
     /// The client's Request Problem Information (5.0): without it, acknowledgements carry no
     /// Reason String [MQTT-3.1.2-29].
     pub problem_information: bool,
-    /// Topic aliases the client set on its PUBLISHes (5.0), up to `TOPIC_ALIAS_MAXIMUM`.
+    /// Topic aliases the client set on its PUBLISHes (5.0), up to `topic_aliases_accepted`.
     pub topic_aliases: RefCell<AHashMap<u16, TopicName>>,
+    /// The Topic Alias Maximum announced to it (its listener's `max_topic_alias`; 0: none).
+    pub topic_aliases_accepted: u16,
     /// The client's Topic Alias Maximum (5.0): how many aliases the broker may use toward it.
     pub topic_alias_maximum: u16,
     /// Aliases the broker has given topics toward this client.
@@ -176,6 +174,7 @@ impl ConnHandle {
             receive_maximum: usize::from(u16::MAX),
             problem_information: true,
             topic_aliases: RefCell::new(AHashMap::new()),
+            topic_aliases_accepted: 0,
             topic_alias_maximum: 0,
             topic_aliases_out: RefCell::new(AHashMap::new()),
             outbox: RefCell::new(BytesMut::with_capacity(4096)),
@@ -430,6 +429,19 @@ pub struct ListenerContext {
     pub mount_point: Option<ByteString>,
     /// Its access rules: everyone's, or its own with `per_listener_settings true`.
     pub credentials: Arc<Credentials>,
+    /// Topic aliases its 5.0 clients may set (`max_topic_alias`).
+    pub topic_alias_maximum: u16,
+}
+
+impl ListenerContext {
+    /// A listener with these rules and Mosquitto's defaults for the rest.
+    pub fn new(credentials: Arc<Credentials>) -> ListenerContext {
+        ListenerContext {
+            mount_point: None,
+            credentials,
+            topic_alias_maximum: crate::config::MAX_TOPIC_ALIAS_DEFAULT,
+        }
+    }
 }
 
 /// The CONNACK bytes that refuse a client, in its own protocol version.

@@ -20,7 +20,7 @@ fn resolve_topic_alias(conn: &ConnHandle, publish: &Publish) -> Result<TopicName
     let Some(alias) = publish.properties.topic_alias.filter(|_| conn.version.is_v5()) else {
         return Ok(publish.topic.clone());
     };
-    if alias.get() > TOPIC_ALIAS_MAXIMUM {
+    if alias.get() > conn.topic_aliases_accepted {
         return Err(Close::ProtocolError(ReasonCode::TopicAliasInvalid));
     }
     let mut aliases = conn.topic_aliases.borrow_mut();

@@ -40,7 +40,7 @@ impl OneShard {
         });
         config.acl_file = acl.as_ref().map(|a| a.0.clone());
         let (credentials, _) = Credentials::load(config.auth()).unwrap();
-        let listener = ListenerContext { mount_point: None, credentials };
+        let listener = ListenerContext::new(credentials);
         let shard = Shard::new(ShardId::new(0), shards, Rc::new(config), None, Arc::default());
         OneShard { shard, listener, _acl: acl }
     }

@@ -16,8 +16,9 @@ pub use bridge::{Address, Bridge, BridgeTopic, Direction, RestartTimeout, StartT
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub port: u16,
-    /// `None`: every address (`listener 1883` with no address binds all interfaces).
-    pub bind_address: Option<IpAddr>,
+    /// Empty: every address (`listener 1883` with no address binds all interfaces); else the
+    /// address given, or every address its host name resolved to at start-up.
+    pub bind_address: Vec<IpAddr>,
     /// `socket_domain`: without an address, bind only this family (`None`: both).
     pub socket_domain: Option<SocketDomain>,
     /// `bind_interface`: accept only connections that arrive on this network interface.
@@ -31,6 +32,8 @@ pub struct Listener {
     pub mount_point: Option<String>,
     /// With `per_listener_settings true`: the access settings given after this `listener`.
     pub security: ListenerSecurity,
+    /// `max_topic_alias`: the Topic Alias Maximum announced to its 5.0 clients (0: none).
+    pub max_topic_alias: u16,
 }
 
 /// What `per_listener_settings true` makes each listener's own; unset ones take Mosquitto's
@@ -60,7 +63,7 @@ pub struct BindAddress {
 }
 
 impl Listener {
-    pub fn new(port: u16, bind_address: Option<IpAddr>) -> Self {
+    pub fn new(port: u16, bind_address: Vec<IpAddr>) -> Self {
         Listener {
             port,
             bind_address,
@@ -70,6 +73,7 @@ impl Listener {
             websockets: false,
             mount_point: None,
             security: ListenerSecurity::default(),
+            max_topic_alias: MAX_TOPIC_ALIAS_DEFAULT,
         }
     }
 
@@ -77,11 +81,12 @@ impl Listener {
     /// with no address binds every IPv4 and every IPv6 address (IPv6 sockets are V6ONLY), or
     /// those of its `socket_domain`.
     pub fn bind_addresses(&self, loopback_only: bool) -> Vec<BindAddress> {
-        if let Some(address) = self.bind_address {
-            return vec![BindAddress {
-                addr: SocketAddr::new(address, self.port),
+        if !self.bind_address.is_empty() {
+            let bind = |ip: &IpAddr| BindAddress {
+                addr: SocketAddr::new(*ip, self.port),
                 optional: false,
-            }];
+            };
+            return self.bind_address.iter().map(bind).collect();
         }
         let (v4, v6): (IpAddr, IpAddr) = if loopback_only {
             (Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into())
@@ -282,7 +287,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listeners: vec![Listener::new(1883, None)],
+            listeners: vec![Listener::new(DEFAULT_PORT, Vec::new())],
             local_only: true,
             allow_anonymous: true,
             password_file: None,
@@ -378,11 +383,23 @@ fn handling(option: &str) -> Option<Handling> {
         "listener" => Apply(|p, l| {
             let mut parts = l.value.split_whitespace();
             let port = parse_port(parts.next().unwrap_or(""), l)?;
-            let bind_address = parts
-                .next()
-                .map(|a| a.parse::<IpAddr>().map_err(|_| l.invalid("not an IP address")))
-                .transpose()?;
+            let bind_address = match parts.next() {
+                Some(host) => parse_host(host, port, l)?,
+                None => Vec::new(),
+            };
             p.explicit_listeners.push(Listener::new(port, bind_address));
+            Ok(())
+        }),
+        // Mosquitto's older form: the address of the default listener (as `port` is its port).
+        "bind_address" => Apply(|p, l| {
+            let port = *p.default_port.get_or_insert(DEFAULT_PORT);
+            let addresses = parse_host(l.value, port, l)?;
+            p.default_listener.get_or_insert_with(|| Listener::new(port, Vec::new())).bind_address =
+                addresses;
+            Ok(())
+        }),
+        "max_topic_alias" => Apply(|p, l| {
+            p.current_listener().max_topic_alias = parse_number(l)?;
             Ok(())
         }),
         "port" => Apply(|p, l| {
@@ -679,7 +696,8 @@ fn handling(option: &str) -> Option<Handling> {
             )));
             Ok(())
         }),
-        "max_qos" => Apply(|p, l| {
+        // Mosquitto 2.0.11 accepts both spellings.
+        "max_qos" | "maximum_qos" => Apply(|p, l| {
             let level: u8 = parse_number(l)?;
             p.config.max_qos =
                 crate::protocol::QoS::from_u8(level).map_err(|_| l.invalid("must be 0, 1 or 2"))?;
@@ -714,7 +732,21 @@ fn handling(option: &str) -> Option<Handling> {
         | "max_inflight_bytes"
         | "plugin"
         | "websockets_headers_size"
-        | "websockets_log_level" => Warn,
+        | "websockets_log_level"
+        // Mosquitto 2.1's new options: recognised, so that a host's 2.1 file starts Culex.
+        | "accept_protocol_versions"
+        | "bridge_receive_maximum"
+        | "global_max_clients"
+        | "global_max_connections"
+        | "listener_auto_id_prefix"
+        | "plugin_load"
+        | "plugin_use"
+        | "websockets_origin" => Warn,
+        // Ignored, it would make every connection through the proxy fail as malformed.
+        "enable_proxy_protocol" => Refuse(
+            "asks for the PROXY protocol, which Culex does not read yet: refusing to start, \
+             since every connection through the proxy would be refused as malformed",
+        ),
         "cafile"
         | "capath"
         | "certfile"
@@ -772,6 +804,14 @@ impl Line<'_> {
         format!("{}:{}: {what}", self.file.display(), self.number)
     }
 }
+
+/// The port of a default listener given only an address (`bind_address`), and of the one
+/// without configuration.
+const DEFAULT_PORT: u16 = 1883;
+
+/// Topic aliases a 5.0 client may set per connection unless `max_topic_alias` says otherwise
+/// (Mosquitto's default).
+pub const MAX_TOPIC_ALIAS_DEFAULT: u16 = 10;
 
 /// `include_dir` may nest this deep (a directory including itself must not loop).
 const INCLUDE_DEPTH_MAX: usize = 8;
@@ -909,7 +949,9 @@ impl Parser {
     fn current_listener(&mut self) -> &mut Listener {
         match self.explicit_listeners.last_mut() {
             Some(listener) => listener,
-            None => self.default_listener.get_or_insert_with(|| Listener::new(1883, None)),
+            None => {
+                self.default_listener.get_or_insert_with(|| Listener::new(DEFAULT_PORT, Vec::new()))
+            }
         }
     }
 
@@ -958,7 +1000,7 @@ impl Parser {
             let mut listeners = Vec::new();
             if let Some(port) = self.default_port {
                 let default =
-                    self.default_listener.take().unwrap_or_else(|| Listener::new(port, None));
+                    self.default_listener.take().unwrap_or_else(|| Listener::new(port, Vec::new()));
                 listeners.push(Listener { port, ..default });
             }
             listeners.extend(self.explicit_listeners);
@@ -987,6 +1029,26 @@ fn parse_expiration(line: &Line) -> Result<std::time::Duration, ConfigError> {
         return Err(expected());
     }
     Ok(std::time::Duration::from_secs(count.saturating_mul(hours).saturating_mul(3600)))
+}
+
+/// A listener's address: an IP address, or a host name resolved now to every address it has
+/// (as Mosquitto binds each address `getaddrinfo` gives).
+fn parse_host(host: &str, port: u16, line: &Line) -> Result<Vec<IpAddr>, ConfigError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| line.invalid(&format!("cannot resolve host name `{host}`: {e}")))?;
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for address in resolved {
+        if !addresses.contains(&address.ip()) {
+            addresses.push(address.ip());
+        }
+    }
+    if addresses.is_empty() {
+        return Err(line.invalid(&format!("host name `{host}` has no address")));
+    }
+    Ok(addresses)
 }
 
 /// A port: the whole value, or (for `listener`) its first word.
@@ -1032,14 +1094,14 @@ mod tests {
     fn no_listener_means_loopback_and_anonymous() {
         let config = parse("# nothing\n").unwrap();
         assert!(config.local_only && config.allow_anonymous);
-        assert_eq!(config.listeners, vec![Listener::new(1883, None)]);
+        assert_eq!(config.listeners, vec![Listener::new(DEFAULT_PORT, Vec::new())]);
     }
 
     #[test]
     fn a_listener_denies_anonymous_unless_allowed() {
         let config = parse("listener 1884 127.0.0.53\n").unwrap();
         assert!(!config.local_only && !config.allow_anonymous);
-        assert_eq!(config.listeners[0].bind_address, Some("127.0.0.53".parse().unwrap()));
+        assert_eq!(config.listeners[0].bind_address, ["127.0.0.53".parse::<IpAddr>().unwrap()]);
         let config = parse("port 1885\nallow_anonymous true\nlistener 1886\n").unwrap();
         assert!(config.allow_anonymous);
         assert_eq!(config.listeners.iter().map(|l| l.port).collect::<Vec<_>>(), [1885, 1886]);
@@ -1328,6 +1390,38 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), error, "{text}");
         }
+    }
+
+    #[test]
+    fn listeners_take_host_names_bind_address_and_max_topic_alias() {
+        let config = parse("listener 1884 localhost\nmax_topic_alias 3\n").unwrap();
+        let addresses: Vec<String> =
+            config.listeners[0].bind_addresses(false).iter().map(|b| b.addr.to_string()).collect();
+        assert!(addresses.contains(&"127.0.0.1:1884".to_string()), "{addresses:?}");
+        assert_eq!(config.listeners[0].max_topic_alias, 3);
+        // The default listener, as older Mosquitto files write it.
+        let config = parse("bind_address 127.0.0.53\nport 1885\n").unwrap();
+        let addresses: Vec<String> =
+            config.listeners[0].bind_addresses(false).iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(addresses, ["127.0.0.53:1885"]);
+        assert!(!config.local_only && !config.allow_anonymous);
+        assert_eq!(parse("maximum_qos 1\n").unwrap().max_qos, crate::protocol::QoS::AtLeastOnce);
+        assert_eq!(
+            parse("listener 1884\nmax_topic_alias 65536\n").unwrap_err().to_string(),
+            "test.conf:2: invalid value for `max_topic_alias`: not a number in the allowed range"
+        );
+    }
+
+    #[test]
+    fn mosquitto_2_1_options_are_recognised() {
+        let (_, warnings) = Config::parse(
+            "global_max_connections 1000\nlistener 1883\naccept_protocol_versions 4,5\n",
+            Path::new("m.conf"),
+        )
+        .unwrap();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        let error = parse("listener 1883\nenable_proxy_protocol 2\n").unwrap_err();
+        assert!(matches!(error, ConfigError::Refused { line: 2, .. }), "{error}");
     }
 
     #[test]

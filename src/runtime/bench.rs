@@ -42,7 +42,7 @@ impl FanOut {
     pub fn new(subscribers: usize, payload_bytes: usize) -> FanOut {
         let config = Rc::new(Config::default());
         let (credentials, _) = Credentials::load(config.auth()).expect("no files to read");
-        let listener = ListenerContext { mount_point: None, credentials };
+        let listener = ListenerContext::new(credentials);
         let counters = Arc::new(ShardCounters::default());
         let mut shard = Shard::new(ShardId::new(0), 1, config, None, counters);
         let topic = "fleet/7/telemetry";

@@ -127,7 +127,11 @@ fn listener_contexts(config: &Config) -> Result<Vec<Arc<ListenerContext>>, Start
             }
         };
         let mount_point = listener.mount_point.as_deref().map(ByteString::from);
-        contexts.push(Arc::new(ListenerContext { mount_point, credentials }));
+        contexts.push(Arc::new(ListenerContext {
+            mount_point,
+            credentials,
+            topic_alias_maximum: listener.max_topic_alias,
+        }));
     }
     let _ = CREDENTIALS.set(all);
     Ok(contexts)
