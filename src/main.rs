@@ -193,6 +193,7 @@ fn exit_on_signals(pid_file: Option<PathBuf>) {
                 continue;
             }
             tracing::info!(signal, "shutting down");
+            culex::runtime::notify::stopping();
             culex::runtime::request_shutdown();
             std::thread::sleep(culex::runtime::SHUTDOWN_GRACE);
             remove_pid_file(pid_file.as_deref());

@@ -91,6 +91,9 @@ counters! {
     stored_bytes,
     /// Retained messages: every shard holds them all, so shard 0 alone reports them.
     retained,
+    /// Sweeps the shard's executor has run (every 500 ms): systemd's watchdog is fed only
+    /// while every shard's count moves.
+    sweeps,
 }
 
 /// The heap as the allocator sees it: (current, peak) bytes.

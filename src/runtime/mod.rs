@@ -8,6 +8,7 @@ pub mod bench;
 mod connection;
 pub mod flow;
 mod mesh;
+pub mod notify;
 mod recovery;
 
 use std::cell::RefCell;
@@ -251,6 +252,7 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
+    notify::supervise(counters);
     // An executor that fails leaves the others waiting for it in the mesh, so wait for the
     // first one to end, whichever it is, rather than for each in turn.
     let (ended, first_end) = std::sync::mpsc::channel();
@@ -344,7 +346,8 @@ async fn run_shard(
     }
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
-    glommio::spawn_local(sweep(shard.clone(), sys_every.is_some())).detach();
+    let samples_levels = sys_every.is_some() || notify::Notifier::from_env().is_some();
+    glommio::spawn_local(sweep(shard.clone(), samples_levels)).detach();
     if id.index() == 0 {
         if let Some(every) = sys_every {
             glommio::spawn_local(crate::sys::publish_periodically(shard.clone(), counters, every))
@@ -360,6 +363,7 @@ async fn run_shard(
             for bridge in bridges {
                 spawn_bridge(shard.clone(), Rc::new(bridge));
             }
+            notify::shard_serving();
             // The shard stays in the mesh for the process's life, whatever its bridges do.
             futures_lite::future::pending::<()>().await;
             return Ok(());
@@ -371,6 +375,7 @@ async fn run_shard(
         let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
         accepting.push(glommio::spawn_local(accept(shard.clone(), listener, endpoint)));
     }
+    notify::shard_serving();
     for task in accepting {
         task.await;
     }
@@ -613,6 +618,7 @@ async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
             shard.close_all(Close::ServerShuttingDown);
             return;
         }
+        shard.counters.sweeps.add(1);
         let now = Instant::now();
         shard.expire_keep_alives(now);
         shard.expire_sessions(now);
