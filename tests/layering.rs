@@ -28,6 +28,15 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     Some(name.trim_end_matches(".rs").to_string())
 }
 
+/// Each line of `file` with its number, its comment cut off.
+fn code_lines(file: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.split("//").next().unwrap_or("").to_string()))
+        .collect()
+}
+
 fn rust_files(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -51,9 +60,7 @@ fn no_folder_imports_from_a_folder_above_it() {
             continue;
         }
         let own = layer_of(&module).unwrap_or_else(|| panic!("{module} is in no layer"));
-        let text = std::fs::read_to_string(file).unwrap();
-        for (number, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
+        for (number, code) in code_lines(file) {
             for (at, _) in code.match_indices("crate::") {
                 let rest = &code[at + "crate::".len()..];
                 let target: String =
@@ -61,9 +68,8 @@ fn no_folder_imports_from_a_folder_above_it() {
                 let Some(theirs) = layer_of(&target) else { continue };
                 if theirs > own || (theirs == own && target != module) {
                     violations.push(format!(
-                        "{}:{}: {module} imports {target}",
+                        "{}:{number}: {module} imports {target}",
                         file.strip_prefix(&src).unwrap().display(),
-                        number + 1
                     ));
                 }
             }
@@ -82,15 +88,13 @@ fn the_core_never_awaits() {
     rust_files(&core, &mut files);
     let mut awaiting = Vec::new();
     for file in files.iter().filter(|f| !f.ends_with("signal.rs")) {
-        let text = std::fs::read_to_string(file).unwrap();
-        for (number, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
+        for (number, code) in code_lines(file) {
             let awaits = code.match_indices(".await").any(|(at, _)| {
                 let next = code[at + ".await".len()..].chars().next();
                 !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
             });
             if awaits || code.contains("async ") {
-                awaiting.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                awaiting.push(format!("{}:{number}: {}", file.display(), code.trim()));
             }
         }
     }
