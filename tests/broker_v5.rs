@@ -290,7 +290,7 @@ fn a_taken_over_v5_client_is_told_0x8e() {
 
 #[test]
 fn a_malformed_packet_from_a_v5_client_gets_0x81() {
-    let broker = Broker::start("");
+    let broker = Broker::start("reason_strings true");
     let (mut client, _) = RawClient::connect(&broker, "garbled", v5());
     // A PUBLISH whose property length runs past the packet.
     client.write_raw(b"\x30\x05\x00\x01a\x09\x01");
@@ -304,6 +304,39 @@ fn a_malformed_packet_from_a_v5_client_gets_0x81() {
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
     assert!(client.is_closed_by_broker());
+}
+
+/// As Mosquitto 2.0: no Reason String unless `reason_strings true` asks for them.
+#[test]
+fn refusals_carry_no_reason_string_by_default() {
+    let broker = Broker::start("max_qos 1");
+    let mut options = v5();
+    options.will = Some(will("w/t", "x", QoS::ExactlyOnce, false));
+    let mut client = RawClient::open(&broker);
+    match client.handshake("plain-refusal", options) {
+        Packet::ConnAck(connack) => {
+            assert_eq!(connack.reason, ReasonCode::QosNotSupported);
+            assert_eq!(connack.properties.reason_string, None);
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let (mut client, _) = RawClient::connect(&broker, "plain-garbled", v5());
+    client.write_raw(b"\x30\x05\x00\x01a\x09\x01");
+    match client.recv() {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::MalformedPacket);
+            assert_eq!(d.properties.reason_string, None);
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    let mut utf8 = Properties::default();
+    utf8.payload_format_indicator = Some(true);
+    let (mut client, _) = RawClient::connect(&broker, "plain-pfi", v5());
+    let ack = puback_of(&mut client, "pfi/bad", utf8, b"\xff");
+    assert_eq!(
+        (ack.reason, ack.properties.reason_string),
+        (ReasonCode::PayloadFormatInvalid, None)
+    );
 }
 
 fn with_delayed_will(expiry_secs: u32, delay_secs: u32) -> ConnectOptions {
@@ -675,7 +708,7 @@ fn max_qos_is_announced_granted_and_enforced() {
 /// does (its return codes have no word for it).
 #[test]
 fn wills_the_broker_cannot_honour_are_refused_at_connect() {
-    let broker = Broker::start("max_qos 1\nretain_available false");
+    let broker = Broker::start("max_qos 1\nretain_available false\nreason_strings true");
     let mut not_utf8 = will("w/t", "", QoS::AtMostOnce, false);
     not_utf8.payload = Bytes::from_static(b"\xff\xfe");
     not_utf8.properties.payload_format_indicator = Some(true);
@@ -712,7 +745,7 @@ fn wills_the_broker_cannot_honour_are_refused_at_connect() {
 /// (Request Problem Information 0).
 #[test]
 fn a_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
-    let broker = Broker::start("");
+    let broker = Broker::start("reason_strings true");
     let (mut watcher, _) = RawClient::connect(&broker, "pfi-watch", v5());
     watcher.subscribe("pfi/#", QoS::AtLeastOnce);
     let mut utf8 = Properties::default();

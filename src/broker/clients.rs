@@ -81,7 +81,8 @@ impl Shard {
         let version = connect.protocol;
         let max_packet_size =
             connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
-        let refuse = |reason| Err(refusal(version, reason, max_packet_size));
+        let explain = self.config.reason_strings;
+        let refuse = |reason| Err(refusal(version, reason, max_packet_size, explain));
         let peer = origin;
         let listener = match origin {
             Origin::Network { listener, .. } => Some(listener),
@@ -182,6 +183,7 @@ impl Shard {
         }
         conn.topic_alias_maximum = connect.properties.topic_alias_maximum.unwrap_or(0);
         conn.problem_information = connect.properties.request_problem_information.unwrap_or(true);
+        conn.reason_strings = self.config.reason_strings;
         let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());

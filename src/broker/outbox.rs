@@ -119,6 +119,9 @@ pub struct ConnHandle {
     /// The client's Request Problem Information (5.0): without it, acknowledgements carry no
     /// Reason String [MQTT-3.1.2-29].
     pub problem_information: bool,
+    /// Culex's `reason_strings`: refusals carry a Reason String. Off by default, as Mosquitto
+    /// 2.0 sends none and tools compare its packets byte for byte.
+    pub reason_strings: bool,
     /// Topic aliases the client set on its PUBLISHes (5.0), up to `topic_aliases_accepted`.
     pub topic_aliases: RefCell<AHashMap<u16, TopicName>>,
     /// The Topic Alias Maximum announced to it (its listener's `max_topic_alias`; 0: none).
@@ -173,6 +176,7 @@ impl ConnHandle {
             max_packet_size,
             receive_maximum: usize::from(u16::MAX),
             problem_information: true,
+            reason_strings: false,
             topic_aliases: RefCell::new(AHashMap::new()),
             topic_aliases_accepted: 0,
             topic_alias_maximum: 0,
@@ -328,7 +332,7 @@ impl ConnHandle {
     }
 
     /// Asks the connection task to close. A 5.0 client is sent DISCONNECT with the reason
-    /// code, and its name as the Reason String.
+    /// code (and, with `reason_strings`, its name as the Reason String).
     pub fn close(&self, close: Close) {
         self.close_explained(close, close.reason_code().map_or("", ReasonCode::description));
     }
@@ -342,7 +346,9 @@ impl ConnHandle {
         }
         if let (true, Some(reason)) = (self.version.is_v5(), close.reason_code()) {
             let mut disconnect = Disconnect::new(reason);
-            disconnect.properties.reason_string = Some(why.into());
+            if self.reason_strings {
+                disconnect.properties.reason_string = Some(why.into());
+            }
             let mut packet = Packet::Disconnect(disconnect);
             if packet.encoded_len(self.version) > self.max_packet_size as usize {
                 packet = Packet::Disconnect(Disconnect::new(reason));
@@ -359,7 +365,7 @@ impl ConnHandle {
         let mut ack = Ack::new(packet_id);
         if self.version.is_v5() {
             ack.reason = reason;
-            if self.problem_information {
+            if self.reason_strings && self.problem_information {
                 ack.properties.reason_string = Some(reason.description().into());
             }
         }
@@ -444,12 +450,17 @@ impl ListenerContext {
     }
 }
 
-/// The CONNACK bytes that refuse a client, in its own protocol version.
-/// A 5.0 client also gets the reason in words, unless that would exceed the Maximum Packet Size
-/// it announced.
-pub fn refusal(version: ProtocolVersion, reason: ReasonCode, max_packet_size: u32) -> BytesMut {
+/// The CONNACK bytes that refuse a client, in its own protocol version. With `explain`
+/// (`reason_strings`), a 5.0 client also gets the reason in words, unless that would exceed the
+/// Maximum Packet Size it announced.
+pub fn refusal(
+    version: ProtocolVersion,
+    reason: ReasonCode,
+    max_packet_size: u32,
+    explain: bool,
+) -> BytesMut {
     let mut connack = ConnAck { session_present: false, reason, properties: Properties::default() };
-    if version.is_v5() {
+    if version.is_v5() && explain {
         connack.properties.reason_string = Some(reason.description().into());
         if Packet::ConnAck(connack.clone()).encoded_len(version) > max_packet_size as usize {
             connack.properties = Properties::default();

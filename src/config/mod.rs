@@ -281,6 +281,9 @@ pub struct Config {
     pub bridges: Vec<Bridge>,
     /// Shards that run the bridges, beside the worker shards (Culex's own option).
     pub bridge_shards: usize,
+    /// Culex's `reason_strings`: 5.0 refusals (CONNACK, DISCONNECT, PUBACK, PUBREC) carry a
+    /// Reason String. Off by default: Mosquitto 2.0 sends none.
+    pub reason_strings: bool,
     pub verbose: bool,
 }
 
@@ -322,6 +325,7 @@ impl Default for Config {
             memory_limit: None,
             bridges: Vec::new(),
             bridge_shards: 1,
+            reason_strings: false,
             verbose: false,
         }
     }
@@ -704,6 +708,10 @@ fn handling(option: &str) -> Option<Handling> {
             Ok(())
         }),
         "include_dir" => Apply(|p, l| p.include_dir(l)),
+        "reason_strings" => Apply(|p, l| {
+            p.config.reason_strings = parse_bool(l)?;
+            Ok(())
+        }),
         "bridge_shards" => Apply(|p, l| {
             p.config.bridge_shards = parse_number(l)?;
             if p.config.bridge_shards == 0 {

@@ -122,8 +122,12 @@ pub async fn serve(
         Ok(Ok(Some(Packet::Connect(connect)))) => connect,
         Ok(Err(ReadError::Malformed(DecodeError::UnsupportedProtocolVersion(level)))) => {
             // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
-            let refused =
-                refusal(ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion, u32::MAX);
+            let refused = refusal(
+                ProtocolVersion::V311,
+                ReasonCode::UnsupportedProtocolVersion,
+                u32::MAX,
+                false,
+            );
             let _ = stream.write_all(&refused).await;
             tracing::info!(%peer, level, "refused: unsupported protocol version");
             return;
