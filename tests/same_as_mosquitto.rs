@@ -126,6 +126,35 @@ same_as_mosquitto! {
         => ["unacknowledged: 2", "after acknowledging them: 2"];
 }
 
+/// A 5.0 CONNACK byte for byte as Mosquitto 2.0.11 builds it (its properties in its order),
+/// for the properties a configuration makes it carry.
+#[test]
+fn connack_bytes_are_mosquittos() {
+    use std::io::{Read, Write};
+    let configs = [
+        "",
+        "max_keepalive 30",
+        "max_qos 1\nretain_available false\nmax_packet_size 1000\nmax_inflight_messages 5",
+        "max_topic_alias 0\nmax_inflight_messages 0",
+    ];
+    for config in configs {
+        let mut answers = Vec::new();
+        for kind in [Kind::Culex, Kind::Mosquitto] {
+            let Some(node) = Node::start(kind, "127.0.0.1", config) else { return };
+            let mut stream = std::net::TcpStream::connect(node.addr()).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // CONNECT 5.0, clean start, keep alive 60, no properties, client id "abc".
+            stream.write_all(b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc").unwrap();
+            let mut head = [0u8; 2];
+            stream.read_exact(&mut head).unwrap();
+            let mut body = vec![0u8; usize::from(head[1])];
+            stream.read_exact(&mut body).unwrap();
+            answers.push([head.to_vec(), body].concat());
+        }
+        assert_eq!(answers[0], answers[1], "Culex, then Mosquitto, with:\n{config}");
+    }
+}
+
 /// `set_tcp_nodelay`, read from the broker's own end of a connection. Culex's default differs
 /// on purpose: it gathers each turn's packets into one write itself, so Nagle's algorithm would
 /// only add delay.

@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
-use super::properties::{properties_len, read_properties, write_properties};
+use super::properties::{properties_len, read_properties, write_properties, write_properties_in};
 use super::wire::{self, Reader};
 use super::{
     ConnectReturnCode, DecodeError, PacketType, Properties, PropertyContext, ProtocolVersion, QoS,
@@ -252,9 +252,15 @@ impl ConnAck {
             self.reason.connect_return_code() as u8
         };
         buf.put_u8(code);
-        write_properties(version.is_v5(), &self.properties, buf);
+        write_properties_in(version.is_v5(), &self.properties, CONNACK_PROPERTY_ORDER, buf);
     }
 }
+
+/// The order Mosquitto 2.0 writes a CONNACK's properties in (its CONNECT handler adds Topic
+/// Alias Maximum, Server Keep Alive, Assigned Client Identifier and authentication; sending adds
+/// Retain Available, Maximum Packet Size, Receive Maximum and Maximum QoS): tools that compare
+/// its packets byte for byte see the same bytes from Culex.
+const CONNACK_PROPERTY_ORDER: &[u8] = &[0x22, 0x13, 0x12, 0x15, 0x16, 0x25, 0x27, 0x21, 0x24];
 
 impl ConnectReturnCode {
     pub fn reason_code(self) -> ReasonCode {

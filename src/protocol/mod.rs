@@ -373,7 +373,7 @@ fn write_reason_tail(buf: &mut BytesMut, reason: ReasonCode, properties: &Proper
         (_, true) => buf.put_u8(reason as u8),
         (_, false) => {
             buf.put_u8(reason as u8);
-            properties.encode(buf);
+            properties.encode(&[], buf);
         }
     }
 }

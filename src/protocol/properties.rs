@@ -300,11 +300,28 @@ macro_rules! properties_table {
                 len
             }
 
-            fn write_body(&self, buf: &mut BytesMut) {
-                $( if let Some(value) = &self.$field {
-                    buf.put_u8($id);
-                    value.write(buf);
-                } )*
+            /// Writes the property `id` if present (not the repeatable ones).
+            fn write_one(&self, id: u8, buf: &mut BytesMut) {
+                match id {
+                    $( $id => if let Some(value) = &self.$field {
+                        buf.put_u8($id);
+                        value.write(buf);
+                    }, )*
+                    _ => {}
+                }
+            }
+
+            /// The properties in `first`'s order, then the others by identifier, then the
+            /// repeatable ones.
+            fn write_body(&self, first: &[u8], buf: &mut BytesMut) {
+                for id in first {
+                    self.write_one(*id, buf);
+                }
+                for id in [$($id),*] {
+                    if !first.contains(&id) {
+                        self.write_one(id, buf);
+                    }
+                }
                 for sub_id in &self.subscription_identifiers {
                     buf.put_u8(SUBSCRIPTION_IDENTIFIER);
                     sub_id.write(buf);
@@ -390,10 +407,12 @@ impl Properties {
         wire::varint_len(body as u32) + body
     }
 
-    pub(crate) fn encode(&self, buf: &mut BytesMut) {
+    /// Writes the properties, those named in `first` first and in its order (to build a
+    /// packet exactly as Mosquitto does), the rest by identifier.
+    pub(crate) fn encode(&self, first: &[u8], buf: &mut BytesMut) {
         let body = self.body_len();
         wire::put_varint(buf, body as u32);
-        self.write_body(buf);
+        self.write_body(first, buf);
     }
 
     /// Whether every property present may appear in `context`: what the broker builds it checks
@@ -430,8 +449,18 @@ pub(crate) fn properties_len(v5: bool, properties: &Properties) -> usize {
 }
 
 pub(crate) fn write_properties(v5: bool, properties: &Properties, buf: &mut BytesMut) {
+    write_properties_in(v5, properties, &[], buf);
+}
+
+/// As `write_properties`, those named in `first` first, in its order.
+pub(crate) fn write_properties_in(
+    v5: bool,
+    properties: &Properties,
+    first: &[u8],
+    buf: &mut BytesMut,
+) {
     if v5 {
-        properties.encode(buf);
+        properties.encode(first, buf);
     }
 }
 

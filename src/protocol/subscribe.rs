@@ -263,7 +263,7 @@ impl UnsubAck {
     pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u16(self.packet_id.get());
         if version.is_v5() {
-            self.properties.encode(buf);
+            self.properties.encode(&[], buf);
             for reason in &self.reasons {
                 buf.put_u8(*reason as u8);
             }
