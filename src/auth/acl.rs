@@ -189,6 +189,17 @@ fn split_grant(rest: &str) -> (Grant, &str) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text is an ACL file or an error naming file and line, never a panic.
+        #[test]
+        fn any_text_parses_or_names_its_line(text in "(user|topic|pattern|#|[ -~]){0,12}( [ -~]{0,20}){0,3}(\n[ -~]{0,40}){0,8}") {
+            if let Err(AclFileError::Invalid { file, line, .. }) = AclFile::parse(&text, Path::new("fuzz.acl")) {
+                proptest::prop_assert_eq!(file, PathBuf::from("fuzz.acl"));
+                proptest::prop_assert!((1..=text.lines().count()).contains(&line));
+            }
+        }
+    }
+
     const ACL: &str = "# anonymous clients\ntopic read public/#\n\nuser alice\n\
         topic readwrite alice/#\ntopic write sensors/#\ntopic deny alice/secret\n\
         topic readwrite public/#\n\nuser bob\ntopic read sensors/#\ntopic alice/#\n\

@@ -149,6 +149,16 @@ impl PasswordFile {
 pub(super) mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text is read as a password file (bad lines become warnings), never a panic,
+        /// and no password matches a user it did not define.
+        #[test]
+        fn any_text_reads_without_panic(text in "([ -~]{0,20}:\\$[67]\\$[ -~]{0,60}\n|[^\n]{0,40}\n){0,8}") {
+            let (file, _warnings) = PasswordFile::parse(&text, Path::new("fuzz.pw"));
+            proptest::prop_assert!(!file.verify("no-such-user-in-any-file", Some(b"x")));
+        }
+    }
+
     /// Written by Mosquitto 2.0.11's `mosquitto_passwd -b` (alice, `$7$`) and
     /// `mosquitto_passwd -H sha512 -b` (bob, `$6$`).
     pub const MOSQUITTO_PASSWD: &str = "alice:$7$101$6ZmU5kY+ZGhREtOu$TqZcs9jPn/fZHBr/mxwmVbbFe5TtslfJ8uIJuTg0YC9houqSyRm3AXUZCsBOD95sbXC2h5WirwR+y1D6SIijhA==\n\

@@ -1420,6 +1420,67 @@ mod tests {
         );
     }
 
+    /// Lines an operator (or a corrupted file) could write: known option names with odd
+    /// values, unknown names, stray bytes. (`include_dir` is left out: it would read whatever
+    /// directory a value happened to name.)
+    fn arb_config() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let known = prop::sample::select(vec![
+            "listener",
+            "port",
+            "bind_address",
+            "max_topic_alias",
+            "max_packet_size",
+            "max_qos",
+            "log_dest",
+            "log_type",
+            "include_dir",
+            "connection",
+            "address",
+            "topic",
+            "restart_timeout",
+            "persistent_client_expiration",
+            "mount_point",
+            "max_connections",
+            "socket_domain",
+            "memory_limit",
+            "user",
+            "per_listener_settings",
+            "cafile",
+            "bogus",
+        ]);
+        let value = prop_oneof![
+            "[ -~]{0,30}",
+            "[0-9]{1,12}",
+            Just("-1".to_string()),
+            Just("room1/# both 2 sensor/ myhouse/".to_string()),
+            Just("127.0.0.1".to_string()),
+        ];
+        let line = prop_oneof![
+            (known, value).prop_map(|(option, value)| format!("{option} {value}")),
+            "[^\n]{0,40}",
+        ];
+        prop::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest::proptest! {
+        /// Whatever a file holds, parsing ends in a configuration or an error naming the file
+        /// and a line within it, never a panic.
+        #[test]
+        fn any_text_parses_or_names_file_and_line(text in arb_config()) {
+            if let Err(error) = Config::parse(&text, Path::new("fuzz.conf")) {
+                let message = error.to_string();
+                proptest::prop_assert!(message.starts_with("fuzz.conf:"), "{}", message);
+                if let ConfigError::InvalidValue { line, .. }
+                | ConfigError::UnknownOption { line, .. }
+                | ConfigError::Refused { line, .. } = error
+                {
+                    proptest::prop_assert!((1..=text.lines().count()).contains(&line));
+                }
+            }
+        }
+    }
+
     #[test]
     fn mosquitto_2_1_options_are_recognised() {
         let (_, warnings) = Config::parse(
