@@ -281,6 +281,9 @@ pub struct Config {
     pub bridges: Vec<Bridge>,
     /// Shards that run the bridges, beside the worker shards (Culex's own option).
     pub bridge_shards: usize,
+    /// Culex's `metrics_listener PORT [ADDRESS]`: Prometheus's `/metrics` there (loopback when
+    /// no address is given; `None`: off).
+    pub metrics_listener: Option<SocketAddr>,
     /// Culex's `reason_strings`: 5.0 refusals (CONNACK, DISCONNECT, PUBACK, PUBREC) carry a
     /// Reason String. Off by default: Mosquitto 2.0 sends none.
     pub reason_strings: bool,
@@ -325,6 +328,7 @@ impl Default for Config {
             memory_limit: None,
             bridges: Vec::new(),
             bridge_shards: 1,
+            metrics_listener: None,
             reason_strings: false,
             verbose: false,
         }
@@ -708,6 +712,16 @@ fn handling(option: &str) -> Option<Handling> {
             Ok(())
         }),
         "include_dir" => Apply(|p, l| p.include_dir(l)),
+        "metrics_listener" => Apply(|p, l| {
+            let mut parts = l.value.split_whitespace();
+            let port = parse_port(parts.next().unwrap_or(""), l)?;
+            let ip = match parts.next() {
+                Some(host) => *parse_host(host, port, l)?.first().unwrap_or(&Ipv4Addr::LOCALHOST.into()),
+                None => Ipv4Addr::LOCALHOST.into(),
+            };
+            p.config.metrics_listener = Some(SocketAddr::new(ip, port));
+            Ok(())
+        }),
         "reason_strings" => Apply(|p, l| {
             p.config.reason_strings = parse_bool(l)?;
             Ok(())

@@ -213,6 +213,13 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         } else {
             Vec::new()
         }));
+    let metrics = match config.metrics_listener {
+        Some(addr) => Some(
+            crate::sys::metrics::bind(addr)
+                .map_err(|source| StartError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     // As Mosquitto: sockets, store and log files are open; now give root up.
     if let Some(user) = &config.user {
         drop_privileges(user)?;
@@ -251,6 +258,10 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
             })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
+    }
+    if let Some(listener) = metrics {
+        crate::sys::metrics::serve(listener, counters.clone(), notify::all_serving)
+            .map_err(|e| StartError::Executor(format!("metrics listener: {e}")))?;
     }
     notify::supervise(counters);
     // An executor that fails leaves the others waiting for it in the mesh, so wait for the
@@ -336,6 +347,9 @@ async fn run_shard(
     // `persistence_sync interval`: a durable commit at least this often, the others not synced.
     let sync_every = (!holds).then_some(config.autosave_interval);
     let sys_every = crate::sys::interval(config.sys_interval);
+    let samples_levels = sys_every.is_some()
+        || config.metrics_listener.is_some()
+        || notify::Notifier::from_env().is_some();
     let shard =
         Shard::new(id, shard_count, Rc::new(config), journal.clone(), counters[id.index()].clone());
     let shard = Rc::new(RefCell::new(shard));
@@ -346,7 +360,6 @@ async fn run_shard(
     }
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
-    let samples_levels = sys_every.is_some() || notify::Notifier::from_env().is_some();
     glommio::spawn_local(sweep(shard.clone(), samples_levels)).detach();
     if id.index() == 0 {
         if let Some(every) = sys_every {

@@ -53,6 +53,11 @@ pub fn shard_serving() {
     SHARDS_SERVING.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Whether all `shards` serve.
+pub fn all_serving(shards: usize) -> bool {
+    SHARDS_SERVING.load(Ordering::Relaxed) >= shards
+}
+
 /// `STOPPING=1`, as shutdown begins.
 pub fn stopping() {
     if let Some(notifier) = Notifier::from_env() {
@@ -79,7 +84,7 @@ pub fn supervise(counters: Arc<[Arc<ShardCounters>]>) {
     let tick = watchdog.map_or(TICK_MAX, |period| (period / 2).min(TICK_MAX));
     let spawned = std::thread::Builder::new().name("culex-notify".into()).spawn(move || {
         let shards = counters.len();
-        while SHARDS_SERVING.load(Ordering::Relaxed) < shards {
+        while !all_serving(shards) {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut last = (Instant::now(), Totals::sum(&counters));

@@ -2,6 +2,8 @@
 //! from the sum of every shard's counters (`broker::counters`), with Mosquitto 2.0's names,
 //! formats and habits: retained, and a topic is published again only when its text changed.
 
+pub mod metrics;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;

@@ -486,13 +486,17 @@ pub fn raw_connect_with_will(version: ProtocolVersion, client_id: &str, topic: &
 
 /// Finds a Mosquitto tool. Missing: a loud skip locally, a failure under CI.
 pub fn mosquitto_tool(name: &str) -> Option<PathBuf> {
+    tool(name, "mosquitto mosquitto-clients")
+}
+
+/// Finds a tool Debian's `packages` install. Missing: a loud skip locally, a failure under CI.
+pub fn tool(name: &str, packages: &str) -> Option<PathBuf> {
     let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
         .iter()
         .map(|dir| PathBuf::from(dir).join(name))
         .find(|path| path.exists());
     if found.is_none() {
-        let message =
-            format!("{name} is not installed: apt-get install mosquitto mosquitto-clients");
+        let message = format!("{name} is not installed: apt-get install {packages}");
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{message}");
         }

@@ -1,0 +1,103 @@
+//! Culex's `metrics_listener`: the real broker scraped by the real Prometheus server, its text
+//! checked by `promtool`, and the health and readiness endpoints.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, tool, Broker, ConnectOptions, RawClient, TempDir};
+use culex::protocol::QoS;
+
+/// One HTTP GET: the status line and the body.
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: culex\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_are_prometheus_text_that_the_real_server_scrapes() {
+    let Some(promtool) = tool("promtool", "prometheus") else { return };
+    let Some(prometheus) = tool("prometheus", "prometheus") else { return };
+    let metrics_port = free_port();
+    let broker = Broker::start(&format!("metrics_listener {metrics_port}"));
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let (mut client, _) = RawClient::connect(&broker, "scraped", ConnectOptions::default());
+    client.subscribe("m/#", QoS::AtLeastOnce);
+    client.publish("m/1", b"x", QoS::AtLeastOnce, false);
+    client.receive();
+
+    assert_eq!(get(metrics, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(get(metrics, "/readyz").0, "HTTP/1.1 200 OK");
+    assert_eq!(get(metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
+    let (status, body) = get(metrics, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let total = |name: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(total("culex_connections_accepted_total"), 2, "{body}"); // and Broker's probe
+    assert_eq!(total("culex_publish_received_total"), 1, "{body}");
+    assert!(body.contains("culex_publish_received_total{shard=\"1\"}"), "one sample per shard");
+    assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
+    // promtool's lint: names, types, units, help.
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+
+    // The real server scrapes it, and answers a query through its HTTP API.
+    let dir = TempDir::new();
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: culex\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .unwrap();
+    let web_port = free_port();
+    let mut server = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api: SocketAddr = ([127, 0, 0, 1], web_port).into();
+    let query = "/api/v1/query?query=sum(culex_publish_received_total)";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let answered = TcpStream::connect_timeout(&api, Duration::from_millis(200))
+            .is_ok()
+            .then(|| get(api, query).1)
+            .filter(|body| body.contains("\"value\""));
+        if let Some(body) = answered {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "prometheus never had the sample");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(answer.contains("\"1\"]"), "{answer}");
+}
