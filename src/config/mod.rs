@@ -368,6 +368,9 @@ enum Handling {
 const TLS_LISTENER: &str = "asks for TLS, which Culex does not implement yet: refusing to \
                             start, since without it the listener would accept plaintext \
                             connections";
+const PLUGIN: &str = "loads an authentication plugin (or configures one), which Culex cannot \
+                      run: refusing to start, since without it clients would not be checked as \
+                      the plugin checks them";
 const TLS_BRIDGE: &str = "asks for TLS, which Culex does not implement yet: refusing to start, \
                           since without it the bridge would connect to its peer in plaintext";
 
@@ -383,9 +386,9 @@ fn handling(option: &str) -> Option<Handling> {
     if let Some(setter) = bridge::setter(option) {
         return Some(Handling::Bridge(setter));
     }
-    // Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`).
+    // Option families recognised by prefix (`auth_opt_NAME`, `plugin_opt_NAME`): a plugin's.
     if ["auth_opt_", "plugin_opt_"].iter().any(|prefix| option.starts_with(prefix)) {
-        return Some(Warn);
+        return Some(Refuse(PLUGIN));
     }
     Some(match option {
         "listener" => Apply(|p, l| {
@@ -744,15 +747,12 @@ fn handling(option: &str) -> Option<Handling> {
             Ok(())
         }),
         "allow_duplicate_messages"
-        | "auth_plugin"
         | "auth_plugin_deny_special_chars"
         | "auto_id_prefix_listener"
         | "check_retain_source"
         | "enable_control_api"
         | "http_dir"
-        | "listener_allow_anonymous"
         | "max_inflight_bytes"
-        | "plugin"
         | "websockets_headers_size"
         | "websockets_log_level"
         // Mosquitto 2.1's new options: recognised, so that a host's 2.1 file starts Culex.
@@ -761,9 +761,15 @@ fn handling(option: &str) -> Option<Handling> {
         | "global_max_clients"
         | "global_max_connections"
         | "listener_auto_id_prefix"
-        | "plugin_load"
-        | "plugin_use"
         | "websockets_origin" => Warn,
+        // Security options are never only a warning: ignored, they would let in whom they keep
+        // out.
+        "auth_plugin" | "plugin" | "plugin_load" | "plugin_use" => Refuse(PLUGIN),
+        "listener_allow_anonymous" => Refuse(
+            "is Mosquitto 2.1's per-listener allow_anonymous, which Culex does not read yet: \
+             refusing to start rather than decide anonymous access without it (write \
+             `per_listener_settings true` and `allow_anonymous` after the `listener` line)",
+        ),
         // Ignored, it would make every connection through the proxy fail as malformed.
         "enable_proxy_protocol" => Refuse(
             "asks for the PROXY protocol, which Culex does not read yet: refusing to start, \
@@ -1597,10 +1603,23 @@ mod tests {
     #[test]
     fn unimplemented_mosquitto_options_warn_with_file_and_line() {
         let (_, warnings) =
-            Config::parse("listener 1883\nauth_plugin /x.so\n", Path::new("m.conf")).unwrap();
-        assert_eq!(
-            warnings,
-            ["m.conf:2: option `auth_plugin` is not implemented yet and is ignored"]
-        );
+            Config::parse("listener 1883\nhttp_dir /www\n", Path::new("m.conf")).unwrap();
+        assert_eq!(warnings, ["m.conf:2: option `http_dir` is not implemented yet and is ignored"]);
+    }
+
+    #[test]
+    fn authentication_plugins_and_listener_allow_anonymous_stop_the_broker() {
+        for option in [
+            "auth_plugin /usr/lib/x.so",
+            "plugin /usr/lib/mosquitto_dynamic_security.so",
+            "plugin_load dynsec /x.so",
+            "plugin_use dynsec",
+            "auth_opt_db_host localhost",
+            "plugin_opt_config_file /x.json",
+            "listener_allow_anonymous false",
+        ] {
+            let error = parse(&format!("listener 1883\n{option}\n")).unwrap_err();
+            assert!(matches!(error, ConfigError::Refused { line: 2, .. }), "{option}: {error}");
+        }
     }
 }
