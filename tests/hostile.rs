@@ -88,3 +88,37 @@ fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
     }
     panic!("nothing dropped: the stalled subscriber was never stuck");
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A Remaining Length of 256 MB announced and never sent reserves nothing: the broker buffers
+/// only the bytes that arrive (at most `max_packet_size` of them, and the connection ends with
+/// its keep alive). A hundred such clients cost the broker a few MiB, and a bystander's round
+/// trip goes on.
+#[test]
+fn a_huge_announced_packet_reserves_nothing_up_front() {
+    let broker = Broker::start("");
+    let (mut bystander, _) = RawClient::connect(&broker, "bystander", ConnectOptions::default());
+    bystander.subscribe("still/#", QoS::AtLeastOnce);
+    let before = rss_kib(broker.pid());
+    let hogs: Vec<RawClient> = (0..100)
+        .map(|i| {
+            let (mut hog, _) =
+                RawClient::connect(&broker, &format!("hog-{i}"), ConnectOptions::default());
+            // PUBLISH, Remaining Length 268,435,455 (the most MQTT can say), then 1 KiB of it.
+            hog.write_raw(&[0x30, 0xff, 0xff, 0xff, 0x7f]);
+            hog.write_raw(&[b'x'; 1024]);
+            hog
+        })
+        .collect();
+    bystander.publish("still/here", b"yes", QoS::AtLeastOnce, false);
+    assert_eq!(&bystander.receive().payload[..], b"yes");
+    let grown_kib = rss_kib(broker.pid()).saturating_sub(before);
+    assert!(grown_kib < 64 << 10, "100 announced 256 MB packets grew the broker {grown_kib} KiB");
+    drop(hogs);
+}
