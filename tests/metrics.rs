@@ -101,3 +101,16 @@ fn metrics_are_prometheus_text_that_the_real_server_scrapes() {
     let _ = server.wait();
     assert!(answer.contains("\"1\"]"), "{answer}");
 }
+
+/// One request per connection, two seconds to send it: a client that connects and says nothing
+/// delays the next scrape by at most that, and never stops the endpoint.
+#[test]
+fn a_silent_client_delays_the_next_scrape_by_at_most_two_seconds() {
+    let metrics_port = free_port();
+    let _broker = Broker::start(&format!("metrics_listener {metrics_port}"));
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let _silent = TcpStream::connect(metrics).unwrap();
+    let started = Instant::now();
+    assert_eq!(get(metrics, "/healthz").0, "HTTP/1.1 200 OK");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
