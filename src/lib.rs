@@ -9,3 +9,4 @@ pub mod protocol;
 pub mod runtime;
 pub mod store;
 pub mod sys;
+pub mod tls;

@@ -83,6 +83,14 @@ fn main() -> ExitCode {
             }
             println!("acl file {}: OK", path.display());
         }
+        for listener in &config.listeners {
+            let Some(tls) = &listener.tls else { continue };
+            if let Err(error) = culex::tls::server_config(tls) {
+                eprintln!("Error: listener {}: {error}", listener.port);
+                return ExitCode::FAILURE;
+            }
+            println!("listener {}: TLS certificate, key and CAs OK", listener.port);
+        }
         println!("configuration OK: {}", describe(&config));
         return ExitCode::SUCCESS;
     }

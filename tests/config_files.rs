@@ -65,21 +65,22 @@ fn test_config_reports_errors_with_file_and_line() {
     );
 }
 
-/// A Mosquitto host's TLS listener and TLS bridge, as written there: until Culex serves TLS, the
-/// real broker refuses to start (naming file, line and option) rather than open the listener or
-/// dial the peer in plaintext, and nothing answers on the listener's port.
+/// A TLS listener missing its certificate and a Mosquitto host's TLS bridge (until Culex dials
+/// TLS): the real broker refuses to start (naming file, line and option) rather than open the
+/// listener or dial the peer in plaintext, and nothing answers on the listener's port.
 #[test]
 fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
     let dir = common::TempDir::new();
     let port = common::free_port();
-    for (text, line, option) in [
+    for (text, line, option, says) in [
         (
             format!(
                 "listener {port} 127.0.0.1\ncafile /etc/mosquitto/ca_certificates/ca.crt\n\
-                 certfile /etc/mosquitto/certs/server.crt\nkeyfile /etc/mosquitto/certs/server.key\n"
+                 require_certificate true\n"
             ),
             2,
             "cafile",
+            "asks for TLS on listener",
         ),
         (
             format!(
@@ -89,6 +90,7 @@ fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
             ),
             7,
             "bridge_cafile",
+            "asks for TLS, which Culex does not implement yet",
         ),
     ] {
         let conf = dir.0.join("tls.conf");
@@ -116,10 +118,7 @@ fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!status.success(), "{stderr}");
         assert!(
-            stderr.contains(&format!(
-                "{}:{line}: option `{option}` asks for TLS, which Culex does not implement yet",
-                conf.display()
-            )),
+            stderr.contains(&format!("{}:{line}: option `{option}` {says}", conf.display())),
             "{stderr}"
         );
         assert!(!common::answers_mqtt(([127, 0, 0, 1], port).into()));

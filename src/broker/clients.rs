@@ -41,8 +41,9 @@ impl PendingClaim {
 /// Where a CONNECT comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
-    /// A client over the network, with its address and what its listener applies to it.
-    Network { peer: &'a str, listener: &'a ListenerContext },
+    /// A client over the network, with its address, what its listener applies to it, and the
+    /// name its TLS client certificate gives (for listeners whose user names come from them).
+    Network { peer: &'a str, listener: &'a ListenerContext, certificate_name: Option<&'a str> },
     /// The local session of one of this broker's bridges, by connection name.
     Bridge(&'a str),
 }
@@ -84,15 +85,30 @@ impl Shard {
         let explain = self.config.reason_strings;
         let refuse = |reason| Err(refusal(version, reason, max_packet_size, explain));
         let peer = origin;
-        let listener = match origin {
-            Origin::Network { listener, .. } => Some(listener),
-            Origin::Bridge(_) => None,
+        let (listener, certificate_name) = match origin {
+            Origin::Network { listener, certificate_name, .. } => {
+                (Some(listener), certificate_name)
+            }
+            Origin::Bridge(_) => (None, None),
         };
         let internal = listener.is_none();
-        let username = connect.username.as_deref();
         let credentials = listener.map(|l| l.credentials.clone());
-        let admitted =
-            credentials.as_ref().is_none_or(|c| c.admits(username, connect.password.as_deref()));
+        let from_certificate = listener.is_some_and(|l| l.username_from_certificate);
+        let username = if from_certificate {
+            // Mosquitto's use_identity_as_username: the certificate's name replaces whatever
+            // user name and password the client sent, and the password file is not consulted.
+            match certificate_name {
+                Some(name) => Some(name),
+                None => {
+                    tracing::info!(%peer, client_id = %connect.client_id, "refused: no name in the client certificate");
+                    return refuse(ReasonCode::BadUserNameOrPassword);
+                }
+            }
+        } else {
+            connect.username.as_deref()
+        };
+        let admitted = from_certificate
+            || credentials.as_ref().is_none_or(|c| c.admits(username, connect.password.as_deref()));
         if !admitted {
             // Mosquitto answers every refusal "not authorised" (3.x code 5, 5.0 0x87).
             tracing::info!(%peer, client_id = %connect.client_id, ?username, "refused: not authorised");
@@ -129,9 +145,10 @@ impl Shard {
                 return refuse(ReasonCode::NotAuthorized);
             }
         }
+        let username = username.map(ByteString::from);
         let client_id = if self.config.use_username_as_clientid && !internal {
             // Mosquitto: the username replaces the id; no username, no connection.
-            match &connect.username {
+            match &username {
                 Some(username) => username.clone(),
                 None => return refuse(ReasonCode::NotAuthorized),
             }
@@ -172,7 +189,7 @@ impl Shard {
         conn.assigned_client_id = connect.client_id.is_empty();
         conn.is_bridge = connect.bridge;
         conn.internal = internal;
-        conn.username = connect.username.clone();
+        conn.username = username;
         if let Some(listener) = listener {
             conn.mount_point = listener.mount_point.clone();
             conn.topic_aliases_accepted = listener.topic_alias_maximum;

@@ -437,6 +437,9 @@ pub struct ListenerContext {
     pub credentials: Arc<Credentials>,
     /// Topic aliases its 5.0 clients may set (`max_topic_alias`).
     pub topic_alias_maximum: u16,
+    /// `use_identity_as_username` or `use_subject_as_username`: a client's user name is the
+    /// name in its TLS certificate, and its password is not checked.
+    pub username_from_certificate: bool,
 }
 
 impl ListenerContext {
@@ -446,6 +449,7 @@ impl ListenerContext {
             mount_point: None,
             credentials,
             topic_alias_maximum: crate::config::MAX_TOPIC_ALIAS_DEFAULT,
+            username_from_certificate: false,
         }
     }
 }

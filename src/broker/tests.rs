@@ -51,7 +51,8 @@ impl OneShard {
 
     fn connect_with(&mut self, client_id: &str, clean_start: bool) -> Rc<ConnHandle> {
         let connect = Connect { clean_start, ..Connect::new(ProtocolVersion::V311, client_id) };
-        let origin = Origin::Network { peer: "test", listener: &self.listener };
+        let origin =
+            Origin::Network { peer: "test", listener: &self.listener, certificate_name: None };
         let (conn, claim) = self.shard.begin_connect(&connect, origin).unwrap();
         self.shard.finish_connect(&conn, connect, claim);
         assert!(matches!(packets(&conn)[..], [Packet::ConnAck(_)]));

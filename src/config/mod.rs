@@ -34,6 +34,19 @@ pub struct Listener {
     pub security: ListenerSecurity,
     /// `max_topic_alias`: the Topic Alias Maximum announced to its 5.0 clients (0: none).
     pub max_topic_alias: u16,
+    /// Its TLS options, once any line asks for TLS (a certificate, a CA, a version, ciphers,
+    /// `require_certificate true`, ...); such a listener is refused without certfile and keyfile.
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// Where each of its TLS options was given, for errors found once the listener is complete.
+    tls_lines: Vec<OptionAt>,
+}
+
+/// Where an option was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OptionAt {
+    option: String,
+    file: PathBuf,
+    line: usize,
 }
 
 /// What `per_listener_settings true` makes each listener's own; unset ones take Mosquitto's
@@ -74,7 +87,70 @@ impl Listener {
             mount_point: None,
             security: ListenerSecurity::default(),
             max_topic_alias: MAX_TOPIC_ALIAS_DEFAULT,
+            tls: None,
+            tls_lines: Vec::new(),
         }
+    }
+
+    /// The TLS options of a listener a line asks TLS of, and where that line is.
+    fn tls_asked(&mut self, line: &Line) -> &mut crate::tls::ListenerTls {
+        self.tls_lines.push(OptionAt {
+            option: line.option.to_string(),
+            file: line.file.to_path_buf(),
+            line: line.number,
+        });
+        self.tls.get_or_insert_with(Default::default)
+    }
+
+    /// A listener's TLS options that make sense only together: an error names the line of the
+    /// option that needs another.
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        let at = |option: &str| {
+            let found = self.tls_lines.iter().find(|at| at.option == option);
+            found.or(self.tls_lines.first()).cloned()
+        };
+        let fail = |option: &str, reason: String| {
+            let at = at(option).unwrap_or(OptionAt {
+                option: option.to_string(),
+                file: PathBuf::new(),
+                line: 0,
+            });
+            Err(ConfigError::Refused { file: at.file, line: at.line, option: at.option, reason })
+        };
+        if tls.certfile.is_none() || tls.keyfile.is_none() {
+            let missing = if tls.certfile.is_none() { "certfile" } else { "keyfile" };
+            let first = self.tls_lines.first().map_or("", |at| at.option.as_str());
+            return fail(
+                first,
+                format!(
+                    "asks for TLS on listener {}, which has no `{missing}`: a TLS listener needs \
+                     both certfile and keyfile, and Culex refuses to start rather than serve \
+                     plaintext",
+                    self.port
+                ),
+            );
+        }
+        if tls.require_certificate && tls.cafile.is_none() && tls.capath.is_none() {
+            return fail(
+                "require_certificate",
+                "needs `cafile` or `capath`: the CAs that client certificates must come from"
+                    .into(),
+            );
+        }
+        if tls.username_from_certificate.is_some() && !tls.require_certificate {
+            let option = ["use_identity_as_username", "use_subject_as_username"]
+                .into_iter()
+                .find(|option| at(option).is_some_and(|at| at.option == *option))
+                .unwrap_or("use_identity_as_username");
+            return fail(
+                option,
+                "needs `require_certificate true`: without it no client sends a certificate \
+                 and every client would be refused"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The addresses to bind. Mosquitto's default listener binds loopback only; a listener
@@ -362,12 +438,13 @@ enum Handling {
     Refuse(&'static str),
 }
 
-/// A listener's TLS options (mosquitto.conf(5), "Certificate based SSL/TLS Support" and
-/// "Pre-shared key based SSL/TLS Support") and a bridge's: Culex does not serve TLS yet, and a
-/// listener or bridge given any of them must never run in plaintext instead.
-const TLS_LISTENER: &str = "asks for TLS, which Culex does not implement yet: refusing to \
-                            start, since without it the listener would accept plaintext \
-                            connections";
+/// TLS that Culex's TLS library (rustls) cannot give: a listener or bridge given any of these
+/// must never run without it.
+const TLS_PSK: &str = "asks for TLS with pre-shared keys, which Culex's TLS library (rustls) does \
+                       not support: refusing to start, since the listener would not be secured \
+                       as configured (use certificates: certfile and keyfile)";
+const TLS_ENGINE: &str = "asks for an OpenSSL engine, which Culex's TLS library (rustls) cannot \
+                          load: refusing to start (use a PEM key file: keyfile)";
 const PLUGIN: &str = "loads an authentication plugin (or configures one), which Culex cannot \
                       run: refusing to start, since without it clients would not be checked as \
                       the plugin checks them";
@@ -775,24 +852,86 @@ fn handling(option: &str) -> Option<Handling> {
             "asks for the PROXY protocol, which Culex does not read yet: refusing to start, \
              since every connection through the proxy would be refused as malformed",
         ),
-        "cafile"
-        | "capath"
-        | "certfile"
-        | "ciphers"
-        | "ciphers_tls1.3"
-        | "crlfile"
-        | "dhparamfile"
-        | "keyfile"
-        | "ocsp_stapling"
-        | "psk_file"
-        | "psk_hint"
-        | "require_certificate"
-        | "tls_engine"
-        | "tls_engine_kpass_sha1"
-        | "tls_keyform"
-        | "tls_version"
-        | "use_identity_as_username"
-        | "use_subject_as_username" => Refuse(TLS_LISTENER),
+        // A listener's TLS (`crate::tls`): a line that asks for TLS makes its listener a TLS
+        // one, and `Listener::check_tls` refuses one that cannot serve it.
+        "certfile" => Apply(|p, l| {
+            p.current_listener().tls_asked(l).certfile = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "keyfile" => Apply(|p, l| {
+            p.current_listener().tls_asked(l).keyfile = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "cafile" => Apply(|p, l| {
+            p.current_listener().tls_asked(l).cafile = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "capath" => Apply(|p, l| {
+            p.current_listener().tls_asked(l).capath = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "crlfile" => Apply(|p, l| {
+            p.current_listener().tls_asked(l).crlfile = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "require_certificate" => Apply(|p, l| {
+            let listener = p.current_listener();
+            match parse_bool(l)? {
+                true => listener.tls_asked(l).require_certificate = true,
+                false => listener.tls.iter_mut().for_each(|tls| tls.require_certificate = false),
+            }
+            Ok(())
+        }),
+        "use_identity_as_username" | "use_subject_as_username" => Apply(|p, l| {
+            let name = match l.option {
+                "use_identity_as_username" => crate::tls::CertificateName::CommonName,
+                _ => crate::tls::CertificateName::Subject,
+            };
+            let listener = p.current_listener();
+            match parse_bool(l)? {
+                true => listener.tls_asked(l).username_from_certificate = Some(name),
+                false => listener
+                    .tls
+                    .iter_mut()
+                    .filter(|tls| tls.username_from_certificate == Some(name))
+                    .for_each(|tls| tls.username_from_certificate = None),
+            }
+            Ok(())
+        }),
+        "tls_version" => Apply(|p, l| {
+            let version = crate::tls::TlsVersion::parse(l.value).map_err(|r| l.invalid(&r))?;
+            p.current_listener().tls_asked(l).min_version = version;
+            Ok(())
+        }),
+        "ciphers" | "ciphers_tls1.3" => Apply(|p, l| {
+            let tls13 = l.option == "ciphers_tls1.3";
+            let suites = crate::tls::parse_ciphers(l.value, tls13).map_err(|r| l.invalid(&r))?;
+            let tls = p.current_listener().tls_asked(l);
+            match tls13 {
+                true => tls.ciphers_tls13 = Some(suites),
+                false => tls.ciphers_tls12 = Some(suites),
+            }
+            Ok(())
+        }),
+        "tls_keyform" => Apply(|_, l| match l.value {
+            "pem" => Ok(()),
+            "engine" => Err(l.refused(TLS_ENGINE)),
+            _ => Err(l.invalid("expected `pem` or `engine`")),
+        }),
+        "tls_engine" | "tls_engine_kpass_sha1" => Refuse(TLS_ENGINE),
+        "dhparamfile" => Apply(|p, l| {
+            parse_path(l)?;
+            p.warnings.push(l.warning(
+                "option `dhparamfile` has no effect: Culex's TLS (rustls) offers ECDHE key \
+                 exchange only, which needs no DH parameters",
+            ));
+            Ok(())
+        }),
+        "psk_file" | "psk_hint" => Refuse(TLS_PSK),
+        "ocsp_stapling" => Refuse(
+            "asks for OCSP stapling, which Culex's TLS does not implement: refusing to start, \
+             since clients that require a stapled response would be refused",
+        ),
         "bridge_alpn"
         | "bridge_cafile"
         | "bridge_capath"
@@ -821,6 +960,15 @@ struct Line<'a> {
 impl Line<'_> {
     fn invalid(&self, reason: &str) -> ConfigError {
         ConfigError::InvalidValue {
+            file: self.file.to_path_buf(),
+            line: self.number,
+            option: self.option.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn refused(&self, reason: &str) -> ConfigError {
+        ConfigError::Refused {
             file: self.file.to_path_buf(),
             line: self.number,
             option: self.option.to_string(),
@@ -958,12 +1106,7 @@ impl Parser {
                 self.warnings.push(line.warning(&what));
                 Ok(())
             }
-            Some(Handling::Refuse(reason)) => Err(ConfigError::Refused {
-                file: line.file.to_path_buf(),
-                line: line.number,
-                option: line.option.to_string(),
-                reason: reason.to_string(),
-            }),
+            Some(Handling::Refuse(reason)) => Err(line.refused(reason)),
             None => Err(ConfigError::UnknownOption {
                 file: line.file.to_path_buf(),
                 line: line.number,
@@ -1015,6 +1158,8 @@ impl Parser {
                 ConfigError::InvalidValue { file, line, option: "connection".into(), reason }
             })?;
         }
+        let mut listeners = self.default_listener.iter().chain(&self.explicit_listeners);
+        listeners.try_for_each(Listener::check_tls)?;
         config.local_only = self.explicit_listeners.is_empty() && self.default_port.is_none();
         if config.local_only {
             if let Some(default) = self.default_listener.take() {
@@ -1514,49 +1659,68 @@ mod tests {
     }
 
     #[test]
-    fn tls_options_stop_the_broker_rather_than_serve_plaintext() {
-        for (text, option, what) in [
+    fn a_tls_listener_reads_its_options_and_needs_certfile_and_keyfile() {
+        let config = parse(
+            "listener 1883\nrequire_certificate false\nuse_identity_as_username false\n\
+             listener 8883\ncertfile /c.pem\nkeyfile /k.pem\ncafile /ca.pem\n\
+             require_certificate true\nuse_subject_as_username true\ntls_version tlsv1.3\n\
+             ciphers_tls1.3 TLS_AES_256_GCM_SHA384\ntls_keyform pem\n",
+        )
+        .unwrap();
+        // `false` asks nothing of a plain listener.
+        assert_eq!(config.listeners[0].tls, None);
+        let tls = config.listeners[1].tls.clone().unwrap();
+        assert_eq!(tls.certfile, Some("/c.pem".into()));
+        assert!(tls.require_certificate);
+        assert_eq!(tls.username_from_certificate, Some(crate::tls::CertificateName::Subject));
+        assert_eq!(tls.min_version, crate::tls::TlsVersion::Tls13);
+        assert_eq!(tls.ciphers_tls13.map(|c| c.len()), Some(1));
+        assert_eq!(tls.ciphers_tls12, None);
+
+        for (text, line, option, says) in [
+            ("listener 8883\ncafile /etc/ca.pem\n", 2, "cafile", "has no `certfile`"),
+            ("listener 8883\ncertfile /c\n", 2, "certfile", "has no `keyfile`"),
             (
-                "connection a\naddress h\ntopic #\nbridge_cafile /etc/ca.pem\n",
-                "bridge_cafile",
-                "the bridge would connect to its peer in plaintext",
+                "listener 8883\ncertfile /c\nkeyfile /k\nrequire_certificate true\n",
+                4,
+                "require_certificate",
+                "needs `cafile` or `capath`",
             ),
             (
-                "listener 8883\ncafile /etc/ca.pem\n",
-                "cafile",
-                "the listener would accept plaintext connections",
+                "listener 8883\ncertfile /c\nkeyfile /k\nuse_identity_as_username true\n",
+                4,
+                "use_identity_as_username",
+                "needs `require_certificate true`",
             ),
+            ("listener 8883\npsk_hint h\n", 2, "psk_hint", "pre-shared keys"),
+            ("tls_engine pkcs11\n", 1, "tls_engine", "OpenSSL engine"),
+            ("listener 8883\ntls_keyform engine\n", 2, "tls_keyform", "OpenSSL engine"),
         ] {
-            let error = Config::parse(text, Path::new("t.conf")).unwrap_err().to_string();
-            let line = text.lines().count();
-            assert_eq!(
-                error,
-                format!(
-                    "t.conf:{line}: option `{option}` asks for TLS, which Culex does not \
-                     implement yet: refusing to start, since without it {what}"
-                )
-            );
+            let error = Config::parse(text, Path::new("t.conf")).unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(error, ConfigError::Refused { .. }), "{message}");
+            assert!(message.starts_with(&format!("t.conf:{line}: option `{option}`")), "{message}");
+            assert!(message.contains(says), "{message}");
         }
-        // Every one of them, before and after a `listener`, and every bridge one.
+        for (text, says) in [
+            ("listener 8883\nciphers DHE-RSA-AES256-SHA\n", "no equivalent"),
+            ("listener 8883\ntls_version tlsv1.1\n", "TLS 1.2 and 1.3 only"),
+        ] {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.starts_with("test.conf:2: invalid value"), "{message}");
+            assert!(message.contains(says), "{message}");
+        }
+        let (_, warnings) = Config::parse(
+            "listener 8883\ncertfile /c\nkeyfile /k\ndhparamfile /dh.pem\n",
+            Path::new("t.conf"),
+        )
+        .unwrap();
+        assert!(warnings[0].starts_with("t.conf:4: option `dhparamfile` has no effect"));
+    }
+
+    #[test]
+    fn bridge_tls_options_stop_the_broker_rather_than_dial_in_plaintext() {
         let tls = [
-            "cafile",
-            "capath",
-            "certfile",
-            "ciphers",
-            "ciphers_tls1.3",
-            "crlfile",
-            "dhparamfile",
-            "keyfile",
-            "ocsp_stapling",
-            "psk_file",
-            "psk_hint",
-            "require_certificate",
-            "tls_engine",
-            "tls_engine_kpass_sha1",
-            "tls_keyform",
-            "tls_version",
-            "use_identity_as_username",
-            "use_subject_as_username",
             "bridge_alpn",
             "bridge_cafile",
             "bridge_capath",
@@ -1569,17 +1733,16 @@ mod tests {
             "bridge_tls_version",
         ];
         for option in tls {
-            for text in [
-                format!("{option} x\n"),
-                format!("listener 8883\n{option} x\n"),
-                format!("connection a\naddress h\ntopic #\n{option} x\n"),
-            ] {
-                let error = Config::parse(&text, Path::new("t.conf")).unwrap_err();
-                assert!(
-                    matches!(error, ConfigError::Refused { .. }),
-                    "{option} in {text:?}: {error}"
-                );
-            }
+            let text = format!("connection a\naddress h\ntopic #\n{option} x\n");
+            let error = Config::parse(&text, Path::new("t.conf")).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "t.conf:4: option `{option}` asks for TLS, which Culex does not implement \
+                     yet: refusing to start, since without it the bridge would connect to its \
+                     peer in plaintext"
+                )
+            );
         }
     }
 

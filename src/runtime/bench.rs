@@ -86,7 +86,7 @@ impl FanOut {
 
 fn connect(shard: &mut Shard, listener: &ListenerContext, client_id: &str) -> Rc<ConnHandle> {
     let connect = Connect::new(ProtocolVersion::V311, client_id);
-    let origin = Origin::Network { peer: "bench", listener };
+    let origin = Origin::Network { peer: "bench", listener, certificate_name: None };
     let (conn, claim) = shard.begin_connect(&connect, origin).expect("connection admitted");
     shard.finish_connect(&conn, connect, claim);
     conn.take_outbox();

@@ -9,16 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::flow;
+use super::transport::{OpenError, Transport};
 use crate::broker::counters::ShardCounters;
 use crate::broker::outbox::{refusal, Close, ConnHandle, ListenerContext};
 use crate::broker::{Origin, PendingClaim, Shard};
 use crate::protocol::{DecodeError, Packet, ProtocolVersion, ReasonCode};
+use crate::tls::ServerTls;
 
-/// A client that opens a connection must send CONNECT within this time.
+/// A client that opens a connection must have finished its TLS handshake, if any, and sent
+/// CONNECT within this time.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Bytes read from the socket per call at first: enough for a CONNECT and an idle client's
@@ -56,7 +59,7 @@ impl PacketReader {
     }
 
     /// Reads once; `Ok(false)` at end of stream.
-    pub async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+    pub async fn fill(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> io::Result<bool> {
         let read = stream.read(&mut self.chunk).await.inspect_err(|_| {
             self.counters.read_errors.add(1);
         })?;
@@ -79,7 +82,7 @@ impl PacketReader {
     /// The next packet, or `Ok(None)` when the stream ends first.
     pub async fn next(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut (impl AsyncRead + Unpin),
         version: ProtocolVersion,
     ) -> Result<Option<Packet>, ReadError> {
         loop {
@@ -103,10 +106,11 @@ pub enum ReadError {
 /// Serves one accepted connection until it closes.
 pub async fn serve(
     shard: Rc<RefCell<Shard>>,
-    mut stream: TcpStream,
+    socket: TcpStream,
     listener: Arc<ListenerContext>,
+    tls: Option<Arc<ServerTls>>,
 ) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = socket.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (max_packet_size, counters) = {
         let shard = shard.borrow();
         (shard.config().max_packet_size, shard.counters.clone())
@@ -115,33 +119,19 @@ pub async fn serve(
     let mut reader = PacketReader::new(max_packet_size, counters);
 
     let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        Ok(reader.next(&mut stream, ProtocolVersion::V5).await)
+        Ok(match Transport::open(socket, tls.as_deref()).await {
+            Ok((mut stream, name)) => {
+                let read = reader.next(&mut stream, ProtocolVersion::V5).await;
+                Ok((stream, name, read))
+            }
+            Err(error) => Err(error),
+        })
     })
     .await;
-    let connect = match first {
-        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
-        Ok(Err(ReadError::Malformed(DecodeError::UnsupportedProtocolVersion(level)))) => {
-            // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
-            let refused = refusal(
-                ProtocolVersion::V311,
-                ReasonCode::UnsupportedProtocolVersion,
-                u32::MAX,
-                false,
-            );
-            let _ = stream.write_all(&refused).await;
-            tracing::info!(%peer, level, "refused: unsupported protocol version");
-            return;
-        }
-        Ok(Ok(_)) => {
-            tracing::info!(%peer, "closed: first packet was not CONNECT");
-            return;
-        }
-        Ok(Err(ReadError::Malformed(error))) => {
-            tracing::info!(%peer, %error, "closed: malformed CONNECT");
-            return;
-        }
-        Ok(Err(ReadError::Io(error))) => {
-            tracing::info!(%peer, %error, "closed: read failed before CONNECT");
+    let (mut stream, certificate_name, first) = match first {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(OpenError::Handshake(error))) => {
+            tracing::info!(%peer, %error, "closed: TLS handshake failed");
             return;
         }
         Err(_) => {
@@ -149,13 +139,41 @@ pub async fn serve(
             return;
         }
     };
+    let connect = match first {
+        Ok(Some(Packet::Connect(connect))) => connect,
+        Err(ReadError::Malformed(DecodeError::UnsupportedProtocolVersion(level))) => {
+            // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
+            let refused = refusal(
+                ProtocolVersion::V311,
+                ReasonCode::UnsupportedProtocolVersion,
+                u32::MAX,
+                false,
+            );
+            send_last(&mut stream, &refused).await;
+            tracing::info!(%peer, level, "refused: unsupported protocol version");
+            return;
+        }
+        Ok(_) => {
+            tracing::info!(%peer, "closed: first packet was not CONNECT");
+            return;
+        }
+        Err(ReadError::Malformed(error)) => {
+            tracing::info!(%peer, %error, "closed: malformed CONNECT");
+            return;
+        }
+        Err(ReadError::Io(error)) => {
+            tracing::info!(%peer, %error, "closed: read failed before CONNECT");
+            return;
+        }
+    };
 
-    let origin = Origin::Network { peer: &peer, listener: &listener };
+    let certificate_name = certificate_name.as_deref();
+    let origin = Origin::Network { peer: &peer, listener: &listener, certificate_name };
     let begun = shard.borrow_mut().begin_connect(&connect, origin);
     let (conn, claim) = match begun {
         Ok(pending) => pending,
         Err(refusal) => {
-            let _ = stream.write_all(&refusal).await;
+            send_last(&mut stream, &refusal).await;
             return;
         }
     };
@@ -164,18 +182,23 @@ pub async fn serve(
     claim_connected(&claim).await;
 
     let close = run(&shard, &conn, &mut stream, &mut reader).await;
-    let rest = conn.take_outbox();
-    if !rest.is_empty() {
-        let _ = stream.write_all(&rest).await;
-    }
+    send_last(&mut stream, &conn.take_outbox()).await;
     shard.borrow_mut().connection_closed(&conn, close);
+}
+
+/// Writes what a connection says last (a refusal, a DISCONNECT) and closes it; a peer that is
+/// already gone is no error.
+async fn send_last(stream: &mut Transport, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        let _ = stream.write_all(bytes).await;
+    }
     let _ = stream.close().await;
 }
 
 async fn run(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnHandle>,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     reader: &mut PacketReader,
 ) -> Close {
     // What the packets of the last turn congested; only a turn that published waits.
@@ -268,6 +291,8 @@ pub async fn write_out(
         conn.progressed(written);
         rest = rest.get(written..).unwrap_or_default();
     }
+    // TLS holds what it encrypted until flushed; plain TCP has nothing to flush.
+    stream.flush().await?;
     conn.wrote();
     Ok(())
 }

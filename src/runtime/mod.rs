@@ -10,6 +10,7 @@ pub mod flow;
 mod mesh;
 pub mod notify;
 mod recovery;
+mod transport;
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,6 +33,7 @@ use crate::broker::outbox::{Close, ListenerContext};
 use crate::broker::Shard;
 use crate::config::{BindAddress, Config, PersistenceSync};
 use crate::store::ShardStore;
+use crate::tls::ServerTls;
 pub use connection::{claim_answered, claim_connected, write_out, PacketReader};
 use recovery::ShardRecovery;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -67,6 +69,8 @@ pub enum StartError {
     Executor(String),
     #[error("{0}")]
     AuthFile(#[from] crate::auth::AuthFileError),
+    #[error("listener {port}: {source}")]
+    Tls { port: u16, source: crate::tls::TlsError },
     #[error(
         "io_uring is not available ({0}): Culex needs it. Check `sysctl kernel.io_uring_disabled` \
          (0 enables it for everyone) and, in a container, a seccomp profile that allows \
@@ -91,9 +95,23 @@ static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 /// `per_listener_settings true`), for SIGHUP to reload.
 static CREDENTIALS: std::sync::OnceLock<Vec<Arc<Credentials>>> = std::sync::OnceLock::new();
 
-/// SIGHUP: reads the password and ACL files again, as Mosquitto does; connected clients stay.
-/// Safe from any thread.
+/// Every TLS listener's certificates and keys, for SIGHUP to reload.
+static SERVER_TLS: std::sync::OnceLock<Vec<Arc<ServerTls>>> = std::sync::OnceLock::new();
+
+/// SIGHUP: reads the password and ACL files again, as Mosquitto does, and every TLS listener's
+/// certificate, key, CAs and CRL; connected clients stay, and a file that fails to load leaves
+/// what was in force. Safe from any thread.
 pub fn reload() {
+    for tls in SERVER_TLS.get().into_iter().flatten() {
+        let certfile = tls.settings().certfile.clone().unwrap_or_default();
+        match tls.reload() {
+            Ok(()) => tracing::info!(certfile = %certfile.display(), "SIGHUP: TLS files reloaded"),
+            Err(error) => tracing::error!(
+                "SIGHUP: {error}; new connections keep the certificate in force ({})",
+                certfile.display()
+            ),
+        }
+    }
     for credentials in CREDENTIALS.get().into_iter().flatten() {
         match credentials.reload() {
             Ok(reloaded) => tracing::info!(
@@ -108,9 +126,11 @@ pub fn reload() {
     }
 }
 
-/// What each listener applies to its clients, in `config.listeners` order: its mount point and
-/// its access rules (one set shared by all unless `per_listener_settings true`).
-fn listener_contexts(config: &Config) -> Result<Vec<Arc<ListenerContext>>, StartError> {
+/// What each listener applies to its clients, in `config.listeners` order: its mount point, its
+/// access rules (one set shared by all unless `per_listener_settings true`) and its TLS, its
+/// files read now so that a bad one stops the start.
+fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
+    let mut server_tls = Vec::new();
     let mut everyones = None;
     let mut all = Vec::new();
     let mut contexts = Vec::new();
@@ -127,15 +147,38 @@ fn listener_contexts(config: &Config) -> Result<Vec<Arc<ListenerContext>>, Start
                 credentials
             }
         };
+        let tls = match &listener.tls {
+            Some(settings) => {
+                let loaded = ServerTls::load(settings.clone())
+                    .map_err(|source| StartError::Tls { port: listener.port, source })?;
+                let loaded = Arc::new(loaded);
+                server_tls.push(loaded.clone());
+                Some(loaded)
+            }
+            None => None,
+        };
         let mount_point = listener.mount_point.as_deref().map(ByteString::from);
-        contexts.push(Arc::new(ListenerContext {
+        let context = Arc::new(ListenerContext {
             mount_point,
             credentials,
             topic_alias_maximum: listener.max_topic_alias,
-        }));
+            username_from_certificate: listener
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.username_from_certificate.is_some()),
+        });
+        contexts.push(Listening { context, tls });
     }
     let _ = CREDENTIALS.set(all);
+    let _ = SERVER_TLS.set(server_tls);
     Ok(contexts)
+}
+
+/// What one listener gives the connections it accepts.
+#[derive(Clone)]
+struct Listening {
+    context: Arc<ListenerContext>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// How long `shutdown` leaves the shards to tell their clients: two sweeps.
@@ -456,12 +499,12 @@ struct Endpoint {
     limit: Option<Arc<ConnectionLimit>>,
     /// `set_tcp_nodelay`.
     nodelay: bool,
-    /// What the listener applies to the clients it accepts.
-    listener: Arc<ListenerContext>,
+    /// What the listener applies to the clients it accepts, and its TLS.
+    listening: Listening,
 }
 
 /// The sockets of every listener (`protocol websockets` ones are not opened yet).
-fn endpoints(config: &Config, contexts: &[Arc<ListenerContext>]) -> Vec<Endpoint> {
+fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
     let listeners = config.listeners.iter().zip(contexts).filter(|(l, _)| !l.websockets);
     for (listener, context) in listeners {
@@ -472,7 +515,7 @@ fn endpoints(config: &Config, contexts: &[Arc<ListenerContext>]) -> Vec<Endpoint
                 interface: listener.bind_interface.clone(),
                 limit: limit.clone(),
                 nodelay: config.tcp_nodelay,
-                listener: context.clone(),
+                listening: context.clone(),
             });
         }
     }
@@ -606,9 +649,9 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                 };
                 let _ = stream.set_nodelay(endpoint.nodelay);
                 let shard = shard.clone();
-                let listener = endpoint.listener.clone();
+                let Listening { context, tls } = endpoint.listening.clone();
                 glommio::spawn_local(async move {
-                    connection::serve(shard, stream, listener).await;
+                    connection::serve(shard, stream, context, tls).await;
                     drop(slot);
                 })
                 .detach();

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod node;
+pub mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

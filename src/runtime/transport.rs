@@ -1,0 +1,86 @@
+//! The byte stream under a client's connection: plain TCP, or TLS over it. Everything above
+//! (`connection`) reads and writes MQTT bytes and never knows which.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::server::TlsStream;
+use glommio::net::TcpStream;
+
+use crate::tls::ServerTls;
+
+pub enum Transport {
+    Tcp(TcpStream),
+    /// Boxed: a TLS session's state is some kilobytes, and most connections are plain.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Why a connection never carried MQTT.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The TLS handshake failed (a client trusting another CA, a certificate refused or
+    /// revoked, a plaintext client on a TLS port, ...).
+    Handshake(io::Error),
+}
+
+impl Transport {
+    /// The transport an accepted socket gives: TLS once its handshake is done, with the name
+    /// its client certificate gives when the listener takes user names from certificates.
+    pub async fn open(
+        stream: TcpStream,
+        tls: Option<&ServerTls>,
+    ) -> Result<(Transport, Option<String>), OpenError> {
+        let Some(tls) = tls else {
+            return Ok((Transport::Tcp(stream), None));
+        };
+        let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
+        let stream = acceptor.accept(stream).await.map_err(OpenError::Handshake)?;
+        let name = tls.settings().username_from_certificate.and_then(|name| {
+            let certificate = stream.get_ref().1.peer_certificates()?.first()?;
+            name.of(certificate)
+        });
+        Ok((Transport::Tls(Box::new(stream)), name))
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(stream) => Pin::new(stream).poll_close(cx),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+        }
+    }
+}
