@@ -5,6 +5,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -14,8 +15,60 @@ use culex::protocol::{
     SubscriptionOptions, TopicFilter, TopicName, PACKET_SIZE_MAX,
 };
 
+/// Where clients connect, and whether through TLS.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    pub fn plain(addr: SocketAddr) -> Target {
+        Target { addr, tls: None }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(stream) => &stream.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.read(buf),
+            Stream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.write(buf),
+            Stream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(stream) => stream.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     read_buf: BytesMut,
     /// Where each read lands: allocated once, since zeroing a fresh 64 KiB per read made the
     /// subscribers, not the broker, the bottleneck of fan-out runs.
@@ -31,33 +84,38 @@ impl Connection {
     /// Connects; with `persistent`, the broker keeps the session (and what it queues for it)
     /// after the connection: 3.1.1 clean session 0, 5.0 a session expiry of an hour.
     pub fn open(
-        addr: SocketAddr,
+        target: &Target,
         client_id: &str,
         version: ProtocolVersion,
         persistent: bool,
     ) -> anyhow::Result<Connection> {
-        Self::open_buffered(addr, client_id, version, persistent, 64 << 10)
+        Self::open_buffered(target, client_id, version, persistent, 64 << 10)
     }
 
     /// A connection that carries little more than its handshake (idle and churning clients):
     /// small buffers, so that ten thousand of them fit in the load generator.
     pub fn open_light(
-        addr: SocketAddr,
+        target: &Target,
         client_id: &str,
         version: ProtocolVersion,
     ) -> anyhow::Result<Connection> {
-        Self::open_buffered(addr, client_id, version, false, 512)
+        Self::open_buffered(target, client_id, version, false, 512)
     }
 
     fn open_buffered(
-        addr: SocketAddr,
+        target: &Target,
         client_id: &str,
         version: ProtocolVersion,
         persistent: bool,
         buffer_bytes: usize,
     ) -> anyhow::Result<Connection> {
+        let addr = target.addr;
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream = match &target.tls {
+            Some(config) => Stream::Tls(Box::new(crate::tls::wrap(config, addr, stream)?)),
+            None => Stream::Plain(stream),
+        };
         let mut connection = Connection {
             stream,
             read_buf: BytesMut::with_capacity(buffer_bytes),
@@ -95,7 +153,7 @@ impl Connection {
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
+        self.stream.tcp().set_read_timeout(timeout)
     }
 
     /// Subscribes to every filter (up to 64 per SUBSCRIBE), waiting for each SUBACK.
@@ -165,6 +223,7 @@ impl Connection {
     pub fn flush(&mut self) -> io::Result<()> {
         if !self.write_buf.is_empty() {
             self.stream.write_all(&self.write_buf)?;
+            self.stream.flush()?;
             self.write_buf.clear();
         }
         Ok(())

@@ -1,19 +1,22 @@
 //! The scenarios that open and close connections rather than move messages: `connections`
 //! holds N idle clients and reads what they cost the broker in memory; `churn` loops clients
-//! through connect, subscribe and disconnect. Both are bounded by the run's duration.
+//! through connect, subscribe and disconnect; `handshakes` loops them through connect and
+//! disconnect (TLS handshakes with `--tls`) while a bystander times its round trips. All are
+//! bounded by the run's duration.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use culex::protocol::QoS;
+use bytes::Bytes;
+use culex::protocol::{Packet, QoS, TopicName};
 use hdrhistogram::Histogram;
 
 use crate::accounting::latency_histogram;
 use crate::broker::resident_kb;
 use crate::client::Connection;
 use crate::progress;
-use crate::scenario::{Outcome, Params};
+use crate::scenario::{Outcome, Params, Percentiles};
 
 /// Threads that open the idle connections (the broker accepts them in parallel).
 const OPENERS: usize = 4;
@@ -119,7 +122,7 @@ pub fn idle_connections(params: &Params, broker: &str) -> anyhow::Result<Outcome
                         }
                         let began = Instant::now();
                         let id = format!("lt-{run_id}-i{i}");
-                        let result = Connection::open_light(params.addr, &id, params.version);
+                        let result = Connection::open_light(&params.target, &id, params.version);
                         let took = began.elapsed();
                         let result = result.map(|connection| open.push(connection));
                         counts.record(result, began, took, measured_from);
@@ -178,7 +181,7 @@ pub fn churn(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
                         && params.messages_max.is_none_or(|max| mine.attempted < max)
                     {
                         let began = Instant::now();
-                        let result = Connection::open_light(params.addr, &id, params.version)
+                        let result = Connection::open_light(&params.target, &id, params.version)
                             .and_then(|mut connection| {
                                 connection.subscribe(&filter, QoS::AtLeastOnce)?;
                                 connection.disconnect();
@@ -200,5 +203,87 @@ pub fn churn(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let seconds = start.elapsed().saturating_sub(params.warmup).as_secs_f64();
     let mut outcome = counts.into_inner().expect("no panics").outcome(broker, params, seconds)?;
     outcome.publishers = params.clients;
+    Ok(outcome)
+}
+
+/// How often the bystander of `handshakes` sends its probe.
+const BYSTANDER_EVERY: Duration = Duration::from_millis(10);
+
+/// `clients` threads, each looping: connect (a full TLS handshake with `--tls`), CONNACK,
+/// disconnect; until the run's duration or `messages_max` cycles. Meanwhile one client, connected
+/// before, publishes to a topic it subscribes to every `BYSTANDER_EVERY` and times each round
+/// trip: what the storm costs the clients a broker already serves.
+pub fn handshakes(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
+    let run_id = std::process::id();
+    let total = params.total_duration();
+    let cycles = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let start = Instant::now();
+    let measured_from = start + params.warmup;
+    let counts = Mutex::new(Counts::new());
+    let topic = format!("loadtest/bystander/{run_id}");
+    let mut bystander =
+        Connection::open(&params.target, &format!("lt-{run_id}-bystander"), params.version, false)?;
+    bystander.subscribe(std::slice::from_ref(&topic), QoS::AtMostOnce)?;
+    bystander.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let topic = TopicName::new(topic)?;
+    let bystander_ns = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..params.clients)
+            .map(|client| {
+                let (cycles, counts) = (&cycles, &counts);
+                scope.spawn(move || {
+                    let id = format!("lt-{run_id}-h{client}");
+                    let mut mine = Counts::new();
+                    while start.elapsed() < total
+                        && params.messages_max.is_none_or(|max| mine.attempted < max)
+                    {
+                        let began = Instant::now();
+                        let result = Connection::open_light(&params.target, &id, params.version)
+                            .map(Connection::disconnect);
+                        mine.record(result, began, began.elapsed(), measured_from);
+                        cycles.fetch_add(1, Ordering::Relaxed);
+                    }
+                    counts.lock().expect("no panics").merge(mine);
+                })
+            })
+            .collect();
+        let probe = scope.spawn(|| -> anyhow::Result<Histogram<u64>> {
+            let mut latency_ns = latency_histogram();
+            while !done.load(Ordering::Acquire) {
+                let began = Instant::now();
+                bystander.queue_publish(
+                    &topic,
+                    Bytes::from_static(b"probe"),
+                    QoS::AtMostOnce,
+                    None,
+                );
+                bystander.flush()?;
+                loop {
+                    match bystander.read_packet()? {
+                        Some(Packet::Publish(_)) => break,
+                        Some(_) => continue,
+                        None => anyhow::bail!("the broker closed the bystander"),
+                    }
+                }
+                if began >= measured_from {
+                    let _ = latency_ns.record(began.elapsed().as_nanos().max(1) as u64);
+                }
+                std::thread::sleep(BYSTANDER_EVERY.saturating_sub(began.elapsed()));
+            }
+            Ok(latency_ns)
+        });
+        scope.spawn(|| progress::show(broker, total, &cycles, &done));
+        for client in clients {
+            client.join().expect("handshake thread");
+        }
+        // The storm is over: the bystander and the progress bar stop.
+        done.store(true, Ordering::Release);
+        probe.join().expect("bystander thread")
+    });
+    bystander.disconnect();
+    let seconds = start.elapsed().saturating_sub(params.warmup).as_secs_f64();
+    let mut outcome = counts.into_inner().expect("no panics").outcome(broker, params, seconds)?;
+    outcome.publishers = params.clients;
+    outcome.bystander_latency_us = Some(Percentiles::of(&bystander_ns?));
     Ok(outcome)
 }

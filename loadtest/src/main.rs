@@ -10,6 +10,7 @@ mod plot;
 mod progress;
 mod relay;
 mod scenario;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use culex::protocol::{ProtocolVersion, QoS};
 
 use broker::BrokerProcess;
+use client::Target;
 use scenario::{Outcome, Params, Shape};
 
 #[derive(Parser)]
@@ -42,6 +44,9 @@ enum Command {
         /// `connections`).
         #[arg(long)]
         broker_pid: Option<u32>,
+        /// Connect through TLS, trusting the CA certificates in this file.
+        #[arg(long, value_name = "CAFILE")]
+        tls: Option<PathBuf>,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -68,6 +73,17 @@ enum Command {
         /// A third row: the baseline relay in this process (QoS 0; see loadtest/README.md).
         #[arg(long)]
         relay: bool,
+        /// Both brokers serve TLS, with a certificate made for the run (`openssl`), and the
+        /// clients connect through it.
+        #[arg(long)]
+        tls: bool,
+        /// The key of that certificate.
+        #[arg(long, value_enum, default_value_t = tls::KeyKind::Ecdsa)]
+        tls_key: tls::KeyKind,
+        /// A configuration line both brokers get besides the run's own (repeatable), e.g.
+        /// "set_tcp_nodelay true".
+        #[arg(long = "config-line", value_name = "LINE")]
+        config_lines: Vec<String>,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -118,6 +134,9 @@ struct ScenarioArgs {
     /// sessions persistence stores.
     #[arg(long)]
     persistent_sessions: bool,
+    /// With TLS, the only version clients offer (both when absent).
+    #[arg(long, value_enum)]
+    tls_version: Option<tls::Version>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -127,12 +146,15 @@ struct ScenarioArgs {
 }
 
 impl ScenarioArgs {
+    /// The run's parameters; with `cafile`, clients connect through TLS trusting it.
     fn params(
         &self,
         addr: SocketAddr,
         subscribe_addr: SocketAddr,
+        cafile: Option<&Path>,
         broker_pid: Option<u32>,
     ) -> anyhow::Result<Params> {
+        let tls = cafile.map(|cafile| tls::client_config(cafile, self.tls_version)).transpose()?;
         anyhow::ensure!(
             self.seconds > 0.0 && self.seconds <= 3600.0,
             "--seconds must be in (0, 3600]"
@@ -140,8 +162,8 @@ impl ScenarioArgs {
         anyhow::ensure!((0.0..=600.0).contains(&self.warmup), "--warmup must be in [0, 600]");
         anyhow::ensure!((1..=100_000).contains(&self.topics), "--topics must be in [1, 100000]");
         Ok(Params {
-            addr,
-            subscribe_addr,
+            target: Target { addr, tls: tls.clone() },
+            subscribe_target: Target { addr: subscribe_addr, tls },
             broker_pid,
             shape: self.scenario,
             clients: self.clients.max(1),
@@ -166,13 +188,13 @@ impl ScenarioArgs {
 fn main() -> anyhow::Result<()> {
     raise_open_files_limit();
     match Cli::parse().command {
-        Command::Run { broker, subscribe_to, broker_pid, scenario } => {
+        Command::Run { broker, subscribe_to, broker_pid, tls, scenario } => {
             let resolve = |name: &str| -> anyhow::Result<SocketAddr> {
                 name.to_socket_addrs()?.next().with_context(|| format!("no address for {name}"))
             };
             let addr = resolve(&broker)?;
             let subscribe_addr = subscribe_to.as_deref().map(resolve).transpose()?.unwrap_or(addr);
-            let params = scenario.params(addr, subscribe_addr, broker_pid)?;
+            let params = scenario.params(addr, subscribe_addr, tls.as_deref(), broker_pid)?;
             let watched = broker_pid.map(Watched::Process);
             let outcome = measure(&params, &broker, watched.as_ref())?;
             finish(&[outcome], &scenario)?;
@@ -189,12 +211,18 @@ fn main() -> anyhow::Result<()> {
             bridged,
             persistence,
             relay,
+            tls,
+            tls_key,
+            config_lines,
             scenario,
         } => {
             anyhow::ensure!(
-                !relay || !(bridged || persistence),
-                "--relay has no bridge or persistence: run it without --bridged and --persistence"
+                !relay || !(bridged || persistence || tls),
+                "--relay has no bridge, persistence or TLS: run it without them"
             );
+            anyhow::ensure!(!(bridged && tls), "--tls does not apply to --bridged runs yet");
+            let certificates = tls.then(|| tls::Certificates::generate(tls_key)).transpose()?;
+            let extra: String = config_lines.iter().map(|line| format!("{line}\n")).collect();
             let brokers = [
                 ("culex", culex.unwrap_or_else(broker::default_culex)),
                 ("mosquitto", mosquitto.unwrap_or_else(broker::default_mosquitto)),
@@ -202,13 +230,15 @@ fn main() -> anyhow::Result<()> {
             let mut outcomes = Vec::new();
             for (name, command) in brokers {
                 let nodes = if bridged {
-                    Nodes::bridged(&command, port, cpus.as_deref(), persistence)?
+                    Nodes::bridged(&command, port, cpus.as_deref(), persistence, &extra)?
                 } else {
-                    Nodes::single(&command, port, cpus.as_deref(), persistence)?
+                    let tls = certificates.as_ref();
+                    Nodes::single(&command, port, cpus.as_deref(), persistence, tls, &extra)?
                 };
                 let publisher_node = nodes.processes.first().map(|(p, _)| p.pid());
-                let params =
-                    scenario.params(nodes.publish_addr, nodes.subscribe_addr, publisher_node)?;
+                let cafile = certificates.as_ref().map(|c| c.ca.as_path());
+                let (publish, subscribe) = (nodes.publish_addr, nodes.subscribe_addr);
+                let params = scenario.params(publish, subscribe, cafile, publisher_node)?;
                 let outcome = measure(&params, name, Some(&Watched::Nodes(&nodes)));
                 nodes.stop();
                 outcomes.push(outcome?);
@@ -272,7 +302,7 @@ fn measure(params: &Params, name: &str, broker: Option<&Watched>) -> anyhow::Res
 fn run_on_relay(scenario: &ScenarioArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(scenario.qos == 0, "the relay forwards QoS 0 only");
     let relay = relay::Relay::start()?;
-    let params = scenario.params(relay.addr(), relay.addr(), None)?;
+    let params = scenario.params(relay.addr(), relay.addr(), None, None)?;
     let outcome = measure(&params, "relay", None);
     let relay_cpu = relay.stop();
     let mut outcome = outcome?;
@@ -335,10 +365,15 @@ impl Nodes {
         port: u16,
         cpus: Option<&str>,
         persistence: bool,
+        tls: Option<&tls::Certificates>,
+        extra: &str,
     ) -> anyhow::Result<Nodes> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let stores = stores(persistence, 1)?;
-        let config = base_config(port, "127.0.0.1", stores.first().map(|d| d.path()));
+        let mut config = base_config(port, "127.0.0.1", stores.first().map(|d| d.path())) + extra;
+        if let Some(certificates) = tls {
+            config += &certificates.listener_lines();
+        }
         let process = BrokerProcess::start(command, &config, addr, cpus)?;
         Ok(Nodes {
             processes: vec![(process, addr)],
@@ -355,18 +390,19 @@ impl Nodes {
         port: u16,
         cpus: Option<&str>,
         persistence: bool,
+        extra: &str,
     ) -> anyhow::Result<Nodes> {
         let leaf = SocketAddr::from(([127, 0, 0, 88], port));
         let master = SocketAddr::from(([127, 0, 0, 53], port));
         let stores = stores(persistence, 2)?;
         let store = |i: usize| stores.get(i).map(|d| d.path());
-        let leaf_process =
-            BrokerProcess::start(command, &base_config(port, "127.0.0.88", store(0)), leaf, cpus)?;
+        let leaf_config = base_config(port, "127.0.0.88", store(0)) + extra;
+        let leaf_process = BrokerProcess::start(command, &leaf_config, leaf, cpus)?;
         let bridge = format!(
             "connection loadtest\naddress {leaf}\ntopic loadtest/# out 2\ncleansession true\n\
              restart_timeout 1\n"
         );
-        let master_config = base_config(port, "127.0.0.53", store(1)) + &bridge;
+        let master_config = base_config(port, "127.0.0.53", store(1)) + extra + &bridge;
         let master_process = BrokerProcess::start(command, &master_config, master, cpus)?;
         scenario::await_bridge(master, leaf)?;
         Ok(Nodes {
@@ -449,7 +485,7 @@ fn report(outcomes: &[Outcome], json: bool) {
     }
     if !lifecycle.is_empty() {
         println!(
-            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9}",
+            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>10}",
             "broker",
             "scenario",
             "mqtt",
@@ -463,12 +499,13 @@ fn report(outcomes: &[Outcome], json: bool) {
             "max us",
             "cpu s/M",
             "rss MB",
-            "KiB/conn"
+            "KiB/conn",
+            "by p99 us"
         );
     }
     for o in lifecycle {
         println!(
-            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7} {:>9}",
+            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7} {:>9} {:>10}",
             o.broker,
             o.scenario.name(),
             o.mqtt,
@@ -483,6 +520,7 @@ fn report(outcomes: &[Outcome], json: bool) {
             optional(o.broker_cpu_s_per_million),
             optional(o.broker_peak_rss_mb),
             optional(o.broker_rss_per_connection_kb),
+            optional(o.bystander_latency_us.as_ref().map(|p| p.p99)),
         );
     }
 }

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::accounting::{stamp, Tally, HEADER_BYTES};
-use crate::client::Connection;
+use crate::client::{Connection, Target};
 use crate::{lifecycle, progress};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -32,6 +32,9 @@ pub enum Shape {
     Connections,
     /// N clients in a loop of connect, subscribe, disconnect.
     Churn,
+    /// N clients in a loop of connect (a full TLS handshake with `--tls`), CONNACK,
+    /// disconnect, while one client already connected times round trips through the broker.
+    Handshakes,
 }
 
 impl Shape {
@@ -43,22 +46,23 @@ impl Shape {
             Shape::Shared => "shared",
             Shape::Connections => "connections",
             Shape::Churn => "churn",
+            Shape::Handshakes => "handshakes",
         }
     }
 
     /// Whether it moves messages (rather than opening and closing connections).
     pub fn is_traffic(self) -> bool {
-        !matches!(self, Shape::Connections | Shape::Churn)
+        !matches!(self, Shape::Connections | Shape::Churn | Shape::Handshakes)
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Params {
     /// Where publishers connect.
-    pub addr: SocketAddr,
-    /// Where subscribers connect: `addr`, or another broker bridged to it.
-    pub subscribe_addr: SocketAddr,
-    /// The broker process at `addr`, when known: its memory per connection is measured.
+    pub target: Target,
+    /// Where subscribers connect: `target`, or another broker bridged to it.
+    pub subscribe_target: Target,
+    /// The broker process at `target`, when known: its memory per connection is measured.
     pub broker_pid: Option<u32>,
     pub shape: Shape,
     pub clients: usize,
@@ -116,6 +120,8 @@ pub struct Outcome {
     pub msgs_per_sec: f64,
     pub mb_per_sec: f64,
     pub latency_us: Percentiles,
+    /// `handshakes`: the round trips of a client connected before the storm, during it.
+    pub bystander_latency_us: Option<Percentiles>,
     /// (percentile, microseconds) from p0 to p100, for plotting.
     pub latency_curve_us: Vec<(f64, f64)>,
     /// Broker CPU seconds per million delivered messages, when the broker process is known.
@@ -139,6 +145,20 @@ pub struct Percentiles {
 /// The quantiles of the latency curve: evenly spread in "nines".
 const CURVE_QUANTILES: [f64; 13] =
     [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0];
+
+impl Percentiles {
+    pub fn of(latency_ns: &Histogram<u64>) -> Percentiles {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let at = |q: f64| us(latency_ns.value_at_quantile(q));
+        Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: us(latency_ns.max()),
+        }
+    }
+}
 
 impl Outcome {
     /// An outcome with the latency figures of `latency_ns` and every count zero, for a
@@ -169,13 +189,8 @@ impl Outcome {
             seconds: 0.0,
             msgs_per_sec: 0.0,
             mb_per_sec: 0.0,
-            latency_us: Percentiles {
-                p50: at(0.5),
-                p90: at(0.9),
-                p99: at(0.99),
-                p999: at(0.999),
-                max: us(latency_ns.max()),
-            },
+            latency_us: Percentiles::of(latency_ns),
+            bystander_latency_us: None,
             latency_curve_us: if latency_ns.is_empty() {
                 Vec::new()
             } else {
@@ -251,7 +266,7 @@ impl Plan {
                 receives: |_, _| true,
                 shared: true,
             },
-            Shape::Connections | Shape::Churn => {
+            Shape::Connections | Shape::Churn | Shape::Handshakes => {
                 unreachable!("{} moves no messages", shape.name())
             }
         }
@@ -262,6 +277,7 @@ pub fn run(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     match params.shape {
         Shape::Connections => lifecycle::idle_connections(params, broker),
         Shape::Churn => lifecycle::churn(params, broker),
+        Shape::Handshakes => lifecycle::handshakes(params, broker),
         _ => traffic(params, broker),
     }
 }
@@ -283,7 +299,7 @@ fn traffic(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let mut subscribers = Vec::new();
     for (i, filters) in plan.subscriber_filters.iter().enumerate() {
         let mut connection = Connection::open(
-            params.subscribe_addr,
+            &params.subscribe_target,
             &format!("lt-{run_id}-s{i}"),
             params.version,
             params.persistent_sessions,
@@ -294,7 +310,7 @@ fn traffic(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let mut publisher_connections = Vec::new();
     for i in 0..publishers {
         publisher_connections.push(Connection::open(
-            params.addr,
+            &params.target,
             &format!("lt-{run_id}-p{i}"),
             params.version,
             false,
@@ -540,10 +556,12 @@ fn subscribe_loop(
 /// them is up. Probes go to `loadtest/ready`, which no scenario subscribes to.
 pub fn await_bridge(master: SocketAddr, leaf: SocketAddr) -> anyhow::Result<()> {
     let version = ProtocolVersion::V311;
-    let mut subscriber = Connection::open(leaf, "lt-bridge-ready-sub", version, false)?;
+    let mut subscriber =
+        Connection::open(&Target::plain(leaf), "lt-bridge-ready-sub", version, false)?;
     subscriber.subscribe(&["loadtest/ready".into()], QoS::AtMostOnce)?;
     subscriber.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut prober = Connection::open(master, "lt-bridge-ready-pub", version, false)?;
+    let mut prober =
+        Connection::open(&Target::plain(master), "lt-bridge-ready-pub", version, false)?;
     let topic = TopicName::new("loadtest/ready")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -158,3 +158,23 @@ fn connections_report_memory_per_connection_and_churn_completes_cycles() {
         assert!(number(&o["latency_us"], "p50") > 0.0, "{o}");
     }
 }
+
+#[test]
+fn tls_carries_traffic_and_handshakes_are_timed_with_a_bystander() {
+    let tls = ["--tls", "--config-line", "set_tcp_nodelay true"];
+    let Some(outcomes) =
+        compare(&[&tls[..], &["--scenario", "pairs", "--qos", "1"], &SHORT].concat())
+    else {
+        return;
+    };
+    assert_delivered_all(&outcomes, 3.0 * 500.0);
+    for key in ["ecdsa", "rsa"] {
+        let handshakes = ["--scenario", "handshakes", "--tls-key", key, "--clients", "2"];
+        let limits = ["--messages", "30", "--seconds", "20", "--tls-version", "1.2"];
+        let Some(outcomes) = compare(&[&tls[..], &handshakes, &limits].concat()) else { return };
+        for o in &outcomes {
+            assert_eq!((number(o, "received"), number(o, "lost")), (60.0, 0.0), "{o}");
+            assert!(number(&o["bystander_latency_us"], "p99") > 0.0, "{o}");
+        }
+    }
+}

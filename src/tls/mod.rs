@@ -192,7 +192,7 @@ pub fn parse_ciphers(list: &str, tls13: bool) -> Result<Vec<CipherSuite>, String
 
 /// The crypto provider, with only the suites these lists allow.
 fn provider(tls12: Option<&[CipherSuite]>, tls13: Option<&[CipherSuite]>) -> CryptoProvider {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites.retain(|suite| {
         let allowed = match suite {
             rustls::SupportedCipherSuite::Tls12(_) => tls12,
