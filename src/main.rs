@@ -91,6 +91,14 @@ fn main() -> ExitCode {
             }
             println!("listener {}: TLS certificate, key and CAs OK", listener.port);
         }
+        for bridge in &config.bridges {
+            let Some(tls) = &bridge.tls else { continue };
+            if let Err(error) = culex::tls::client_config(tls) {
+                eprintln!("Error: connection {}: {error}", bridge.name);
+                return ExitCode::FAILURE;
+            }
+            println!("connection {}: TLS CAs and certificate OK", bridge.name);
+        }
         println!("configuration OK: {}", describe(&config));
         return ExitCode::SUCCESS;
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::node::{Kind, Node};
-use common::{mosquitto_tool, ConnectOptions, RawClient};
+use common::{mosquitto_tool, pki, ConnectOptions, RawClient};
 use culex::protocol::{
     ConnAck, Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, PACKET_SIZE_MAX,
 };
@@ -615,10 +615,12 @@ fn lazy_bridge_connects_at_the_threshold_and_leaves_when_idle() {
     // Four waiting messages are below the threshold: no link.
     assert!(on_leaf.recv_within(Duration::from_secs(1)).is_none(), "{}", master.log());
     publish(&master, "sensor/room1/t", "4", QoS::AtLeastOnce, false);
-    for n in 0..5 {
-        let publish = on_leaf.receive();
-        assert_eq!(&publish.payload[..], n.to_string().as_bytes());
-    }
+    // Five publishers, each its own connection and perhaps on another shard: no order between
+    // them is promised, only that all five cross.
+    let mut crossed: Vec<String> =
+        (0..5).map(|_| String::from_utf8(on_leaf.receive().payload.to_vec()).unwrap()).collect();
+    crossed.sort();
+    assert_eq!(crossed, ["0", "1", "2", "3", "4"]);
     await_payload(&mut state, "1", "lazy link up", &[&master]);
     // Two seconds without traffic: the bridge disconnects.
     await_payload(&mut state, "0", "lazy link idle", &[&master]);
@@ -946,4 +948,117 @@ fn acl_file_leaves_the_bridge_unrestricted_culex_master() {
 #[test]
 fn acl_file_leaves_the_bridge_unrestricted_mosquitto_master() {
     acl_file_leaves_the_bridge_unrestricted(Mosquitto);
+}
+
+// ---- Over TLS ----------------------------------------------------------------------------------
+
+/// The leaf's TLS listener, requiring a client certificate from `ca`, beside its plain one.
+fn tls_leaf(kind: Kind, ca: &pki::Ca, host: &str, port: u16, server: &pki::Issued) -> Option<Node> {
+    let listener = format!(
+        "listener {port} {host}\ncertfile {}\nkeyfile {}\ncafile {}\nrequire_certificate true\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.cert.display()
+    );
+    Node::start(kind, "127.0.0.88", &listener)
+}
+
+/// The tutorial's connection over TLS, with the bridge's own certificate.
+fn tls_connection(address: &str, ca: &pki::Ca, client: &pki::Issued, extra: &str) -> String {
+    format!(
+        "connection master\naddress {address}\ntopic room1/# both 2 sensor/ myhouse/\n\
+         cleansession true\nrestart_timeout 1\nbridge_cafile {}\nbridge_certfile {}\n\
+         bridge_keyfile {}\n{extra}",
+        ca.cert.display(),
+        client.cert.display(),
+        client.key.display()
+    )
+}
+
+/// The tutorial's two servers bridged over TLS, a client certificate on the bridge and the leaf
+/// requiring one: messages cross both ways at QoS 2.
+fn two_servers_over_tls(master_kind: Kind, leaf_kind: Kind) {
+    if !pki::available() {
+        return;
+    }
+    let dir = common::TempDir::new();
+    let ca = pki::Ca::new(&dir.0, "ca");
+    let server = ca.server("leaf", pki::KeyType::EcP256);
+    let client = ca.client("bridge", "/CN=bridge");
+    let tls_port = common::free_port();
+    let Some(leaf) = tls_leaf(leaf_kind, &ca, "127.0.0.88", tls_port, &server) else { return };
+    let bridge = tls_connection(&format!("127.0.0.88:{tls_port}"), &ca, &client, "");
+    let Some(master) = Node::start(master_kind, "127.0.0.53", &bridge) else { return };
+    let logs = [&master, &leaf];
+    let mut on_leaf = subscriber(&leaf, "leaf-sub", "myhouse/room1/#");
+    let mut on_master = subscriber(&master, "master-sub", "sensor/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_leaf, &logs);
+    await_route(&leaf, "myhouse/room1/probe", &mut on_master, &logs);
+    drain(&mut [&mut on_leaf, &mut on_master]);
+    publish(&master, "sensor/room1/temperature", "26.3", QoS::ExactlyOnce, false);
+    expect_exactly(&mut on_leaf, "myhouse/room1/temperature", "26.3");
+    expect_exactly(&mut on_master, "sensor/room1/temperature", "26.3");
+    publish(&leaf, "myhouse/room1/humidity", "40", QoS::ExactlyOnce, false);
+    expect_exactly(&mut on_master, "sensor/room1/humidity", "40");
+    expect_exactly(&mut on_leaf, "myhouse/room1/humidity", "40");
+}
+
+#[test]
+fn over_tls_culex_master_culex_leaf() {
+    two_servers_over_tls(Culex, Culex);
+}
+
+#[test]
+fn over_tls_culex_master_mosquitto_leaf() {
+    two_servers_over_tls(Culex, Mosquitto);
+}
+
+#[test]
+fn over_tls_mosquitto_master_culex_leaf() {
+    two_servers_over_tls(Mosquitto, Culex);
+}
+
+/// The peer's certificate is checked against the CA and against the host name dialled (which
+/// also goes out in SNI); `bridge_insecure true` lets a name that does not match pass, never a
+/// certificate from another CA.
+#[test]
+fn a_culex_bridge_checks_the_peers_certificate_and_name() {
+    if !pki::available() {
+        return;
+    }
+    let dir = common::TempDir::new();
+    let ca = pki::Ca::new(&dir.0, "ca");
+    let other = pki::Ca::new(&dir.0, "other");
+    let client = ca.client("bridge", "/CN=bridge");
+    // A certificate for `localhost` only: dialled as 127.0.0.88 its name does not match.
+    let server = ca.server_for("leaf", pki::KeyType::EcP256, "DNS:localhost");
+    let tls_port = common::free_port();
+    let Some(leaf) = tls_leaf(Culex, &ca, "127.0.0.1", tls_port, &server) else { return };
+    let mut on_leaf = subscriber(&leaf, "leaf-sub", "myhouse/room1/#");
+    let mut crosses = |bridge: String| {
+        let master = Node::start(Culex, "127.0.0.53", &bridge).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let (mut prober, _) = RawClient::connect_addr(master.addr(), "", ConnectOptions::default());
+        while Instant::now() < deadline {
+            prober.publish("sensor/room1/probe", b"probe", QoS::AtMostOnce, false);
+            if let Some(Packet::Publish(_)) = on_leaf.recv_within(Duration::from_millis(250)) {
+                drain(&mut [&mut on_leaf]);
+                return (true, master.log());
+            }
+        }
+        (false, master.log())
+    };
+    let by_name = format!("localhost:{tls_port}");
+    let by_address = format!("127.0.0.1:{tls_port}");
+    let (crossed, log) = crosses(tls_connection(&by_name, &ca, &client, ""));
+    assert!(crossed, "dialled by the name in its certificate: {log}");
+    let (crossed, log) = crosses(tls_connection(&by_address, &ca, &client, ""));
+    assert!(!crossed && log.contains("bridge cannot connect"), "an address not in it: {log}");
+    let insecure = "bridge_insecure true\n";
+    let (crossed, log) = crosses(tls_connection(&by_address, &ca, &client, insecure));
+    assert!(crossed, "bridge_insecure lets the name pass: {log}");
+    assert!(log.contains("bridge_insecure true"), "and says so: {log}");
+    let stranger = tls_connection(&by_name, &other, &client, insecure);
+    let (crossed, log) = crosses(stranger);
+    assert!(!crossed, "a peer from another CA is refused, insecure or not: {log}");
 }

@@ -65,9 +65,10 @@ fn test_config_reports_errors_with_file_and_line() {
     );
 }
 
-/// A TLS listener missing its certificate and a Mosquitto host's TLS bridge (until Culex dials
-/// TLS): the real broker refuses to start (naming file, line and option) rather than open the
-/// listener or dial the peer in plaintext, and nothing answers on the listener's port.
+/// A TLS listener missing its certificate, a bridge asking for TLS without a CA, and one whose
+/// CA file is missing: the real broker refuses to start (naming file and line, or the file it
+/// cannot read) rather than open the listener or dial the peer in plaintext, and nothing
+/// answers on the listener's port.
 #[test]
 fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
     let dir = common::TempDir::new();
@@ -86,11 +87,21 @@ fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nconnection site2\n\
                  address 127.0.0.1:1\ntopic room1/# both 2 sensor/ myhouse/\n\
-                 remote_password secret\nbridge_cafile /etc/mosquitto/ca_certificates/ca.crt\n"
+                 remote_password secret\nbridge_insecure true\n"
             ),
-            7,
-            "bridge_cafile",
-            "asks for TLS, which Culex does not implement yet",
+            3,
+            "connection",
+            "connection `site2` asks for TLS without bridge_cafile or bridge_capath",
+        ),
+        (
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nconnection site2\n\
+                 address 127.0.0.1:1\ntopic room1/# both 2 sensor/ myhouse/\n\
+                 remote_password secret\nbridge_cafile /nonexistent/ca.crt\n"
+            ),
+            0,
+            "",
+            "connection site2: /nonexistent/ca.crt: cannot read",
         ),
     ] {
         let conf = dir.0.join("tls.conf");
@@ -118,7 +129,13 @@ fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!status.success(), "{stderr}");
         assert!(
-            stderr.contains(&format!("{}:{line}: option `{option}` {says}", conf.display())),
+            match line {
+                0 => stderr.contains(says),
+                _ =>
+                    stderr.contains(&format!("{}:{line}: ", conf.display()))
+                        && stderr.contains(&format!("`{option}`"))
+                        && stderr.contains(says),
+            },
             "{stderr}"
         );
         assert!(!common::answers_mqtt(([127, 0, 0, 1], port).into()));

@@ -36,7 +36,7 @@ use crate::protocol::{
     Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, TopicName,
     Unsubscribe, PACKET_SIZE_MAX,
 };
-use crate::runtime::{claim_answered, claim_connected, flow, write_out, PacketReader};
+use crate::runtime::{claim_answered, claim_connected, flow, write_out, PacketReader, Transport};
 
 /// Starts `bridge`'s task on `shard` (a bridge shard: `crate::runtime` calls this for each of
 /// its bridges).
@@ -283,7 +283,7 @@ struct AddressCursor {
 
 /// A connected remote broker, after its CONNACK.
 struct Remote {
-    stream: TcpStream,
+    stream: Transport,
     reader: PacketReader,
     session_present: bool,
     /// Index of the address in use.
@@ -339,6 +339,8 @@ async fn connect_remote(
 enum ConnectFailure {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("no CONNACK in time")]
     Timeout,
     /// Unacceptable protocol version, or closed before CONNACK, after a CONNECT with the
@@ -356,11 +358,15 @@ async fn attempt(
     counters: &Arc<ShardCounters>,
     address: &Address,
     private: bool,
-) -> Result<(TcpStream, PacketReader, ConnAck), ConnectFailure> {
-    let mut stream = open_socket(address, bridge.bind_address).await?;
+) -> Result<(Transport, PacketReader, ConnAck), ConnectFailure> {
+    // Read at each connection, so that renewed files are used at the next reconnect.
+    let tls = bridge.tls.as_ref().map(crate::tls::client_config).transpose()?.map(Arc::new);
+    let socket = open_socket(address, bridge.bind_address).await?;
+    let mut stream = Transport::dial(socket, &address.host, tls).await?;
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(remote_connect(bridge, private))).encode(bridge.protocol, &mut out);
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let mut reader = PacketReader::new(PACKET_SIZE_MAX, counters.clone());
     let answer = glommio::timer::timeout(CONNECT_TIMEOUT, async {
         Ok(reader.next(&mut stream, bridge.protocol).await)
@@ -382,8 +388,10 @@ async fn attempt(
     }
 }
 
-/// Resolves, binds (`bridge_bind_address`) and connects on glommio's blocking thread: name
-/// resolution and a bound connect have no io_uring path in glommio.
+/// Resolves the host again (its addresses may have changed since the last connection), binds
+/// (`bridge_bind_address`) and connects to each address in turn until one answers, on
+/// glommio's blocking thread: name resolution and a bound connect have no io_uring path in
+/// glommio.
 async fn open_socket(
     address: &Address,
     bind: Option<std::net::IpAddr>,
@@ -391,19 +399,27 @@ async fn open_socket(
     let (host, port) = (address.host.clone(), address.port);
     let socket = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<socket2::Socket> {
-            let target = (host.as_str(), port)
-                .to_socket_addrs()?
-                .find(|a| bind.is_none_or(|b| a.is_ipv4() == b.is_ipv4()))
-                .ok_or_else(|| std::io::Error::other("no address of the right family"))?;
-            let domain = socket2::Domain::for_address(target);
-            let socket =
-                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-            if let Some(bind) = bind {
-                socket.bind(&std::net::SocketAddr::new(bind, 0).into())?;
+            let mut last = std::io::Error::other("no address of the right family");
+            let targets = (host.as_str(), port).to_socket_addrs()?;
+            for target in targets.filter(|a| bind.is_none_or(|b| a.is_ipv4() == b.is_ipv4())) {
+                let domain = socket2::Domain::for_address(target);
+                let socket = socket2::Socket::new(
+                    domain,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                if let Some(bind) = bind {
+                    socket.bind(&std::net::SocketAddr::new(bind, 0).into())?;
+                }
+                match socket.connect_timeout(&target.into(), CONNECT_TIMEOUT) {
+                    Ok(()) => {
+                        socket.set_nodelay(true)?;
+                        return Ok(socket);
+                    }
+                    Err(error) => last = error,
+                }
             }
-            socket.connect_timeout(&target.into(), CONNECT_TIMEOUT)?;
-            socket.set_nodelay(true)?;
-            Ok(socket)
+            Err(last)
         })
         .await?;
     // SAFETY: the descriptor is a connected TCP socket whose ownership moves to glommio.
@@ -491,7 +507,7 @@ struct Link {
     shard: Rc<RefCell<Shard>>,
     bridge: Rc<Bridge>,
     local: Rc<ConnHandle>,
-    stream: TcpStream,
+    stream: Transport,
     reader: PacketReader,
     peer: PeerLimits,
     /// Encoded packets for the remote, written once per turn.

@@ -142,6 +142,45 @@ pub fn setter(option: &str) -> Option<Setter> {
             b.bind_address = Some(value.parse().map_err(|_| "not an IP address".to_string())?);
             Ok(())
         },
+        // TLS (`crate::tls::BridgeTls`): a line that asks for TLS makes the bridge dial through
+        // it, and `check_complete` refuses one without the CAs to check its peer with.
+        "bridge_cafile" => |b, value| {
+            b.tls_asked().cafile = Some(path(value)?);
+            Ok(())
+        },
+        "bridge_capath" => |b, value| {
+            b.tls_asked().capath = Some(path(value)?);
+            Ok(())
+        },
+        "bridge_certfile" => |b, value| {
+            b.tls_asked().certfile = Some(path(value)?);
+            Ok(())
+        },
+        "bridge_keyfile" => |b, value| {
+            b.tls_asked().keyfile = Some(path(value)?);
+            Ok(())
+        },
+        "bridge_insecure" => |b, value| {
+            match parse_bool(value)? {
+                true => b.tls_asked().insecure = true,
+                false => b.tls.iter_mut().for_each(|tls| tls.insecure = false),
+            }
+            Ok(())
+        },
+        "bridge_tls_version" => |b, value| {
+            b.tls_asked().min_version = crate::tls::TlsVersion::parse(value)?;
+            Ok(())
+        },
+        "bridge_alpn" => |b, value| {
+            b.tls_asked().alpn = Some(non_empty(value)?);
+            Ok(())
+        },
+        "bridge_require_ocsp" => |_, value| match parse_bool(value)? {
+            false => Ok(()),
+            true => Err("OCSP is not checked by Culex's TLS (rustls): refusing to start rather \
+                         than dial a peer whose certificate may be revoked"
+                .into()),
+        },
         _ => return None,
     };
     Some(set)
@@ -270,9 +309,15 @@ pub struct Bridge {
     /// 0: no limit beyond the protocol's.
     pub max_packet_size: u32,
     pub bind_address: Option<IpAddr>,
+    /// Its TLS options, once a line asks for TLS.
+    pub tls: Option<crate::tls::BridgeTls>,
 }
 
 impl Bridge {
+    fn tls_asked(&mut self) -> &mut crate::tls::BridgeTls {
+        self.tls.get_or_insert_with(Default::default)
+    }
+
     /// Whether the bridge's local session starts clean: `local_cleansession`, by default the
     /// value of `cleansession` (Mosquitto's rule). Kept, its queue survives restarts with
     /// persistence.
@@ -312,6 +357,7 @@ impl Bridge {
             outgoing_retain: true,
             max_packet_size: 0,
             bind_address: None,
+            tls: None,
         }
     }
 
@@ -361,6 +407,22 @@ impl Bridge {
                 "connection `{}`: local_clientid equals remote_clientid",
                 self.name
             ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cafile.is_none() && tls.capath.is_none() {
+                return Err(format!(
+                    "connection `{}` asks for TLS without bridge_cafile or bridge_capath: the \
+                     peer's certificate could not be checked, and Culex refuses to start rather \
+                     than dial in plaintext",
+                    self.name
+                ));
+            }
+            if tls.certfile.is_some() != tls.keyfile.is_some() {
+                return Err(format!(
+                    "connection `{}`: bridge_certfile and bridge_keyfile go together",
+                    self.name
+                ));
+            }
         }
         Ok(())
     }
@@ -462,6 +524,10 @@ fn topic_name(value: &str) -> Result<String, String> {
     crate::protocol::TopicName::new(value.to_string())
         .map(|_| value.to_string())
         .map_err(|_| format!("`{value}` is not a topic name"))
+}
+
+fn path(value: &str) -> Result<std::path::PathBuf, String> {
+    Ok(non_empty(value)?.into())
 }
 
 fn non_empty(value: &str) -> Result<String, String> {

@@ -448,8 +448,6 @@ const TLS_ENGINE: &str = "asks for an OpenSSL engine, which Culex's TLS library 
 const PLUGIN: &str = "loads an authentication plugin (or configures one), which Culex cannot \
                       run: refusing to start, since without it clients would not be checked as \
                       the plugin checks them";
-const TLS_BRIDGE: &str = "asks for TLS, which Culex does not implement yet: refusing to start, \
-                          since without it the bridge would connect to its peer in plaintext";
 
 /// Whether `option` is a mosquitto.conf option Culex recognises (applied, warned about, refused
 /// or a bridge option).
@@ -932,16 +930,11 @@ fn handling(option: &str) -> Option<Handling> {
             "asks for OCSP stapling, which Culex's TLS does not implement: refusing to start, \
              since clients that require a stapled response would be refused",
         ),
-        "bridge_alpn"
-        | "bridge_cafile"
-        | "bridge_capath"
-        | "bridge_certfile"
-        | "bridge_identity"
-        | "bridge_insecure"
-        | "bridge_keyfile"
-        | "bridge_psk"
-        | "bridge_require_ocsp"
-        | "bridge_tls_version" => Refuse(TLS_BRIDGE),
+        "bridge_identity" | "bridge_psk" => Refuse(
+            "asks for TLS with pre-shared keys, which Culex's TLS library (rustls) does not \
+             support: refusing to start, since the bridge would not dial its peer as configured \
+             (use certificates: bridge_cafile, bridge_certfile, bridge_keyfile)",
+        ),
         _ => return None,
     })
 }
@@ -1719,30 +1712,41 @@ mod tests {
     }
 
     #[test]
-    fn bridge_tls_options_stop_the_broker_rather_than_dial_in_plaintext() {
-        let tls = [
-            "bridge_alpn",
-            "bridge_cafile",
-            "bridge_capath",
-            "bridge_certfile",
-            "bridge_identity",
-            "bridge_insecure",
-            "bridge_keyfile",
-            "bridge_psk",
-            "bridge_require_ocsp",
-            "bridge_tls_version",
-        ];
-        for option in tls {
-            let text = format!("connection a\naddress h\ntopic #\n{option} x\n");
-            let error = Config::parse(&text, Path::new("t.conf")).unwrap_err().to_string();
-            assert_eq!(
-                error,
-                format!(
-                    "t.conf:4: option `{option}` asks for TLS, which Culex does not implement \
-                     yet: refusing to start, since without it the bridge would connect to its \
-                     peer in plaintext"
-                )
-            );
+    fn a_bridge_dials_tls_with_a_ca_and_never_plaintext_without_one() {
+        let bridge = "connection a\naddress broker.example.com:8883\ntopic # both 1\n";
+        let config = parse(&format!(
+            "{bridge}bridge_cafile /ca.pem\nbridge_certfile /c.pem\nbridge_keyfile /k.pem\n\
+             bridge_insecure true\nbridge_tls_version tlsv1.3\nbridge_alpn mqtt\n\
+             bridge_require_ocsp false\n"
+        ))
+        .unwrap();
+        let tls = config.bridges[0].tls.clone().unwrap();
+        assert_eq!(tls.cafile, Some("/ca.pem".into()));
+        assert_eq!(tls.keyfile, Some("/k.pem".into()));
+        assert!(tls.insecure);
+        assert_eq!(tls.min_version, crate::tls::TlsVersion::Tls13);
+        assert_eq!(tls.alpn.as_deref(), Some("mqtt"));
+        // `bridge_insecure false` alone asks nothing.
+        assert_eq!(
+            parse(&format!("{bridge}bridge_insecure false\n")).unwrap().bridges[0].tls,
+            None
+        );
+
+        for (extra, says) in [
+            ("bridge_insecure true\n", "without bridge_cafile or bridge_capath"),
+            ("bridge_certfile /c.pem\nbridge_keyfile /k.pem\n", "without bridge_cafile"),
+            ("bridge_cafile /ca.pem\nbridge_certfile /c.pem\n", "go together"),
+            ("bridge_require_ocsp true\n", "OCSP is not checked"),
+            ("bridge_tls_version tlsv1.1\n", "TLS 1.2 and 1.3 only"),
+        ] {
+            let message = parse(&format!("{bridge}{extra}")).unwrap_err().to_string();
+            assert!(message.contains(says), "{extra}: {message}");
+            assert!(message.starts_with("test.conf:"), "{message}");
+        }
+        for option in ["bridge_psk", "bridge_identity"] {
+            let error = parse(&format!("{bridge}{option} x\n")).unwrap_err();
+            assert!(matches!(error, ConfigError::Refused { line: 4, .. }), "{error}");
+            assert!(error.to_string().contains("pre-shared keys"), "{error}");
         }
     }
 

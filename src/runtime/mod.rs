@@ -38,6 +38,7 @@ pub use connection::{claim_answered, claim_connected, write_out, PacketReader};
 use recovery::ShardRecovery;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+pub use transport::Transport;
 
 /// io_uring memory per executor. glommio's default (10 MiB in three rings) exceeds the 8 MiB
 /// memlock limit that unprivileged users and containers get; 64 KiB with 128-entry rings
@@ -71,6 +72,8 @@ pub enum StartError {
     AuthFile(#[from] crate::auth::AuthFileError),
     #[error("listener {port}: {source}")]
     Tls { port: u16, source: crate::tls::TlsError },
+    #[error("connection {name}: {source}")]
+    BridgeTls { name: String, source: crate::tls::TlsError },
     #[error(
         "io_uring is not available ({0}): Culex needs it. Check `sysctl kernel.io_uring_disabled` \
          (0 enables it for everyone) and, in a container, a seccomp profile that allows \
@@ -224,6 +227,21 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         return Err(StartError::TooManyShards(shard_count));
     }
     let endpoints = endpoints(&config, &listener_contexts(&config)?);
+    // A bridge reads its TLS files again at each connection (a renewed certificate is used
+    // at the next reconnect); a file that cannot be used stops the start.
+    for bridge in &config.bridges {
+        if let Some(tls) = &bridge.tls {
+            crate::tls::client_config(tls)
+                .map_err(|source| StartError::BridgeTls { name: bridge.name.clone(), source })?;
+            if tls.insecure {
+                tracing::warn!(
+                    bridge = %bridge.name,
+                    "bridge_insecure true: the peer's certificate is not checked against the \
+                     host name dialled; anyone holding a certificate from the CA can pose as it"
+                );
+            }
+        }
+    }
     for endpoint in &endpoints {
         probe_free(endpoint.bind.addr)?;
     }

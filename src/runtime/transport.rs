@@ -1,20 +1,24 @@
-//! The byte stream under a client's connection: plain TCP, or TLS over it. Everything above
-//! (`connection`) reads and writes MQTT bytes and never knows which.
+//! The byte stream under a connection: plain TCP, or TLS over it, accepted from a client or
+//! dialled by a bridge. Everything above (`connection`, bridges) reads and writes MQTT bytes
+//! and never knows which.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 use crate::tls::ServerTls;
 
 pub enum Transport {
     Tcp(TcpStream),
-    /// Boxed: a TLS session's state is some kilobytes, and most connections are plain.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// A client's TLS session, accepted. Boxed: a TLS session's state is some kilobytes, and
+    /// most connections are plain.
+    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    /// A bridge's TLS session to its peer.
+    TlsDialled(Box<futures_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Why a connection never carried MQTT.
@@ -43,6 +47,23 @@ impl Transport {
         });
         Ok((Transport::Tls(Box::new(stream)), name))
     }
+
+    /// A bridge's transport to `host`: TLS over `stream` when `tls` is given, checking the
+    /// peer's certificate against `host` (unless `bridge_insecure`) and naming it in SNI when
+    /// it is a host name.
+    pub async fn dial(
+        stream: TcpStream,
+        host: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Transport> {
+        let Some(config) = tls else {
+            return Ok(Transport::Tcp(stream));
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let connector = futures_rustls::TlsConnector::from(config);
+        Ok(Transport::TlsDialled(Box::new(connector.connect(name, stream).await?)))
+    }
 }
 
 impl AsyncRead for Transport {
@@ -54,6 +75,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -67,6 +89,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -74,6 +97,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
@@ -81,6 +105,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_close(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+            Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_close(cx),
         }
     }
 }

@@ -240,7 +240,7 @@ fn now() -> i64 {
 }
 
 /// The CAs of `cafile` and every certificate file in `capath`.
-fn roots(settings: &ListenerTls) -> Result<RootCertStore, TlsError> {
+fn roots(cafile: Option<&Path>, capath: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     let mut add = |file: &Path, certificates: Vec<CertificateDer<'static>>| {
         for certificate in certificates {
@@ -250,10 +250,10 @@ fn roots(settings: &ListenerTls) -> Result<RootCertStore, TlsError> {
         }
         Ok::<(), TlsError>(())
     };
-    if let Some(file) = &settings.cafile {
+    if let Some(file) = cafile {
         add(file, certificates(file)?)?;
     }
-    if let Some(dir) = &settings.capath {
+    if let Some(dir) = capath {
         let entries =
             std::fs::read_dir(dir).map_err(|e| error(dir, format!("cannot read: {e}")))?;
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -294,7 +294,7 @@ pub fn server_config(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
         .with_protocol_versions(settings.min_version.versions())
         .map_err(|e| error(certfile, format!("no cipher suite for the versions allowed: {e}")))?;
     let builder = if settings.require_certificate {
-        let roots = Arc::new(roots(settings)?);
+        let roots = Arc::new(roots(settings.cafile.as_deref(), settings.capath.as_deref())?);
         let ca = settings.cafile.as_deref().or(settings.capath.as_deref()).unwrap_or(certfile);
         let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
         if let Some(crlfile) = &settings.crlfile {
@@ -314,14 +314,155 @@ pub fn server_config(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
         // As Mosquitto: without require_certificate, no client certificate is asked for.
         builder.with_no_client_auth()
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+    builder.with_single_cert(chain, key).map_err(|e| key_error(e, certfile, keyfile))
+}
+
+/// A certificate chain (not expired) and its private key, read from their files.
+fn certified_key(
+    certfile: &Path,
+    keyfile: &Path,
+    whose: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = certificates(certfile)?;
+    let leaf = chain.first().map(|c| c.as_ref()).unwrap_or_default();
+    let validity =
+        names::validity(leaf).ok_or_else(|| error(certfile, "not an X.509 certificate"))?;
+    if validity.not_after < now() {
+        return Err(error(
+            certfile,
+            format!("the {whose} certificate expired on {}", validity.not_after_text),
+        ));
+    }
+    Ok((chain, private_key(keyfile)?))
+}
+
+/// A key rustls refused beside its certificate.
+fn key_error(error_: rustls::Error, certfile: &Path, keyfile: &Path) -> TlsError {
+    match error_ {
         rustls::Error::InconsistentKeys(_) => {
             error(keyfile, format!("does not match the certificate in {}", certfile.display()))
         }
         other => error(keyfile, format!("cannot be used with {}: {other}", certfile.display())),
-    })?;
-    config.alpn_protocols.clear();
+    }
+}
+
+/// A bridge's TLS options (mosquitto.conf(5), "Configuring Bridges"): the bridge dials its
+/// peer through TLS once `bridge_cafile` or `bridge_capath` is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeTls {
+    /// `bridge_cafile` and `bridge_capath`: the CAs the peer's certificate must come from.
+    pub cafile: Option<PathBuf>,
+    pub capath: Option<PathBuf>,
+    /// `bridge_certfile` and `bridge_keyfile`: the bridge's own certificate, for a peer with
+    /// `require_certificate true`.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// `bridge_insecure`: the peer's certificate is checked against the CAs but not against
+    /// the host name the bridge dials.
+    pub insecure: bool,
+    /// `bridge_tls_version`: the lowest version offered.
+    pub min_version: TlsVersion,
+    /// `bridge_alpn`: the application protocol asked for (a proxy in front of the peer may
+    /// route on it).
+    pub alpn: Option<String>,
+}
+
+/// Builds the rustls configuration a bridge dials with, reading every file now.
+pub fn client_config(settings: &BridgeTls) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = roots(settings.cafile.as_deref(), settings.capath.as_deref())?;
+    let ca = settings.cafile.as_deref().or(settings.capath.as_deref());
+    let ca = ca.unwrap_or(Path::new("bridge_cafile"));
+    if roots.is_empty() {
+        return Err(error(ca, "holds no CA certificate to check the peer's certificate with"));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(settings.min_version.versions())
+        .map_err(|e| error(ca, format!("no cipher suite for the versions allowed: {e}")))?;
+    let builder = if settings.insecure {
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| error(ca, format!("cannot verify the peer: {e}")))?;
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(insecure::AnyName(verifier)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&settings.certfile, &settings.keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let (chain, key) = certified_key(certfile, keyfile, "bridge's")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| key_error(e, certfile, keyfile))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = settings.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(config)
+}
+
+mod insecure {
+    //! `bridge_insecure true`: the peer's chain is still checked against the CAs; only a name
+    //! that does not match the host dialled is let pass, as OpenSSL without host name
+    //! verification does for Mosquitto.
+
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+
+    #[derive(Debug)]
+    pub(super) struct AnyName(pub(super) Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for AnyName {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            let verified = self.0.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+            match verified {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
 }
 
 /// A listener's TLS configuration, replaced whole by SIGHUP: handshakes after a reload use the

@@ -1,6 +1,9 @@
 //! Certificates made at test time with the `openssl` command, as an operator makes them: a CA,
-//! server certificates for 127.0.0.1 and localhost, client certificates, revocation lists.
+//! server certificates for loopback (and the bridge tests' aliases) and localhost, client
+//! certificates, revocation lists. Keys are readable by everyone: Mosquitto started as root reads
+//! them as the `mosquitto` user.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,19 +65,24 @@ impl Ca {
         args.extend(KeyType::EcP256.args());
         args.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
         openssl(&args, &dir);
+        for path in [parent, &dir] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Ca { cert: dir.join("ca.crt"), key: dir.join("ca.key"), dir, name: name.to_string() }
     }
 
-    /// A server certificate for 127.0.0.1, ::1 and localhost.
+    /// A server certificate for 127.0.0.1, ::1, the bridge tests' 127.0.0.53, .88 and .89, and
+    /// localhost.
     pub fn server(&self, file: &str, key_type: KeyType) -> Issued {
-        self.issue(
-            file,
-            "/CN=localhost",
-            key_type,
-            "subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost\n\
-             extendedKeyUsage = serverAuth\n",
-            None,
-        )
+        let names =
+            "IP:127.0.0.1, IP:::1, IP:127.0.0.53, IP:127.0.0.88, IP:127.0.0.89, DNS:localhost";
+        self.server_for(file, key_type, names)
+    }
+
+    /// A server certificate for these subject alternative names only.
+    pub fn server_for(&self, file: &str, key_type: KeyType, names: &str) -> Issued {
+        let extensions = format!("subjectAltName = {names}\nextendedKeyUsage = serverAuth\n");
+        self.issue(file, "/CN=localhost", key_type, &extensions, None)
     }
 
     /// A client certificate with this subject (`/O=.../CN=...`).
@@ -126,6 +134,7 @@ impl Ca {
             None => args.extend(["-days", "2"]),
         }
         openssl(&args, &self.dir);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         Issued { cert, key }
     }
 
