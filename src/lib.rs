@@ -10,3 +10,4 @@ pub mod runtime;
 pub mod store;
 pub mod sys;
 pub mod tls;
+pub mod websocket;

@@ -149,7 +149,6 @@ fn describe(config: &Config) -> String {
     let listeners: Vec<String> = config
         .listeners
         .iter()
-        .filter(|l| !l.websockets)
         .flat_map(|l| l.bind_addresses(config.local_only))
         .map(|bind| bind.addr.to_string())
         .collect();

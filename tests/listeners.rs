@@ -1,5 +1,5 @@
 //! Listener options on the real binary: addresses and families, `bind_interface`,
-//! `max_connections`, `mount_point`, `protocol websockets`.
+//! `max_connections`, `mount_point` (WebSocket listeners: tests/websockets.rs).
 
 mod common;
 
@@ -77,18 +77,6 @@ fn bind_interface_binds_to_the_device() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bind_interface nosuch0"), "{stderr}");
-}
-
-#[test]
-fn a_websockets_listener_is_not_opened_and_says_so() {
-    let port = free_port();
-    let ws_port = free_port();
-    let config = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\nlistener {ws_port} 127.0.0.1\nprotocol websockets\n"
-    );
-    let broker = Broker::start_with_config(port, &config);
-    assert!(TcpStream::connect(("127.0.0.1", ws_port)).is_err());
-    assert!(broker.log_text().contains("`protocol websockets` is not implemented yet"));
 }
 
 /// `mount_point` as Mosquitto documents it (and 2.0.12 on does: 2.0.11 forgets to take the

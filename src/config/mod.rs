@@ -25,8 +25,12 @@ pub struct Listener {
     pub bind_interface: Option<String>,
     /// `max_connections`: clients connected through this listener at once (`None`: no limit).
     pub max_connections: Option<usize>,
-    /// `protocol websockets`: not served yet, so the listener is not opened.
+    /// `protocol websockets`: MQTT over WebSockets (over TLS with `certfile`).
     pub websockets: bool,
+    /// `http_dir`: with `protocol websockets`, files served to plain HTTP requests.
+    pub http_dir: Option<PathBuf>,
+    /// `websockets_origin` (Mosquitto 2.1, repeatable): the Origins allowed to upgrade.
+    pub websockets_origins: Vec<String>,
     /// `mount_point`: prefixed to every topic its clients publish, subscribe to or leave as a
     /// will, and taken off what they receive.
     pub mount_point: Option<String>,
@@ -84,6 +88,8 @@ impl Listener {
             bind_interface: None,
             max_connections: None,
             websockets: false,
+            http_dir: None,
+            websockets_origins: Vec::new(),
             mount_point: None,
             security: ListenerSecurity::default(),
             max_topic_alias: MAX_TOPIC_ALIAS_DEFAULT,
@@ -230,7 +236,8 @@ impl LogTypes {
         self.0 & other.0 != 0
     }
 
-    /// A `log_type` value; `websockets` is accepted and means nothing until WebSockets do.
+    /// A `log_type` value; `websockets` is accepted: WebSocket events are logged with the
+    /// connection events.
     fn named(name: &str) -> Option<LogTypes> {
         Some(match name {
             "error" => Self::ERROR,
@@ -363,6 +370,8 @@ pub struct Config {
     /// Culex's `reason_strings`: 5.0 refusals (CONNACK, DISCONNECT, PUBACK, PUBREC) carry a
     /// Reason String. Off by default: Mosquitto 2.0 sends none.
     pub reason_strings: bool,
+    /// `websockets_headers_size`: the most bytes a WebSocket listener reads of a request head.
+    pub websockets_headers_size: usize,
     pub verbose: bool,
 }
 
@@ -406,6 +415,7 @@ impl Default for Config {
             bridge_shards: 1,
             metrics_listener: None,
             reason_strings: false,
+            websockets_headers_size: crate::websocket::HEADERS_SIZE_DEFAULT,
             verbose: false,
         }
     }
@@ -636,13 +646,7 @@ fn handling(option: &str) -> Option<Handling> {
         "protocol" => Apply(|p, l| {
             match l.value {
                 "mqtt" => p.current_listener().websockets = false,
-                "websockets" => {
-                    p.current_listener().websockets = true;
-                    p.warnings.push(l.warning(
-                        "`protocol websockets` is not implemented yet: this listener is not \
-                         opened",
-                    ));
-                }
+                "websockets" => p.current_listener().websockets = true,
                 _ => return Err(l.invalid("expected `mqtt` or `websockets`")),
             }
             Ok(())
@@ -826,17 +830,33 @@ fn handling(option: &str) -> Option<Handling> {
         | "auto_id_prefix_listener"
         | "check_retain_source"
         | "enable_control_api"
-        | "http_dir"
         | "max_inflight_bytes"
-        | "websockets_headers_size"
-        | "websockets_log_level"
         // Mosquitto 2.1's new options: recognised, so that a host's 2.1 file starts Culex.
         | "accept_protocol_versions"
         | "bridge_receive_maximum"
         | "global_max_clients"
         | "global_max_connections"
-        | "listener_auto_id_prefix"
-        | "websockets_origin" => Warn,
+        | "listener_auto_id_prefix" => Warn,
+        "http_dir" => Apply(|p, l| {
+            p.current_listener().http_dir = Some(parse_path(l)?);
+            Ok(())
+        }),
+        "websockets_origin" => Apply(|p, l| {
+            if l.value.is_empty() {
+                return Err(l.invalid("expected an origin (scheme://host[:port])"));
+            }
+            p.current_listener().websockets_origins.push(l.value.to_string());
+            Ok(())
+        }),
+        "websockets_headers_size" => Apply(|p, l| {
+            p.config.websockets_headers_size = match parse_number::<usize>(l)? {
+                0 => crate::websocket::HEADERS_SIZE_DEFAULT,
+                size => size,
+            };
+            Ok(())
+        }),
+        // libwebsockets' log mask: Culex's WebSocket events are logged as its others are.
+        "websockets_log_level" => Apply(|_, l| parse_number::<u32>(l).map(|_| ())),
         // Security options are never only a warning: ignored, they would let in whom they keep
         // out.
         "auth_plugin" | "plugin" | "plugin_load" | "plugin_use" => Refuse(PLUGIN),
@@ -1770,8 +1790,11 @@ mod tests {
     #[test]
     fn unimplemented_mosquitto_options_warn_with_file_and_line() {
         let (_, warnings) =
-            Config::parse("listener 1883\nhttp_dir /www\n", Path::new("m.conf")).unwrap();
-        assert_eq!(warnings, ["m.conf:2: option `http_dir` is not implemented yet and is ignored"]);
+            Config::parse("listener 1883\nmax_inflight_bytes 10\n", Path::new("m.conf")).unwrap();
+        assert_eq!(
+            warnings,
+            ["m.conf:2: option `max_inflight_bytes` is not implemented yet and is ignored"]
+        );
     }
 
     #[test]

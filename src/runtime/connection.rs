@@ -13,16 +13,19 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::flow;
-use super::transport::{OpenError, Transport};
+use super::transport::{Layers, OpenError, Transport};
+use super::websocket::NotUpgraded;
 use crate::broker::counters::ShardCounters;
 use crate::broker::outbox::{refusal, Close, ConnHandle, ListenerContext};
 use crate::broker::{Origin, PendingClaim, Shard};
 use crate::protocol::{DecodeError, Packet, ProtocolVersion, ReasonCode};
-use crate::tls::ServerTls;
 
 /// A client that opens a connection must have finished its TLS handshake, if any, and sent
 /// CONNECT within this time.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a closing connection waits for its peer's half of a closing handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes read from the socket per call at first: enough for a CONNECT and an idle client's
 /// traffic. Reads that fill it double it, up to `READ_CHUNK_MAX_BYTES`, so only busy connections
@@ -108,7 +111,7 @@ pub async fn serve(
     shard: Rc<RefCell<Shard>>,
     socket: TcpStream,
     listener: Arc<ListenerContext>,
-    tls: Option<Arc<ServerTls>>,
+    layers: Layers<'_>,
 ) {
     let peer = socket.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (max_packet_size, counters) = {
@@ -119,7 +122,7 @@ pub async fn serve(
     let mut reader = PacketReader::new(max_packet_size, counters);
 
     let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        Ok(match Transport::open(socket, tls.as_deref()).await {
+        Ok(match Transport::open(socket, layers).await {
             Ok((mut stream, name)) => {
                 let read = reader.next(&mut stream, ProtocolVersion::V5).await;
                 Ok((stream, name, read))
@@ -132,6 +135,14 @@ pub async fn serve(
         Ok(Ok(opened)) => opened,
         Ok(Err(OpenError::Handshake(error))) => {
             tracing::info!(%peer, %error, "closed: TLS handshake failed");
+            return;
+        }
+        Ok(Err(OpenError::NotUpgraded(NotUpgraded::Answered(why)))) => {
+            tracing::info!(%peer, why, "closed: HTTP request answered, no WebSocket upgrade");
+            return;
+        }
+        Ok(Err(OpenError::NotUpgraded(NotUpgraded::Io(error)))) => {
+            tracing::info!(%peer, %error, "closed: read failed before the WebSocket upgrade");
             return;
         }
         Err(_) => {
@@ -187,12 +198,13 @@ pub async fn serve(
 }
 
 /// Writes what a connection says last (a refusal, a DISCONNECT) and closes it; a peer that is
-/// already gone is no error.
+/// already gone is no error, and one that never answers a closing handshake (TLS, WebSocket)
+/// is left after `CLOSE_GRACE`.
 async fn send_last(stream: &mut Transport, bytes: &[u8]) {
     if !bytes.is_empty() {
         let _ = stream.write_all(bytes).await;
     }
-    let _ = stream.close().await;
+    let _ = glommio::timer::timeout(CLOSE_GRACE, async { Ok(stream.close().await) }).await;
 }
 
 async fn run(

@@ -11,6 +11,7 @@ mod mesh;
 pub mod notify;
 mod recovery;
 mod transport;
+mod websocket;
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -170,7 +171,14 @@ fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
                 .as_ref()
                 .is_some_and(|tls| tls.username_from_certificate.is_some()),
         });
-        contexts.push(Listening { context, tls });
+        let websocket = listener.websockets.then(|| {
+            Arc::new(crate::websocket::Settings {
+                headers_size_max: config.websockets_headers_size,
+                http_dir: listener.http_dir.clone(),
+                origins: listener.websockets_origins.clone(),
+            })
+        });
+        contexts.push(Listening { context, tls, websocket });
     }
     let _ = CREDENTIALS.set(all);
     let _ = SERVER_TLS.set(server_tls);
@@ -182,6 +190,8 @@ fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
 struct Listening {
     context: Arc<ListenerContext>,
     tls: Option<Arc<ServerTls>>,
+    /// `protocol websockets`.
+    websocket: Option<Arc<crate::websocket::Settings>>,
 }
 
 /// How long `shutdown` leaves the shards to tell their clients: two sweeps.
@@ -521,10 +531,10 @@ struct Endpoint {
     listening: Listening,
 }
 
-/// The sockets of every listener (`protocol websockets` ones are not opened yet).
+/// The sockets of every listener.
 fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
-    let listeners = config.listeners.iter().zip(contexts).filter(|(l, _)| !l.websockets);
+    let listeners = config.listeners.iter().zip(contexts);
     for (listener, context) in listeners {
         let limit = listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max)));
         for bind in listener.bind_addresses(config.local_only) {
@@ -667,9 +677,16 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                 };
                 let _ = stream.set_nodelay(endpoint.nodelay);
                 let shard = shard.clone();
-                let Listening { context, tls } = endpoint.listening.clone();
+                let Listening { context, tls, websocket } = endpoint.listening.clone();
+                let max_message_bytes =
+                    usize::try_from(shard.borrow().config().max_packet_size).unwrap_or(usize::MAX);
                 glommio::spawn_local(async move {
-                    connection::serve(shard, stream, context, tls).await;
+                    let layers = transport::Layers {
+                        tls: tls.as_deref(),
+                        websocket: websocket.as_deref(),
+                        max_message_bytes,
+                    };
+                    connection::serve(shard, stream, context, layers).await;
                     drop(slot);
                 })
                 .detach();

@@ -1,6 +1,6 @@
-//! The byte stream under a connection: plain TCP, or TLS over it, accepted from a client or
-//! dialled by a bridge. Everything above (`connection`, bridges) reads and writes MQTT bytes
-//! and never knows which.
+//! The byte stream under a connection: plain TCP, TLS over it, and WebSockets over either,
+//! accepted from a client or dialled by a bridge. Everything above (`connection`, bridges)
+//! reads and writes MQTT bytes and never knows which.
 
 use std::io;
 use std::pin::Pin;
@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use super::websocket::{NotUpgraded, WebSocketStream};
 use crate::tls::ServerTls;
 
 pub enum Transport {
@@ -19,6 +20,17 @@ pub enum Transport {
     Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
     /// A bridge's TLS session to its peer.
     TlsDialled(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    /// A client's WebSocket, over TCP or TLS.
+    WebSocket(Box<WebSocketStream>),
+}
+
+/// What a listener puts under its connections besides TCP.
+#[derive(Clone, Copy)]
+pub struct Layers<'a> {
+    pub tls: Option<&'a ServerTls>,
+    pub websocket: Option<&'a crate::websocket::Settings>,
+    /// The largest WebSocket message taken: the listener's largest packet.
+    pub max_message_bytes: usize,
 }
 
 /// Why a connection never carried MQTT.
@@ -27,25 +39,38 @@ pub enum OpenError {
     /// The TLS handshake failed (a client trusting another CA, a certificate refused or
     /// revoked, a plaintext client on a TLS port, ...).
     Handshake(io::Error),
+    /// The HTTP request was not a WebSocket upgrade (answered: a file, or a refusal), or
+    /// reading it failed.
+    NotUpgraded(NotUpgraded),
 }
 
 impl Transport {
     /// The transport an accepted socket gives: TLS once its handshake is done, with the name
-    /// its client certificate gives when the listener takes user names from certificates.
+    /// its client certificate gives when the listener takes user names from certificates; a
+    /// WebSocket once its upgrade is done.
     pub async fn open(
         stream: TcpStream,
-        tls: Option<&ServerTls>,
+        layers: Layers<'_>,
     ) -> Result<(Transport, Option<String>), OpenError> {
-        let Some(tls) = tls else {
-            return Ok((Transport::Tcp(stream), None));
+        let (transport, name) = match layers.tls {
+            None => (Transport::Tcp(stream), None),
+            Some(tls) => {
+                let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
+                let stream = acceptor.accept(stream).await.map_err(OpenError::Handshake)?;
+                let name = tls.settings().username_from_certificate.and_then(|name| {
+                    let certificate = stream.get_ref().1.peer_certificates()?.first()?;
+                    name.of(certificate)
+                });
+                (Transport::Tls(Box::new(stream)), name)
+            }
         };
-        let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
-        let stream = acceptor.accept(stream).await.map_err(OpenError::Handshake)?;
-        let name = tls.settings().username_from_certificate.and_then(|name| {
-            let certificate = stream.get_ref().1.peer_certificates()?.first()?;
-            name.of(certificate)
-        });
-        Ok((Transport::Tls(Box::new(stream)), name))
+        let Some(settings) = layers.websocket else {
+            return Ok((transport, name));
+        };
+        let upgraded = super::websocket::accept(transport, settings, layers.max_message_bytes)
+            .await
+            .map_err(OpenError::NotUpgraded)?;
+        Ok((Transport::WebSocket(Box::new(upgraded)), name))
     }
 
     /// A bridge's transport to `host`: TLS over `stream` when `tls` is given, checking the
@@ -76,6 +101,7 @@ impl AsyncRead for Transport {
             Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -90,6 +116,7 @@ impl AsyncWrite for Transport {
             Transport::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -98,6 +125,7 @@ impl AsyncWrite for Transport {
             Transport::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
@@ -106,6 +134,7 @@ impl AsyncWrite for Transport {
             Transport::Tcp(stream) => Pin::new(stream).poll_close(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+            Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_close(cx),
         }
     }
 }
