@@ -146,12 +146,16 @@ fn remove_pid_file(path: Option<&std::path::Path>) {
 
 /// One line saying what would run.
 fn describe(config: &Config) -> String {
-    let listeners: Vec<String> = config
-        .listeners
-        .iter()
-        .flat_map(|l| l.bind_addresses(config.local_only))
-        .map(|bind| bind.addr.to_string())
-        .collect();
+    let listeners: Vec<String> =
+        config
+            .listeners
+            .iter()
+            .flat_map(|l| l.bind_addresses(config.local_only))
+            .map(|bind| bind.addr.to_string())
+            .chain(config.listeners.iter().filter_map(|l| {
+                l.unix_path.as_ref().map(|path| format!("unix:{}", path.display()))
+            }))
+            .collect();
     let shards = config.shards.map_or_else(|| "one per CPU".to_string(), |n| n.to_string());
     let bridges: Vec<String> = config
         .bridges

@@ -153,3 +153,55 @@ fn a_mount_point_with_wildcards_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.conf:2: invalid value for `mount_point`"), "{stderr}");
 }
+
+/// `listener 0 PATH`: a Unix socket, served beside TCP, with unmodified `mosquitto_pub --unix`
+/// and `mosquitto_sub --unix`. A socket file a dead broker left is replaced; a live one, or a
+/// file that is not a socket, stops the start.
+#[test]
+fn a_unix_socket_listener_serves_mosquitto_tools() {
+    let Some(publish) = common::mosquitto_tool("mosquitto_pub") else { return };
+    let Some(subscribe) = common::mosquitto_tool("mosquitto_sub") else { return };
+    let dir = common::TempDir::new();
+    let path = dir.0.join("culex.sock");
+    // A stale socket file, as a killed broker leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let broker = Broker::start(&format!("listener 0 {}\n", path.display()));
+    let unix = path.to_str().unwrap();
+    let sub = Command::new(&subscribe)
+        .args(["--unix", unix, "-t", "local/#", "-C", "1", "-W", "10", "-i", "unix-sub"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    broker.shard_of("unix-sub");
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new(&publish)
+        .args(["--unix", unix, "-t", "local/x", "-m", "over a unix socket"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over a unix socket\n");
+    assert!(broker.log_text().contains(&format!("peer=unix:{unix}")), "{}", broker.log_text());
+
+    // A second broker on the same path: refused while the first one serves.
+    let conf = dir.0.join("second.conf");
+    let port = free_port();
+    let second = format!("listener {port} 127.0.0.1\nlistener 0 {unix}\n");
+    std::fs::write(&conf, second).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("another process accepts"), "{stderr}");
+    // A regular file at the path is never removed.
+    let file = dir.0.join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nlistener 0 {}\n", file.display()))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    // Port 0 only.
+    std::fs::write(&conf, format!("listener 1883 {}\n", path.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a Unix socket listener takes port 0"));
+}

@@ -19,6 +19,8 @@ pub struct Listener {
     /// Empty: every address (`listener 1883` with no address binds all interfaces); else the
     /// address given, or every address its host name resolved to at start-up.
     pub bind_address: Vec<IpAddr>,
+    /// `listener 0 PATH`: a Unix socket at PATH instead of TCP.
+    pub unix_path: Option<PathBuf>,
     /// `socket_domain`: without an address, bind only this family (`None`: both).
     pub socket_domain: Option<SocketDomain>,
     /// `bind_interface`: accept only connections that arrive on this network interface.
@@ -84,6 +86,7 @@ impl Listener {
         Listener {
             port,
             bind_address,
+            unix_path: None,
             socket_domain: None,
             bind_interface: None,
             max_connections: None,
@@ -163,6 +166,9 @@ impl Listener {
     /// with no address binds every IPv4 and every IPv6 address (IPv6 sockets are V6ONLY), or
     /// those of its `socket_domain`.
     pub fn bind_addresses(&self, loopback_only: bool) -> Vec<BindAddress> {
+        if self.unix_path.is_some() {
+            return Vec::new();
+        }
         if !self.bind_address.is_empty() {
             let bind = |ip: &IpAddr| BindAddress {
                 addr: SocketAddr::new(*ip, self.port),
@@ -479,11 +485,20 @@ fn handling(option: &str) -> Option<Handling> {
         "listener" => Apply(|p, l| {
             let mut parts = l.value.split_whitespace();
             let port = parse_port(parts.next().unwrap_or(""), l)?;
-            let bind_address = match parts.next() {
-                Some(host) => parse_host(host, port, l)?,
-                None => Vec::new(),
+            // Mosquitto: an address with a `/` is a Unix socket's path, with port 0.
+            let listener = match parts.next() {
+                Some(path) if path.contains('/') => {
+                    if port != 0 {
+                        return Err(l.invalid("a Unix socket listener takes port 0"));
+                    }
+                    let mut listener = Listener::new(0, Vec::new());
+                    listener.unix_path = Some(PathBuf::from(path));
+                    listener
+                }
+                Some(host) => Listener::new(port, parse_host(host, port, l)?),
+                None => Listener::new(port, Vec::new()),
             };
-            p.explicit_listeners.push(Listener::new(port, bind_address));
+            p.explicit_listeners.push(listener);
             Ok(())
         }),
         // Mosquitto's older form: the address of the default listener (as `port` is its port).

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::flow;
 use super::transport::{Layers, OpenError, Transport};
@@ -106,14 +105,14 @@ pub enum ReadError {
     Io(io::Error),
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection (`socket`, TCP or Unix, from `peer`) until it closes.
 pub async fn serve(
     shard: Rc<RefCell<Shard>>,
-    socket: TcpStream,
+    socket: Transport,
+    peer: String,
     listener: Arc<ListenerContext>,
     layers: Layers<'_>,
 ) {
-    let peer = socket.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (max_packet_size, counters) = {
         let shard = shard.borrow();
         (shard.config().max_packet_size, shard.counters.clone())
@@ -312,6 +311,7 @@ pub async fn write_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use glommio::net::TcpStream;
     use std::io::Write;
 
     /// Runs `test` on a glommio executor sized as a shard's, with the accepted end of a loopback

@@ -65,6 +65,8 @@ pub enum StartError {
     AddressInUse(SocketAddr),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on Unix socket {}: {source}", path.display())]
+    ListenUnix { path: std::path::PathBuf, source: std::io::Error },
     #[error("{0} shards requested; at most {SHARDS_MAX} are supported")]
     TooManyShards(usize),
     #[error("cannot start shard executor: {0}")]
@@ -210,7 +212,8 @@ pub fn is_shutting_down() -> bool {
 /// What an executor runs besides its share of the mesh.
 enum Role {
     /// Accepts clients on every listener, through its own sockets (bound before the executors
-    /// start, so that privileges can be dropped first).
+    /// start, so that privileges can be dropped first); the first worker also on every Unix
+    /// socket listener.
     Worker(Vec<(Endpoint, Socket)>),
     /// Runs these bridges (`bridge_shards`): no listener, so their traffic does not compete
     /// with clients' on a worker's core.
@@ -236,7 +239,9 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
     if shard_count > SHARDS_MAX {
         return Err(StartError::TooManyShards(shard_count));
     }
-    let endpoints = endpoints(&config, &listener_contexts(&config)?);
+    let contexts = listener_contexts(&config)?;
+    let endpoints = endpoints(&config, &contexts);
+    let unix_endpoints = unix_endpoints(&config, &contexts);
     // A bridge reads its TLS files again at each connection (a renewed certificate is used
     // at the next reconnect); a file that cannot be used stops the start.
     for bridge in &config.bridges {
@@ -255,7 +260,8 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
     for endpoint in &endpoints {
         probe_free(endpoint.bind.addr)?;
     }
-    let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.bind.addr).collect();
+    let mut addrs: Vec<String> = endpoints.iter().map(|e| e.bind.addr.to_string()).collect();
+    addrs.extend(unix_endpoints.iter().map(|e| format!("unix:{}", e.unix_path().display())));
     let pin = worker_count <= cpus.len();
     if !pin {
         tracing::warn!(
@@ -276,6 +282,13 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
     let mut sockets = Vec::with_capacity(worker_count);
     for worker in 0..worker_count {
         sockets.push(bind_all(&endpoints, worker == 0)?);
+    }
+    // A Unix socket has no SO_REUSEPORT: one socket, accepted on by the first worker.
+    for endpoint in unix_endpoints {
+        let socket = listen_unix(endpoint.unix_path())?;
+        if let Some(first) = sockets.first_mut() {
+            first.push((endpoint, socket));
+        }
     }
     // Shard ids are only known once the mesh is joined: each executor takes its own part.
     let recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>> =
@@ -455,7 +468,10 @@ async fn run_shard(
     };
     let mut accepting = Vec::new();
     for (endpoint, socket) in endpoints {
-        // SAFETY: a bound, listening TCP socket whose ownership moves to glommio.
+        // SAFETY: a bound, listening socket whose ownership moves to glommio. For a Unix
+        // socket listener too: glommio's `UnixListener` can only bind itself (after `user` has
+        // dropped root), and its TCP listener's accept is io_uring's accept, which takes any
+        // listening stream socket; `accept` makes each accepted one a `UnixStream`.
         let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
         accepting.push(glommio::spawn_local(accept(shard.clone(), listener, endpoint)));
     }
@@ -517,10 +533,13 @@ async fn persist(
     }
 }
 
-/// One socket every worker shard opens, with what its listener asks of it.
+/// One socket every worker shard opens (a Unix socket: the first worker), with what its
+/// listener asks of it.
 #[derive(Clone)]
 struct Endpoint {
     bind: BindAddress,
+    /// `listener 0 PATH`: a Unix socket, and `bind` unused.
+    unix: Option<std::path::PathBuf>,
     /// `bind_interface`.
     interface: Option<String>,
     /// `max_connections`, counted across shards and the listener's addresses.
@@ -540,6 +559,7 @@ fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
         for bind in listener.bind_addresses(config.local_only) {
             endpoints.push(Endpoint {
                 bind,
+                unix: None,
                 interface: listener.bind_interface.clone(),
                 limit: limit.clone(),
                 nodelay: config.tcp_nodelay,
@@ -548,6 +568,54 @@ fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
         }
     }
     endpoints
+}
+
+/// The Unix socket listeners (`listener 0 PATH`).
+fn unix_endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
+    let listeners = config.listeners.iter().zip(contexts);
+    let unix = listeners.filter_map(|(l, context)| Some((l, l.unix_path.clone()?, context)));
+    unix.map(|(listener, path, context)| Endpoint {
+        bind: BindAddress { addr: SocketAddr::from(([0, 0, 0, 0], 0)), optional: false },
+        unix: Some(path),
+        interface: None,
+        limit: listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max))),
+        nodelay: false,
+        listening: context.clone(),
+    })
+    .collect()
+}
+
+impl Endpoint {
+    fn unix_path(&self) -> &std::path::Path {
+        self.unix.as_deref().unwrap_or(std::path::Path::new(""))
+    }
+}
+
+/// Binds a Unix socket listener. A socket file left by a broker that is gone is replaced;
+/// one that a live process answers on, or a file that is not a socket, stops the start.
+fn listen_unix(path: &std::path::Path) -> Result<Socket, StartError> {
+    use std::os::unix::fs::FileTypeExt;
+    let failed = |source: std::io::Error| StartError::ListenUnix { path: path.into(), source };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process accepts connections on it (is another broker running?)",
+            )));
+        }
+        std::fs::remove_file(path).map_err(failed)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(failed)?;
+    let addr = socket2::SockAddr::unix(path).map_err(failed)?;
+    socket.bind(&addr).map_err(failed)?;
+    socket.listen(LISTEN_BACKLOG).map_err(failed)?;
+    Ok(socket)
 }
 
 /// Mosquitto's `max_connections` for one listener.
@@ -662,20 +730,33 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                let (stream, peer) = match &endpoint.unix {
+                    None => {
+                        let _ = stream.set_nodelay(endpoint.nodelay);
+                        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                        (transport::Transport::Tcp(stream), peer)
+                    }
+                    Some(path) => match unix_stream(stream) {
+                        Ok(stream) => {
+                            (transport::Transport::Unix(stream), format!("unix:{}", path.display()))
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "accept on a Unix socket failed");
+                            continue;
+                        }
+                    },
+                };
                 let slot = match &endpoint.limit {
                     None => None,
                     Some(limit) => match limit.admit() {
                         Some(slot) => Some(slot),
                         None => {
                             // As Mosquitto: closed at once, before any MQTT.
-                            let peer =
-                                stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                             tracing::info!(%peer, max = limit.max, "denied: max_connections exceeded");
                             continue;
                         }
                     },
                 };
-                let _ = stream.set_nodelay(endpoint.nodelay);
                 let shard = shard.clone();
                 let Listening { context, tls, websocket } = endpoint.listening.clone();
                 let max_message_bytes =
@@ -686,7 +767,7 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                         websocket: websocket.as_deref(),
                         max_message_bytes,
                     };
-                    connection::serve(shard, stream, context, layers).await;
+                    connection::serve(shard, stream, peer, context, layers).await;
                     drop(slot);
                 })
                 .detach();
@@ -697,6 +778,21 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
             }
         }
     }
+}
+
+/// The connection a Unix socket listener accepted, as what it is: accepted through glommio's
+/// TCP listener (see `run_shard`), its descriptor is handed to a `UnixStream`.
+fn unix_stream(accepted: glommio::net::TcpStream) -> std::io::Result<glommio::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup(2) of a descriptor `accepted` owns; the copy is owned by the UnixStream, and
+    // `accepted` closes only its own when dropped.
+    let fd = unsafe { libc::dup(accepted.as_raw_fd()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(accepted);
+    // SAFETY: `fd` is a connected Unix stream socket owned from here on.
+    Ok(unsafe { glommio::net::UnixStream::from_raw_fd(fd) })
 }
 
 /// The shard's periodic chores: shutdown, keep alives, session expiry, and with `$SYS` its

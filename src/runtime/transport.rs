@@ -1,5 +1,5 @@
-//! The byte stream under a connection: plain TCP, TLS over it, and WebSockets over either,
-//! accepted from a client or dialled by a bridge. Everything above (`connection`, bridges)
+//! The byte stream under a connection: TCP or a Unix socket, TLS over either, and WebSockets
+//! over any of those, accepted from a client or dialled by a bridge. Everything above (`connection`, bridges)
 //! reads and writes MQTT bytes and never knows which.
 
 use std::io;
@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use glommio::net::{TcpStream, UnixStream};
 
 use super::websocket::{NotUpgraded, WebSocketStream};
 use crate::tls::ServerTls;
 
 pub enum Transport {
     Tcp(TcpStream),
+    /// A client of a Unix socket listener (`listener 0 PATH`).
+    Unix(UnixStream),
     /// A client's TLS session, accepted. Boxed: a TLS session's state is some kilobytes, and
     /// most connections are plain.
-    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<futures_rustls::server::TlsStream<Transport>>),
     /// A bridge's TLS session to its peer.
-    TlsDialled(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    TlsDialled(Box<futures_rustls::client::TlsStream<Transport>>),
     /// A client's WebSocket, over TCP or TLS.
     WebSocket(Box<WebSocketStream>),
 }
@@ -49,11 +51,11 @@ impl Transport {
     /// its client certificate gives when the listener takes user names from certificates; a
     /// WebSocket once its upgrade is done.
     pub async fn open(
-        stream: TcpStream,
+        stream: Transport,
         layers: Layers<'_>,
     ) -> Result<(Transport, Option<String>), OpenError> {
         let (transport, name) = match layers.tls {
-            None => (Transport::Tcp(stream), None),
+            None => (stream, None),
             Some(tls) => {
                 let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
                 let stream = acceptor.accept(stream).await.map_err(OpenError::Handshake)?;
@@ -87,7 +89,8 @@ impl Transport {
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let connector = futures_rustls::TlsConnector::from(config);
-        Ok(Transport::TlsDialled(Box::new(connector.connect(name, stream).await?)))
+        let stream = connector.connect(name, Transport::Tcp(stream)).await?;
+        Ok(Transport::TlsDialled(Box::new(stream)))
     }
 }
 
@@ -99,6 +102,7 @@ impl AsyncRead for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Transport::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
@@ -114,6 +118,7 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Transport::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
@@ -123,6 +128,7 @@ impl AsyncWrite for Transport {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Transport::Unix(stream) => Pin::new(stream).poll_flush(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
@@ -132,6 +138,7 @@ impl AsyncWrite for Transport {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(stream) => Pin::new(stream).poll_close(cx),
+            Transport::Unix(stream) => Pin::new(stream).poll_close(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_close(cx),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_close(cx),
