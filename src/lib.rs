@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod logging;
 pub mod protocol;
+pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod sys;

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             }
             println!("acl file {}: OK", path.display());
         }
-        for listener in &config.listeners {
+        for listener in config.listeners.iter().filter(|l| l.proxy_protocol.is_none()) {
             let Some(tls) = &listener.tls else { continue };
             if let Err(error) = culex::tls::server_config(tls) {
                 eprintln!("Error: listener {}: {error}", listener.port);

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Bottom first. A module may import from its own layer's folder and from any layer before it.
 const LAYERS: &[&[&str]] = &[
-    &["protocol", "tls", "websocket"],
+    &["protocol", "proxy", "tls", "websocket"],
     &["auth"],
     &["config"],
     &["logging", "store"],

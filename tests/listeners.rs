@@ -205,3 +205,25 @@ fn a_unix_socket_listener_serves_mosquitto_tools() {
     let out = Command::new(env!("CARGO_BIN_EXE_culex")).arg("-c").arg(&conf).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("a Unix socket listener takes port 0"));
 }
+
+/// `accept_protocol_versions` (Mosquitto 2.1): a listener refuses the protocol levels it was not
+/// given, with the return code for an unacceptable protocol version.
+#[test]
+fn accept_protocol_versions_refuses_the_others() {
+    let port = free_port();
+    let broker = Broker::start(&format!("listener {port} 127.0.0.1\naccept_protocol_versions 5\n"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let v311 = ConnectOptions::default();
+    let answer = RawClient::open_addr(addr).try_handshake("old", v311);
+    match answer {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason, culex::protocol::ReasonCode::UnsupportedProtocolVersion)
+        }
+        other => panic!("{other:?}"),
+    }
+    let v5 = ConnectOptions { version: culex::protocol::ProtocolVersion::V5, ..Default::default() };
+    let answer = RawClient::open_addr(addr).try_handshake("new", v5);
+    assert!(matches!(&answer, Some(Packet::ConnAck(ack)) if !ack.reason.is_error()), "{answer:?}");
+    // The harness's own listener takes every version.
+    assert!(answers_mqtt(broker.addr()));
+}

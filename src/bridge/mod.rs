@@ -90,8 +90,16 @@ async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
         let end =
             match connect_remote(&bridge, &counters, &mut addresses, &mut private_refused).await {
                 Some(remote) => {
-                    backoff.reset();
-                    run_link(&shard, &bridge, &local_id, remote).await
+                    let began = Instant::now();
+                    let stable = bridge.restart_timeout.stable;
+                    if stable.is_none() {
+                        backoff.reset();
+                    }
+                    let end = run_link(&shard, &bridge, &local_id, remote).await;
+                    if stable.is_some_and(|stable| began.elapsed() >= stable) {
+                        backoff.reset();
+                    }
+                    end
                 }
                 None => LinkEnd::Unreachable,
             };
@@ -361,7 +369,7 @@ async fn attempt(
 ) -> Result<(Transport, PacketReader, ConnAck), ConnectFailure> {
     // Read at each connection, so that renewed files are used at the next reconnect.
     let tls = bridge.tls.as_ref().map(crate::tls::client_config).transpose()?.map(Arc::new);
-    let socket = open_socket(address, bridge.bind_address).await?;
+    let socket = open_socket(bridge, address).await?;
     let mut stream = Transport::dial(socket, &address.host, tls).await?;
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(remote_connect(bridge, private))).encode(bridge.protocol, &mut out);
@@ -392,11 +400,10 @@ async fn attempt(
 /// (`bridge_bind_address`) and connects to each address in turn until one answers, on
 /// glommio's blocking thread: name resolution and a bound connect have no io_uring path in
 /// glommio.
-async fn open_socket(
-    address: &Address,
-    bind: Option<std::net::IpAddr>,
-) -> Result<TcpStream, std::io::Error> {
+async fn open_socket(bridge: &Bridge, address: &Address) -> Result<TcpStream, std::io::Error> {
     let (host, port) = (address.host.clone(), address.port);
+    let (bind, keepalive, user_timeout) =
+        (bridge.bind_address, bridge.tcp_keepalive, bridge.tcp_user_timeout);
     let socket = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<socket2::Socket> {
             let mut last = std::io::Error::other("no address of the right family");
@@ -410,6 +417,16 @@ async fn open_socket(
                 )?;
                 if let Some(bind) = bind {
                     socket.bind(&std::net::SocketAddr::new(bind, 0).into())?;
+                }
+                if let Some((idle, interval, count)) = keepalive {
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(idle)
+                        .with_interval(interval)
+                        .with_retries(count);
+                    socket.set_tcp_keepalive(&keepalive)?;
+                }
+                if let Some(timeout) = user_timeout {
+                    socket.set_tcp_user_timeout(Some(timeout))?;
                 }
                 match socket.connect_timeout(&target.into(), CONNECT_TIMEOUT) {
                     Ok(()) => {
@@ -430,8 +447,13 @@ async fn open_socket(
 /// session, keep alive, credentials, and the `0` state notification as its will.
 fn remote_connect(bridge: &Bridge, private: bool) -> Connect {
     let mut properties = Properties::default();
-    if bridge.protocol.is_v5() && !bridge.cleansession {
-        properties.session_expiry_interval = Some(u32::MAX);
+    if bridge.protocol.is_v5() {
+        properties.session_expiry_interval = match bridge.session_expiry_interval {
+            Some(0) => None,
+            Some(interval) => Some(interval),
+            None => (!bridge.cleansession).then_some(u32::MAX),
+        };
+        properties.receive_maximum = bridge.receive_maximum;
     }
     let will = (bridge.notifications && !bridge.notifications_local_only)
         .then(|| notification_topic(bridge))
@@ -760,11 +782,10 @@ impl Link {
         }
         if self.next_probe.is_some_and(|probe| now >= probe) {
             self.next_probe = Some(now + PRIMARY_PROBE_INTERVAL);
-            let primary = self.bridge.addresses[0].clone();
-            let bind = self.bridge.bind_address;
+            let bridge = self.bridge.clone();
             let answered = self.primary_back.clone();
             glommio::spawn_local(async move {
-                if open_socket(&primary, bind).await.is_ok() {
+                if open_socket(&bridge, &bridge.addresses[0]).await.is_ok() {
                     answered.set(true);
                 }
             })

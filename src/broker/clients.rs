@@ -92,6 +92,12 @@ impl Shard {
             Origin::Bridge(_) => (None, None),
         };
         let internal = listener.is_none();
+        let levels = listener.and_then(|l| l.protocol_levels.as_deref());
+        if levels.is_some_and(|levels| !levels.contains(&version.level())) {
+            // `accept_protocol_versions`: the answer a broker gives a level it does not speak.
+            tracing::info!(%peer, client_id = %connect.client_id, ?version, "refused: protocol version not accepted on this listener");
+            return refuse(ReasonCode::UnsupportedProtocolVersion);
+        }
         let credentials = listener.map(|l| l.credentials.clone());
         let from_certificate = listener.is_some_and(|l| l.username_from_certificate);
         let username = if from_certificate {

@@ -440,6 +440,8 @@ pub struct ListenerContext {
     /// `use_identity_as_username` or `use_subject_as_username`: a client's user name is the
     /// name in its TLS certificate, and its password is not checked.
     pub username_from_certificate: bool,
+    /// `accept_protocol_versions`: the protocol levels it takes (`None`: all).
+    pub protocol_levels: Option<Vec<u8>>,
 }
 
 impl ListenerContext {
@@ -450,6 +452,7 @@ impl ListenerContext {
             credentials,
             topic_alias_maximum: crate::config::MAX_TOPIC_ALIAS_DEFAULT,
             username_from_certificate: false,
+            protocol_levels: None,
         }
     }
 }

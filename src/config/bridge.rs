@@ -142,6 +142,40 @@ pub fn setter(option: &str) -> Option<Setter> {
             b.bind_address = Some(value.parse().map_err(|_| "not an IP address".to_string())?);
             Ok(())
         },
+        "bridge_receive_maximum" => |b, value| {
+            let count: u16 = parse_number(value)?;
+            b.receive_maximum =
+                Some(std::num::NonZeroU16::new(count).ok_or("must be 1 to 65535".to_string())?);
+            Ok(())
+        },
+        "bridge_session_expiry_interval" => |b, value| {
+            let parsed = match value.strip_prefix("0x").or(value.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => value.parse().ok(),
+            };
+            b.session_expiry_interval =
+                Some(parsed.ok_or("expected seconds (0xFFFFFFFF: never)".to_string())?);
+            Ok(())
+        },
+        "bridge_tcp_keepalive" => |b, value| {
+            let numbers: Vec<u32> = value
+                .split_whitespace()
+                .map(|n| n.parse().map_err(|_| format!("`{n}` is not a number")))
+                .collect::<Result<_, _>>()?;
+            let [idle, interval, count] = numbers[..] else {
+                return Err("expected IDLE INTERVAL COUNT".into());
+            };
+            if idle == 0 || interval == 0 || count == 0 {
+                return Err("IDLE, INTERVAL and COUNT must be at least 1".into());
+            }
+            let secs = |n: u32| Duration::from_secs(u64::from(n));
+            b.tcp_keepalive = Some((secs(idle), secs(interval), count));
+            Ok(())
+        },
+        "bridge_tcp_user_timeout" => |b, value| {
+            b.tcp_user_timeout = Some(Duration::from_millis(parse_number(value)?));
+            Ok(())
+        },
         // TLS (`crate::tls::BridgeTls`): a line that asks for TLS makes the bridge dial through
         // it, and `check_complete` refuses one without the CAs to check its peer with.
         "bridge_cafile" => |b, value| {
@@ -270,11 +304,13 @@ pub enum StartType {
     Once,
 }
 
-/// `restart_timeout BASE [CAP]`: a constant delay, or a jittered backoff from base to cap.
+/// `restart_timeout BASE [CAP [STABLE]]`: a constant delay, or a jittered backoff from base to
+/// cap, reset after a connection (Mosquitto 2.1: only one that stayed up `stable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartTimeout {
     pub base: Duration,
     pub cap: Option<Duration>,
+    pub stable: Option<Duration>,
 }
 
 /// One `connection` block.
@@ -309,6 +345,15 @@ pub struct Bridge {
     /// 0: no limit beyond the protocol's.
     pub max_packet_size: u32,
     pub bind_address: Option<IpAddr>,
+    /// `bridge_receive_maximum` (Mosquitto 2.1, 5.0 bridges): the Receive Maximum the bridge
+    /// announces to its peer.
+    pub receive_maximum: Option<std::num::NonZeroU16>,
+    /// `bridge_session_expiry_interval` (Mosquitto 2.1, 5.0 bridges), in seconds.
+    pub session_expiry_interval: Option<u32>,
+    /// `bridge_tcp_keepalive IDLE INTERVAL COUNT` (Mosquitto 2.1), in seconds and probes.
+    pub tcp_keepalive: Option<(Duration, Duration, u32)>,
+    /// `bridge_tcp_user_timeout` (Mosquitto 2.1): how long sent data may stay unacknowledged.
+    pub tcp_user_timeout: Option<Duration>,
     /// Its TLS options, once a line asks for TLS.
     pub tls: Option<crate::tls::BridgeTls>,
 }
@@ -345,6 +390,7 @@ impl Bridge {
             restart_timeout: RestartTimeout {
                 base: Duration::from_secs(5),
                 cap: Some(Duration::from_secs(30)),
+                stable: None,
             },
             keepalive_secs: 60,
             remote_clientid: None,
@@ -357,6 +403,10 @@ impl Bridge {
             outgoing_retain: true,
             max_packet_size: 0,
             bind_address: None,
+            receive_maximum: None,
+            session_expiry_interval: None,
+            tcp_keepalive: None,
+            tcp_user_timeout: None,
             tls: None,
         }
     }
@@ -510,13 +560,17 @@ fn parse_restart_timeout(value: &str) -> Result<RestartTimeout, String> {
         .split_whitespace()
         .map(|word| word.parse().map_err(|_| format!("`{word}` is not a number of seconds")))
         .collect::<Result<_, _>>()?;
+    let seconds = |s: &u64| Duration::from_secs(*s);
     match secs.as_slice() {
-        [base] if *base > 0 => Ok(RestartTimeout { base: Duration::from_secs(*base), cap: None }),
-        [base, cap] if *base > 0 && cap >= base => Ok(RestartTimeout {
-            base: Duration::from_secs(*base),
-            cap: Some(Duration::from_secs(*cap)),
-        }),
-        _ => Err("expected SECONDS, or BASE CAP with 0 < BASE <= CAP".into()),
+        [base] if *base > 0 => Ok(RestartTimeout { base: seconds(base), cap: None, stable: None }),
+        [base, cap, stable @ ..] if *base > 0 && cap >= base && stable.len() <= 1 => {
+            Ok(RestartTimeout {
+                base: seconds(base),
+                cap: Some(seconds(cap)),
+                stable: stable.first().map(seconds),
+            })
+        }
+        _ => Err("expected SECONDS, or BASE CAP [STABLE] with 0 < BASE <= CAP".into()),
     }
 }
 

@@ -40,11 +40,22 @@ pub struct Listener {
     pub security: ListenerSecurity,
     /// `max_topic_alias`: the Topic Alias Maximum announced to its 5.0 clients (0: none).
     pub max_topic_alias: u16,
+    /// `accept_protocol_versions` (Mosquitto 2.1): the protocol levels (3, 4, 5) it takes;
+    /// `None`: all.
+    pub protocol_levels: Option<Vec<u8>>,
+    /// `enable_proxy_protocol 1|2` (Mosquitto 2.1): every connection starts with a PROXY
+    /// header from a trusted proxy, which gives the client's address (and, in version 2, what
+    /// the proxy's TLS learned: `require_certificate` and `use_identity_as_username` then apply
+    /// to it).
+    pub proxy_protocol: Option<crate::proxy::Version>,
+    /// `proxy_protocol_v2_require_tls`.
+    pub proxy_require_tls: bool,
     /// Its TLS options, once any line asks for TLS (a certificate, a CA, a version, ciphers,
     /// `require_certificate true`, ...); such a listener is refused without certfile and keyfile.
     pub tls: Option<crate::tls::ListenerTls>,
-    /// Where each of its TLS options was given, for errors found once the listener is complete.
-    tls_lines: Vec<OptionAt>,
+    /// Where each of its TLS and PROXY options was given, for errors found once the listener
+    /// is complete.
+    checked_lines: Vec<OptionAt>,
 }
 
 /// Where an option was given.
@@ -54,6 +65,18 @@ struct OptionAt {
     file: PathBuf,
     line: usize,
 }
+
+impl OptionAt {
+    fn of(line: &Line) -> OptionAt {
+        OptionAt {
+            option: line.option.to_string(),
+            file: line.file.to_path_buf(),
+            line: line.number,
+        }
+    }
+}
+
+const PROXY_REQUIRE_TLS: &str = "proxy_protocol_v2_require_tls";
 
 /// What `per_listener_settings true` makes each listener's own; unset ones take Mosquitto's
 /// listener defaults (`AuthConfig::default`).
@@ -96,19 +119,94 @@ impl Listener {
             mount_point: None,
             security: ListenerSecurity::default(),
             max_topic_alias: MAX_TOPIC_ALIAS_DEFAULT,
+            protocol_levels: None,
+            proxy_protocol: None,
+            proxy_require_tls: false,
             tls: None,
-            tls_lines: Vec::new(),
+            checked_lines: Vec::new(),
         }
+    }
+
+    /// What this listener asks of PROXY headers, if it reads them.
+    pub fn proxy_policy(&self) -> Option<crate::proxy::Policy> {
+        let tls = self.tls.clone().unwrap_or_default();
+        Some(crate::proxy::Policy {
+            version: self.proxy_protocol?,
+            require_tls: self.proxy_require_tls,
+            require_certificate: tls.require_certificate,
+            name_from_certificate: tls.username_from_certificate.is_some(),
+        })
     }
 
     /// The TLS options of a listener a line asks TLS of, and where that line is.
     fn tls_asked(&mut self, line: &Line) -> &mut crate::tls::ListenerTls {
-        self.tls_lines.push(OptionAt {
-            option: line.option.to_string(),
-            file: line.file.to_path_buf(),
-            line: line.number,
-        });
+        self.checked_lines.push(OptionAt::of(line));
         self.tls.get_or_insert_with(Default::default)
+    }
+
+    /// The options of a complete listener that make sense only together: an error names the
+    /// line of the option that needs another.
+    fn check(&self) -> Result<(), ConfigError> {
+        let require_tls = self.checked_lines.iter().find(|at| at.option == PROXY_REQUIRE_TLS);
+        if let Some(at) = require_tls {
+            if self.proxy_require_tls && self.proxy_protocol != Some(crate::proxy::Version::V2) {
+                return Err(ConfigError::InvalidValue {
+                    file: at.file.clone(),
+                    line: at.line,
+                    option: at.option.clone(),
+                    reason: "needs `enable_proxy_protocol 2` on the same listener".into(),
+                });
+            }
+        }
+        match self.proxy_protocol {
+            Some(_) => self.check_proxied_tls(),
+            None => self.check_tls(),
+        }
+    }
+
+    /// Behind the PROXY protocol the proxy terminates TLS (Mosquitto 2.1's rule): only
+    /// `require_certificate` and `use_identity_as_username` apply, to what the proxy says of
+    /// the client's certificate, and only version 2 says anything.
+    fn check_proxied_tls(&self) -> Result<(), ConfigError> {
+        let proxied = |at: &OptionAt, reason: &str| {
+            Err(ConfigError::Refused {
+                file: at.file.clone(),
+                line: at.line,
+                option: at.option.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        for at in &self.checked_lines {
+            match at.option.as_str() {
+                PROXY_REQUIRE_TLS => {}
+                "require_certificate" | "use_identity_as_username"
+                    if self.proxy_protocol == Some(crate::proxy::Version::V1) =>
+                {
+                    return proxied(
+                        at,
+                        "needs `enable_proxy_protocol 2`: version 1 headers carry nothing of the \
+                         client's TLS, and every client would be refused",
+                    )
+                }
+                "require_certificate" | "use_identity_as_username" => {}
+                _ => {
+                    return proxied(
+                        at,
+                        "cannot be used with `enable_proxy_protocol`: the proxy in front \
+                         terminates TLS (only require_certificate and use_identity_as_username \
+                         apply, to what the proxy tells of the client)",
+                    )
+                }
+            }
+        }
+        let tls = self.tls.clone().unwrap_or_default();
+        if tls.username_from_certificate.is_some() && !tls.require_certificate {
+            let at = self.checked_lines.iter().find(|at| at.option == "use_identity_as_username");
+            if let Some(at) = at {
+                return proxied(at, "needs `require_certificate true`");
+            }
+        }
+        Ok(())
     }
 
     /// A listener's TLS options that make sense only together: an error names the line of the
@@ -116,8 +214,8 @@ impl Listener {
     fn check_tls(&self) -> Result<(), ConfigError> {
         let Some(tls) = &self.tls else { return Ok(()) };
         let at = |option: &str| {
-            let found = self.tls_lines.iter().find(|at| at.option == option);
-            found.or(self.tls_lines.first()).cloned()
+            let found = self.checked_lines.iter().find(|at| at.option == option);
+            found.or(self.checked_lines.iter().find(|at| at.option != PROXY_REQUIRE_TLS)).cloned()
         };
         let fail = |option: &str, reason: String| {
             let at = at(option).unwrap_or(OptionAt {
@@ -129,7 +227,11 @@ impl Listener {
         };
         if tls.certfile.is_none() || tls.keyfile.is_none() {
             let missing = if tls.certfile.is_none() { "certfile" } else { "keyfile" };
-            let first = self.tls_lines.first().map_or("", |at| at.option.as_str());
+            let first = self
+                .checked_lines
+                .iter()
+                .find(|at| at.option != PROXY_REQUIRE_TLS)
+                .map_or("", |at| at.option.as_str());
             return fail(
                 first,
                 format!(
@@ -847,11 +949,25 @@ fn handling(option: &str) -> Option<Handling> {
         | "enable_control_api"
         | "max_inflight_bytes"
         // Mosquitto 2.1's new options: recognised, so that a host's 2.1 file starts Culex.
-        | "accept_protocol_versions"
-        | "bridge_receive_maximum"
+        | "bridge_max_topic_alias"
+        | "disable_client_cert_date_checks"
         | "global_max_clients"
         | "global_max_connections"
-        | "listener_auto_id_prefix" => Warn,
+        | "listener_auto_id_prefix"
+        | "max_topic_alias_broker"
+        | "packet_buffer_size"
+        | "retain_expiry_interval" => Warn,
+        "accept_protocol_versions" => Apply(|p, l| {
+            let mut levels = Vec::new();
+            for level in l.value.split(',').map(str::trim) {
+                match level.parse::<u8>() {
+                    Ok(level @ 3..=5) if !levels.contains(&level) => levels.push(level),
+                    _ => return Err(l.invalid("expected protocol levels 3, 4 and 5, e.g. `4, 5`")),
+                }
+            }
+            p.current_listener().protocol_levels = Some(levels);
+            Ok(())
+        }),
         "http_dir" => Apply(|p, l| {
             p.current_listener().http_dir = Some(parse_path(l)?);
             Ok(())
@@ -874,17 +990,26 @@ fn handling(option: &str) -> Option<Handling> {
         "websockets_log_level" => Apply(|_, l| parse_number::<u32>(l).map(|_| ())),
         // Security options are never only a warning: ignored, they would let in whom they keep
         // out.
-        "auth_plugin" | "plugin" | "plugin_load" | "plugin_use" => Refuse(PLUGIN),
+        "auth_plugin" | "plugin" | "global_plugin" | "plugin_load" | "plugin_use" => Refuse(PLUGIN),
         "listener_allow_anonymous" => Refuse(
             "is Mosquitto 2.1's per-listener allow_anonymous, which Culex does not read yet: \
              refusing to start rather than decide anonymous access without it (write \
              `per_listener_settings true` and `allow_anonymous` after the `listener` line)",
         ),
-        // Ignored, it would make every connection through the proxy fail as malformed.
-        "enable_proxy_protocol" => Refuse(
-            "asks for the PROXY protocol, which Culex does not read yet: refusing to start, \
-             since every connection through the proxy would be refused as malformed",
-        ),
+        "enable_proxy_protocol" => Apply(|p, l| {
+            p.current_listener().proxy_protocol = Some(match l.value {
+                "1" => crate::proxy::Version::V1,
+                "2" => crate::proxy::Version::V2,
+                _ => return Err(l.invalid("expected 1 or 2")),
+            });
+            Ok(())
+        }),
+        "proxy_protocol_v2_require_tls" => Apply(|p, l| {
+            let listener = p.current_listener();
+            listener.proxy_require_tls = parse_bool(l)?;
+            listener.checked_lines.push(OptionAt::of(l));
+            Ok(())
+        }),
         // A listener's TLS (`crate::tls`): a line that asks for TLS makes its listener a TLS
         // one, and `Listener::check_tls` refuses one that cannot serve it.
         "certfile" => Apply(|p, l| {
@@ -1187,7 +1312,7 @@ impl Parser {
             })?;
         }
         let mut listeners = self.default_listener.iter().chain(&self.explicit_listeners);
-        listeners.try_for_each(Listener::check_tls)?;
+        listeners.try_for_each(Listener::check)?;
         config.local_only = self.explicit_listeners.is_empty() && self.default_port.is_none();
         if config.local_only {
             if let Some(default) = self.default_listener.take() {
@@ -1215,21 +1340,23 @@ impl Parser {
 /// of 30 days, years of 365 days).
 fn parse_expiration(line: &Line) -> Result<std::time::Duration, ConfigError> {
     let value = line.value;
-    let expected = || line.invalid("expected a number followed by h, d, w, m or y (e.g. 2d)");
+    let expected = || line.invalid("expected a number followed by s, h, d, w, m or y (e.g. 2d)");
     let unit = value.chars().last().ok_or_else(expected)?;
-    let hours: u64 = match unit {
-        'h' => 1,
-        'd' => 24,
-        'w' => 24 * 7,
-        'm' => 24 * 30,
-        'y' => 24 * 365,
+    // Seconds (`s`) are Mosquitto 2.1's.
+    let seconds: u64 = match unit {
+        's' => 1,
+        'h' => 3600,
+        'd' => 3600 * 24,
+        'w' => 3600 * 24 * 7,
+        'm' => 3600 * 24 * 30,
+        'y' => 3600 * 24 * 365,
         _ => return Err(expected()),
     };
     let count: u64 = value[..value.len() - 1].parse().map_err(|_| expected())?;
     if count == 0 {
         return Err(expected());
     }
-    Ok(std::time::Duration::from_secs(count.saturating_mul(hours).saturating_mul(3600)))
+    Ok(std::time::Duration::from_secs(count.saturating_mul(seconds)))
 }
 
 /// A listener's address: an IP address, or a host name resolved now to every address it has
@@ -1395,9 +1522,9 @@ mod tests {
             ("autosave_interval soon", "autosave_interval", number),
             ("persistence_sync always", "persistence_sync", "expected `ack` or `interval`"),
             (
-                "persistent_client_expiration 10s",
+                "persistent_client_expiration 10x",
                 "persistent_client_expiration",
-                "expected a number followed by h, d, w, m or y (e.g. 2d)",
+                "expected a number followed by s, h, d, w, m or y (e.g. 2d)",
             ),
         ];
         for (line, option, reason) in refused {
@@ -1675,15 +1802,41 @@ mod tests {
     }
 
     #[test]
+    fn mosquitto_2_1_lines_are_applied() {
+        let config = parse(
+            "listener 1883\naccept_protocol_versions 4, 5\npersistent_client_expiration 90s\n\
+             connection b\naddress h\ntopic #\nbridge_receive_maximum 7\n\
+             bridge_session_expiry_interval 0xFFFFFFFF\nbridge_tcp_keepalive 30 5 3\n\
+             bridge_tcp_user_timeout 10000\nrestart_timeout 2 30 60\n",
+        )
+        .unwrap();
+        assert_eq!(config.listeners[0].protocol_levels, Some(vec![4, 5]));
+        let expiration = config.persistent_client_expiration;
+        assert_eq!(expiration, Some(std::time::Duration::from_secs(90)));
+        let bridge = &config.bridges[0];
+        assert_eq!(bridge.receive_maximum.map(|r| r.get()), Some(7));
+        assert_eq!(bridge.session_expiry_interval, Some(u32::MAX));
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(bridge.tcp_keepalive, Some((secs(30), secs(5), 3)));
+        assert_eq!(bridge.tcp_user_timeout, Some(std::time::Duration::from_millis(10_000)));
+        assert_eq!(bridge.restart_timeout.stable, Some(secs(60)));
+        for bad in ["accept_protocol_versions 6", "accept_protocol_versions 4,4"] {
+            assert!(parse(&format!("listener 1883\n{bad}\n")).is_err(), "{bad}");
+        }
+        assert!(parse("global_plugin /usr/lib/x.so\n").is_err());
+    }
+
+    #[test]
     fn mosquitto_2_1_options_are_recognised() {
         let (_, warnings) = Config::parse(
-            "global_max_connections 1000\nlistener 1883\naccept_protocol_versions 4,5\n",
+            "global_max_connections 1000\nlistener 1883\naccept_protocol_versions 4,5\n\
+             retain_expiry_interval 5\n",
             Path::new("m.conf"),
         )
         .unwrap();
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
-        let error = parse("listener 1883\nenable_proxy_protocol 2\n").unwrap_err();
-        assert!(matches!(error, ConfigError::Refused { line: 2, .. }), "{error}");
+        assert_eq!(warnings.len(), 2, "the unapplied ones: {warnings:?}");
+        let config = parse("listener 1883\nenable_proxy_protocol 2\n").unwrap();
+        assert_eq!(config.listeners[0].proxy_protocol, Some(crate::proxy::Version::V2));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::flow;
-use super::transport::{Layers, OpenError, Transport};
+use super::transport::{Layers, OpenError, Opened, Transport};
 use super::websocket::NotUpgraded;
 use crate::broker::counters::ShardCounters;
 use crate::broker::outbox::{refusal, Close, ConnHandle, ListenerContext};
@@ -122,16 +122,24 @@ pub async fn serve(
 
     let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
         Ok(match Transport::open(socket, layers).await {
-            Ok((mut stream, name)) => {
-                let read = reader.next(&mut stream, ProtocolVersion::V5).await;
-                Ok((stream, name, read))
+            Ok(mut opened) => {
+                let read = reader.next(&mut opened.transport, ProtocolVersion::V5).await;
+                Ok((opened, read))
             }
             Err(error) => Err(error),
         })
     })
     .await;
-    let (mut stream, certificate_name, first) = match first {
+    let (opened, first) = match first {
         Ok(Ok(opened)) => opened,
+        Ok(Err(OpenError::Proxy(why))) => {
+            tracing::info!(%peer, why, "closed: PROXY protocol");
+            return;
+        }
+        Ok(Err(OpenError::Io(error))) => {
+            tracing::info!(%peer, %error, "closed: read failed before the PROXY header");
+            return;
+        }
         Ok(Err(OpenError::Handshake(error))) => {
             tracing::info!(%peer, %error, "closed: TLS handshake failed");
             return;
@@ -149,6 +157,8 @@ pub async fn serve(
             return;
         }
     };
+    let Opened { transport: mut stream, proxied_peer, certificate_name } = opened;
+    let peer = proxied_peer.unwrap_or(peer);
     let connect = match first {
         Ok(Some(Packet::Connect(connect))) => connect,
         Err(ReadError::Malformed(DecodeError::UnsupportedProtocolVersion(level))) => {

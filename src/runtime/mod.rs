@@ -153,15 +153,16 @@ fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
                 credentials
             }
         };
+        // Behind the PROXY protocol the proxy terminates TLS: its options apply to the header.
         let tls = match &listener.tls {
-            Some(settings) => {
+            Some(settings) if listener.proxy_protocol.is_none() => {
                 let loaded = ServerTls::load(settings.clone())
                     .map_err(|source| StartError::Tls { port: listener.port, source })?;
                 let loaded = Arc::new(loaded);
                 server_tls.push(loaded.clone());
                 Some(loaded)
             }
-            None => None,
+            _ => None,
         };
         let mount_point = listener.mount_point.as_deref().map(ByteString::from);
         let context = Arc::new(ListenerContext {
@@ -172,6 +173,7 @@ fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
                 .tls
                 .as_ref()
                 .is_some_and(|tls| tls.username_from_certificate.is_some()),
+            protocol_levels: listener.protocol_levels.clone(),
         });
         let websocket = listener.websockets.then(|| {
             Arc::new(crate::websocket::Settings {
@@ -180,7 +182,7 @@ fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
                 origins: listener.websockets_origins.clone(),
             })
         });
-        contexts.push(Listening { context, tls, websocket });
+        contexts.push(Listening { context, tls, websocket, proxy: listener.proxy_policy() });
     }
     let _ = CREDENTIALS.set(all);
     let _ = SERVER_TLS.set(server_tls);
@@ -194,6 +196,8 @@ struct Listening {
     tls: Option<Arc<ServerTls>>,
     /// `protocol websockets`.
     websocket: Option<Arc<crate::websocket::Settings>>,
+    /// `enable_proxy_protocol`.
+    proxy: Option<crate::proxy::Policy>,
 }
 
 /// How long `shutdown` leaves the shards to tell their clients: two sweeps.
@@ -758,11 +762,12 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                     },
                 };
                 let shard = shard.clone();
-                let Listening { context, tls, websocket } = endpoint.listening.clone();
+                let Listening { context, tls, websocket, proxy } = endpoint.listening.clone();
                 let max_message_bytes =
                     usize::try_from(shard.borrow().config().max_packet_size).unwrap_or(usize::MAX);
                 glommio::spawn_local(async move {
                     let layers = transport::Layers {
+                        proxy,
                         tls: tls.as_deref(),
                         websocket: websocket.as_deref(),
                         max_message_bytes,

@@ -24,11 +24,29 @@ pub enum Transport {
     TlsDialled(Box<futures_rustls::client::TlsStream<Transport>>),
     /// A client's WebSocket, over TCP or TLS.
     WebSocket(Box<WebSocketStream>),
+    /// What was read past a PROXY header, handed out before the rest.
+    Prefixed(Box<Prefixed>),
+}
+
+pub struct Prefixed {
+    rest: bytes::Bytes,
+    inner: Transport,
+}
+
+/// What `Transport::open` made of an accepted socket.
+pub struct Opened {
+    pub transport: Transport,
+    /// The client's address as a PROXY header gave it (else the socket's is right).
+    pub proxied_peer: Option<String>,
+    /// The name a client certificate gives, for listeners that take user names from them.
+    pub certificate_name: Option<String>,
 }
 
 /// What a listener puts under its connections besides TCP.
 #[derive(Clone, Copy)]
 pub struct Layers<'a> {
+    /// `enable_proxy_protocol`: the PROXY header first, and what it must say.
+    pub proxy: Option<crate::proxy::Policy>,
     pub tls: Option<&'a ServerTls>,
     pub websocket: Option<&'a crate::websocket::Settings>,
     /// The largest WebSocket message taken: the listener's largest packet.
@@ -44,18 +62,61 @@ pub enum OpenError {
     /// The HTTP request was not a WebSocket upgrade (answered: a file, or a refusal), or
     /// reading it failed.
     NotUpgraded(NotUpgraded),
+    /// No PROXY header, a malformed one, or one the listener's policy refuses.
+    Proxy(String),
+    Io(io::Error),
+}
+
+/// The most bytes read at a time while looking for the PROXY header.
+const PROXY_READ_BYTES: usize = 512;
+
+/// Reads the PROXY header at the start of `stream`: the header, and the transport with
+/// whatever was read past it put back in front.
+async fn read_proxy_header(
+    mut stream: Transport,
+    version: crate::proxy::Version,
+) -> Result<(crate::proxy::Header, Transport), OpenError> {
+    use futures_lite::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut chunk = [0u8; PROXY_READ_BYTES];
+    loop {
+        match crate::proxy::parse(&read, version) {
+            Ok(Some((header, used))) => {
+                let rest = bytes::Bytes::copy_from_slice(&read[used..]);
+                let stream = match rest.is_empty() {
+                    true => stream,
+                    false => Transport::Prefixed(Box::new(Prefixed { rest, inner: stream })),
+                };
+                return Ok((header, stream));
+            }
+            Ok(None) => {}
+            Err(error) => return Err(OpenError::Proxy(error.to_string())),
+        }
+        let n = stream.read(&mut chunk).await.map_err(OpenError::Io)?;
+        if n == 0 {
+            return Err(OpenError::Proxy("closed before its PROXY header ended".into()));
+        }
+        read.extend_from_slice(&chunk[..n]);
+    }
 }
 
 impl Transport {
     /// The transport an accepted socket gives: TLS once its handshake is done, with the name
     /// its client certificate gives when the listener takes user names from certificates; a
     /// WebSocket once its upgrade is done.
-    pub async fn open(
-        stream: Transport,
-        layers: Layers<'_>,
-    ) -> Result<(Transport, Option<String>), OpenError> {
+    pub async fn open(stream: Transport, layers: Layers<'_>) -> Result<Opened, OpenError> {
+        let (stream, proxied_peer, proxied_name) = match layers.proxy {
+            None => (stream, None, None),
+            Some(policy) => {
+                let (header, stream) = read_proxy_header(stream, policy.version).await?;
+                let name = policy.admit(&header).map_err(|why| {
+                    OpenError::Proxy(format!("{why} (PROXY header from {})", header.source))
+                })?;
+                (stream, Some(header.source), name)
+            }
+        };
         let (transport, name) = match layers.tls {
-            None => (stream, None),
+            None => (stream, proxied_name),
             Some(tls) => {
                 let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
                 let stream = acceptor.accept(stream).await.map_err(OpenError::Handshake)?;
@@ -66,13 +127,17 @@ impl Transport {
                 (Transport::Tls(Box::new(stream)), name)
             }
         };
-        let Some(settings) = layers.websocket else {
-            return Ok((transport, name));
+        let transport = match layers.websocket {
+            None => transport,
+            Some(settings) => {
+                let upgraded =
+                    super::websocket::accept(transport, settings, layers.max_message_bytes)
+                        .await
+                        .map_err(OpenError::NotUpgraded)?;
+                Transport::WebSocket(Box::new(upgraded))
+            }
         };
-        let upgraded = super::websocket::accept(transport, settings, layers.max_message_bytes)
-            .await
-            .map_err(OpenError::NotUpgraded)?;
-        Ok((Transport::WebSocket(Box::new(upgraded)), name))
+        Ok(Opened { transport, proxied_peer, certificate_name: name })
     }
 
     /// A bridge's transport to `host`: TLS over `stream` when `tls` is given, checking the
@@ -101,11 +166,17 @@ impl AsyncRead for Transport {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
+            Transport::Prefixed(prefixed) if !prefixed.rest.is_empty() => {
+                let n = buf.len().min(prefixed.rest.len());
+                buf[..n].copy_from_slice(&prefixed.rest.split_to(n));
+                Poll::Ready(Ok(n))
+            }
             Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Transport::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Transport::Prefixed(prefixed) => Pin::new(&mut prefixed.inner).poll_read(cx, buf),
         }
     }
 }
@@ -122,6 +193,7 @@ impl AsyncWrite for Transport {
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Transport::Prefixed(prefixed) => Pin::new(&mut prefixed.inner).poll_write(cx, buf),
         }
     }
 
@@ -132,6 +204,7 @@ impl AsyncWrite for Transport {
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Transport::Prefixed(prefixed) => Pin::new(&mut prefixed.inner).poll_flush(cx),
         }
     }
 
@@ -142,6 +215,7 @@ impl AsyncWrite for Transport {
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
             Transport::TlsDialled(stream) => Pin::new(stream.as_mut()).poll_close(cx),
             Transport::WebSocket(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+            Transport::Prefixed(prefixed) => Pin::new(&mut prefixed.inner).poll_close(cx),
         }
     }
 }
