@@ -15,22 +15,31 @@ use culex::protocol::{
     SubscriptionOptions, TopicFilter, TopicName, PACKET_SIZE_MAX,
 };
 
-/// Where clients connect, and whether through TLS.
+/// Where clients connect, and through what: TLS, WebSockets, or both.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub websockets: bool,
 }
 
 impl Target {
     pub fn plain(addr: SocketAddr) -> Target {
-        Target { addr, tls: None }
+        Target { addr, tls: None, websockets: false }
     }
 }
 
 enum Stream {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    /// MQTT over a WebSocket (over TCP or TLS): every flush one binary message.
+    WebSocket(Box<WebSocketStream>),
+}
+
+struct WebSocketStream {
+    ws: tungstenite::WebSocket<Stream>,
+    /// The rest of the binary message being read.
+    message: Bytes,
 }
 
 impl Stream {
@@ -38,7 +47,44 @@ impl Stream {
         match self {
             Stream::Plain(stream) => stream,
             Stream::Tls(stream) => &stream.sock,
+            Stream::WebSocket(stream) => stream.ws.get_ref().tcp(),
         }
+    }
+
+    /// The HTTP upgrade to the `mqtt` subprotocol, then tungstenite's framing over `self`.
+    fn upgrade(mut self, addr: SocketAddr) -> anyhow::Result<Stream> {
+        let request = format!(
+            "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: bG9hZHRlc3QgY2xpZW50IQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+        );
+        self.write_all(request.as_bytes())?;
+        self.flush()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.read_exact(&mut byte).context("reading the upgrade's answer")?;
+            head.push(byte[0]);
+            if head.len() > 4096 {
+                bail!("the upgrade's answer never ended");
+            }
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
+        }
+        let ws = tungstenite::WebSocket::from_raw_socket(
+            self,
+            tungstenite::protocol::Role::Client,
+            None,
+        );
+        Ok(Stream::WebSocket(Box::new(WebSocketStream { ws, message: Bytes::new() })))
+    }
+}
+
+fn ws_error(error: tungstenite::Error) -> io::Error {
+    match error {
+        tungstenite::Error::Io(error) => error,
+        other => io::Error::other(other),
     }
 }
 
@@ -47,6 +93,20 @@ impl Read for Stream {
         match self {
             Stream::Plain(stream) => stream.read(buf),
             Stream::Tls(stream) => stream.read(buf),
+            Stream::WebSocket(stream) => loop {
+                if !stream.message.is_empty() {
+                    let n = buf.len().min(stream.message.len());
+                    buf[..n].copy_from_slice(&stream.message.split_to(n));
+                    return Ok(n);
+                }
+                match stream.ws.read() {
+                    Ok(tungstenite::Message::Binary(data)) => stream.message = data,
+                    Ok(tungstenite::Message::Close(_))
+                    | Err(tungstenite::Error::ConnectionClosed) => return Ok(0),
+                    Ok(_) => {}
+                    Err(error) => return Err(ws_error(error)),
+                }
+            },
         }
     }
 }
@@ -56,6 +116,11 @@ impl Write for Stream {
         match self {
             Stream::Plain(stream) => stream.write(buf),
             Stream::Tls(stream) => stream.write(buf),
+            Stream::WebSocket(stream) => {
+                let message = tungstenite::Message::Binary(Bytes::copy_from_slice(buf));
+                stream.ws.send(message).map_err(ws_error)?;
+                Ok(buf.len())
+            }
         }
     }
 
@@ -63,6 +128,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(stream) => stream.flush(),
             Stream::Tls(stream) => stream.flush(),
+            Stream::WebSocket(stream) => stream.ws.flush().map_err(ws_error),
         }
     }
 }
@@ -116,6 +182,7 @@ impl Connection {
             Some(config) => Stream::Tls(Box::new(crate::tls::wrap(config, addr, stream)?)),
             None => Stream::Plain(stream),
         };
+        let stream = if target.websockets { stream.upgrade(addr)? } else { stream };
         let mut connection = Connection {
             stream,
             read_buf: BytesMut::with_capacity(buffer_bytes),

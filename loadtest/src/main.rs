@@ -134,6 +134,10 @@ struct ScenarioArgs {
     /// sessions persistence stores.
     #[arg(long)]
     persistent_sessions: bool,
+    /// Clients connect over WebSockets (`compare`: both brokers' listener is
+    /// `protocol websockets`).
+    #[arg(long)]
+    websockets: bool,
     /// With TLS, the only version clients offer (both when absent).
     #[arg(long, value_enum)]
     tls_version: Option<tls::Version>,
@@ -162,8 +166,8 @@ impl ScenarioArgs {
         anyhow::ensure!((0.0..=600.0).contains(&self.warmup), "--warmup must be in [0, 600]");
         anyhow::ensure!((1..=100_000).contains(&self.topics), "--topics must be in [1, 100000]");
         Ok(Params {
-            target: Target { addr, tls: tls.clone() },
-            subscribe_target: Target { addr: subscribe_addr, tls },
+            target: Target { addr, tls: tls.clone(), websockets: self.websockets },
+            subscribe_target: Target { addr: subscribe_addr, tls, websockets: self.websockets },
             broker_pid,
             shape: self.scenario,
             clients: self.clients.max(1),
@@ -220,9 +224,18 @@ fn main() -> anyhow::Result<()> {
                 !relay || !(bridged || persistence || tls),
                 "--relay has no bridge, persistence or TLS: run it without them"
             );
-            anyhow::ensure!(!(bridged && tls), "--tls does not apply to --bridged runs yet");
+            anyhow::ensure!(
+                !(bridged && (tls || scenario.websockets)),
+                "--tls and --websockets do not apply to --bridged runs yet"
+            );
             let certificates = tls.then(|| tls::Certificates::generate(tls_key)).transpose()?;
-            let extra: String = config_lines.iter().map(|line| format!("{line}\n")).collect();
+            let mut extra: String = config_lines.iter().map(|line| format!("{line}\n")).collect();
+            if scenario.websockets {
+                // Mosquitto 2.0 (libwebsockets) will not start with a WebSocket listener alone
+                // (eclipse-mosquitto/mosquitto#2284): both get an MQTT listener beside it.
+                let plain = port.checked_add(1).context("--port leaves no room")?;
+                extra.push_str(&format!("protocol websockets\nlistener {plain} 127.0.0.1\n"));
+            }
             let brokers = [
                 ("culex", culex.unwrap_or_else(broker::default_culex)),
                 ("mosquitto", mosquitto.unwrap_or_else(broker::default_mosquitto)),
@@ -301,6 +314,7 @@ fn measure(params: &Params, name: &str, broker: Option<&Watched>) -> anyhow::Res
 /// taken out of the load generator's.
 fn run_on_relay(scenario: &ScenarioArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(scenario.qos == 0, "the relay forwards QoS 0 only");
+    anyhow::ensure!(!scenario.websockets, "the relay speaks MQTT over TCP only");
     let relay = relay::Relay::start()?;
     let params = scenario.params(relay.addr(), relay.addr(), None, None)?;
     let outcome = measure(&params, "relay", None);
@@ -370,10 +384,11 @@ impl Nodes {
     ) -> anyhow::Result<Nodes> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let stores = stores(persistence, 1)?;
-        let mut config = base_config(port, "127.0.0.1", stores.first().map(|d| d.path())) + extra;
+        let mut config = base_config(port, "127.0.0.1", stores.first().map(|d| d.path()));
         if let Some(certificates) = tls {
             config += &certificates.listener_lines();
         }
+        config += extra;
         let process = BrokerProcess::start(command, &config, addr, cpus)?;
         Ok(Nodes {
             processes: vec![(process, addr)],

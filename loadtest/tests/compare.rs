@@ -160,6 +160,16 @@ fn connections_report_memory_per_connection_and_churn_completes_cycles() {
 }
 
 #[test]
+fn websockets_carry_every_message_over_ws_and_wss() {
+    for tls in [&[][..], &["--tls"][..]] {
+        let args =
+            [&["--websockets", "--scenario", "fan-in", "--qos", "1"][..], tls, &SHORT].concat();
+        let Some(outcomes) = compare(&args) else { return };
+        assert_delivered_all(&outcomes, 3.0 * 500.0);
+    }
+}
+
+#[test]
 fn tls_carries_traffic_and_handshakes_are_timed_with_a_bystander() {
     let tls = ["--tls", "--config-line", "set_tcp_nodelay true"];
     let Some(outcomes) =
