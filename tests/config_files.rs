@@ -91,7 +91,7 @@ fn tls_options_stop_the_broker_instead_of_serving_plaintext() {
             ),
             3,
             "connection",
-            "connection `site2` asks for TLS without bridge_cafile or bridge_capath",
+            "connection `site2` asks for TLS without bridge_cafile, bridge_capath",
         ),
         (
             format!(

@@ -205,6 +205,21 @@ pub fn setter(option: &str) -> Option<Setter> {
             b.tls_asked().min_version = crate::tls::TlsVersion::parse(value)?;
             Ok(())
         },
+        "bridge_tls_use_os_certs" => |b, value| {
+            match parse_bool(value)? {
+                true => b.tls_asked().use_os_certs = true,
+                false => b.tls.iter_mut().for_each(|tls| tls.use_os_certs = false),
+            }
+            Ok(())
+        },
+        "bridge_ciphers" => |b, value| {
+            b.tls_asked().ciphers_tls12 = Some(crate::tls::parse_ciphers(value, false)?);
+            Ok(())
+        },
+        "bridge_ciphers_tls1.3" => |b, value| {
+            b.tls_asked().ciphers_tls13 = Some(crate::tls::parse_ciphers(value, true)?);
+            Ok(())
+        },
         "bridge_alpn" => |b, value| {
             b.tls_asked().alpn = Some(non_empty(value)?);
             Ok(())
@@ -459,11 +474,11 @@ impl Bridge {
             ));
         }
         if let Some(tls) = &self.tls {
-            if tls.cafile.is_none() && tls.capath.is_none() {
+            if tls.cafile.is_none() && tls.capath.is_none() && !tls.use_os_certs {
                 return Err(format!(
-                    "connection `{}` asks for TLS without bridge_cafile or bridge_capath: the \
-                     peer's certificate could not be checked, and Culex refuses to start rather \
-                     than dial in plaintext",
+                    "connection `{}` asks for TLS without bridge_cafile, bridge_capath or \
+                     bridge_tls_use_os_certs: the peer's certificate could not be checked, and \
+                     Culex refuses to start rather than dial in plaintext",
                     self.name
                 ));
             }

@@ -950,6 +950,7 @@ fn handling(option: &str) -> Option<Handling> {
         | "max_inflight_bytes"
         // Mosquitto 2.1's new options: recognised, so that a host's 2.1 file starts Culex.
         | "bridge_max_topic_alias"
+        | "bridge_reload_type"
         | "disable_client_cert_date_checks"
         | "global_max_clients"
         | "global_max_connections"
@@ -1905,7 +1906,8 @@ mod tests {
         let config = parse(&format!(
             "{bridge}bridge_cafile /ca.pem\nbridge_certfile /c.pem\nbridge_keyfile /k.pem\n\
              bridge_insecure true\nbridge_tls_version tlsv1.3\nbridge_alpn mqtt\n\
-             bridge_require_ocsp false\n"
+             bridge_require_ocsp false\nbridge_tls_use_os_certs true\n\
+             bridge_ciphers ECDHE-RSA-AES128-GCM-SHA256\nbridge_ciphers_tls1.3 TLS_AES_128_GCM_SHA256\n"
         ))
         .unwrap();
         let tls = config.bridges[0].tls.clone().unwrap();
@@ -1914,6 +1916,10 @@ mod tests {
         assert!(tls.insecure);
         assert_eq!(tls.min_version, crate::tls::TlsVersion::Tls13);
         assert_eq!(tls.alpn.as_deref(), Some("mqtt"));
+        assert!(tls.use_os_certs);
+        assert_eq!(tls.ciphers_tls12.map(|c| c.len()), Some(1));
+        assert_eq!(tls.ciphers_tls13.map(|c| c.len()), Some(1));
+        assert!(parse(&format!("{bridge}bridge_tls_use_os_certs true\n")).is_ok());
         // `bridge_insecure false` alone asks nothing.
         assert_eq!(
             parse(&format!("{bridge}bridge_insecure false\n")).unwrap().bridges[0].tls,
@@ -1921,7 +1927,7 @@ mod tests {
         );
 
         for (extra, says) in [
-            ("bridge_insecure true\n", "without bridge_cafile or bridge_capath"),
+            ("bridge_insecure true\n", "without bridge_cafile, bridge_capath"),
             ("bridge_certfile /c.pem\nbridge_keyfile /k.pem\n", "without bridge_cafile"),
             ("bridge_cafile /ca.pem\nbridge_certfile /c.pem\n", "go together"),
             ("bridge_require_ocsp true\n", "OCSP is not checked"),

@@ -365,17 +365,30 @@ pub struct BridgeTls {
     /// `bridge_alpn`: the application protocol asked for (a proxy in front of the peer may
     /// route on it).
     pub alpn: Option<String>,
+    /// `bridge_tls_use_os_certs` (Mosquitto 2.1): the system's CAs too.
+    pub use_os_certs: bool,
+    /// `bridge_ciphers` and `bridge_ciphers_tls1.3` (Mosquitto 2.1).
+    pub ciphers_tls12: Option<Vec<CipherSuite>>,
+    pub ciphers_tls13: Option<Vec<CipherSuite>>,
 }
+
+/// Debian's bundle of the system's trusted CAs (`ca-certificates`).
+const OS_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Builds the rustls configuration a bridge dials with, reading every file now.
 pub fn client_config(settings: &BridgeTls) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = roots(settings.cafile.as_deref(), settings.capath.as_deref())?;
+    let mut roots = roots(settings.cafile.as_deref(), settings.capath.as_deref())?;
+    if settings.use_os_certs {
+        let bundle = Path::new(OS_CA_BUNDLE);
+        roots.add_parsable_certificates(certificates(bundle)?);
+    }
     let ca = settings.cafile.as_deref().or(settings.capath.as_deref());
-    let ca = ca.unwrap_or(Path::new("bridge_cafile"));
+    let ca = ca.unwrap_or(Path::new(OS_CA_BUNDLE));
     if roots.is_empty() {
         return Err(error(ca, "holds no CA certificate to check the peer's certificate with"));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider =
+        Arc::new(provider(settings.ciphers_tls12.as_deref(), settings.ciphers_tls13.as_deref()));
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(settings.min_version.versions())
         .map_err(|e| error(ca, format!("no cipher suite for the versions allowed: {e}")))?;
