@@ -2,40 +2,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, mosquitto_tool, Broker};
+use common::{free_port, mosquitto_sub, mosquitto_tools, Broker, MosquittoTools};
 
-struct Tools {
-    publish: PathBuf,
-    subscribe: PathBuf,
-}
-
-fn tools() -> Option<Tools> {
-    Some(Tools {
-        publish: mosquitto_tool("mosquitto_pub")?,
-        subscribe: mosquitto_tool("mosquitto_sub")?,
-    })
-}
-
-/// Starts `mosquitto_sub` and returns once the broker has seen it connect and subscribe.
-fn subscriber(tools: &Tools, broker: &Broker, client_id: &str, args: &[&str]) -> Child {
-    let child = Command::new(&tools.subscribe)
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-i", client_id, "-W", "10"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    broker.shard_of(client_id);
-    // mosquitto_sub subscribes right after CONNACK; give the SUBACK a moment.
-    std::thread::sleep(Duration::from_millis(300));
-    child
-}
-
-fn publish(tools: &Tools, port: u16, args: &[&str]) {
+fn publish(tools: &MosquittoTools, port: u16, args: &[&str]) {
     let status = Command::new(&tools.publish)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -45,7 +17,7 @@ fn publish(tools: &Tools, port: u16, args: &[&str]) {
 }
 
 /// Runs `mosquitto_sub` to completion against `host:port` and returns what it printed.
-fn subscribe_once(tools: &Tools, host: &str, port: u16, args: &[&str]) -> String {
+fn subscribe_once(tools: &MosquittoTools, host: &str, port: u16, args: &[&str]) -> String {
     let out = Command::new(&tools.subscribe)
         .args(["-h", host, "-p", &port.to_string()])
         .args(args)
@@ -78,7 +50,7 @@ fn four_publishers_into_one_slower_subscriber_lose_nothing_at_qos_1() {
 }
 
 fn four_publishers_into_one_subscriber(qos: &str, lines_each: usize) {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let broker = Broker::start("max_queued_messages 0\nmax_inflight_messages 0");
     let dir = common::TempDir::new();
     let received = dir.0.join("received.txt");
@@ -124,10 +96,15 @@ fn four_publishers_into_one_subscriber(qos: &str, lines_each: usize) {
 
 #[test]
 fn pub_and_sub_at_every_qos() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let broker = Broker::start("");
-    let sub =
-        subscriber(&tools, &broker, "sub-qos", &["-t", "sensor/#", "-q", "2", "-C", "3", "-v"]);
+    let sub = mosquitto_sub(
+        &tools,
+        &broker,
+        broker.port,
+        "sub-qos",
+        &["-t", "sensor/#", "-q", "2", "-C", "3", "-v"],
+    );
     for qos in ["0", "1", "2"] {
         publish(&tools, broker.port, &["-t", &format!("sensor/q{qos}"), "-m", "26.3", "-q", qos]);
     }
@@ -139,10 +116,16 @@ fn pub_and_sub_at_every_qos() {
 
 #[test]
 fn retained_message_reaches_a_later_subscriber_and_is_cleared() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let broker = Broker::start("");
     publish(&tools, broker.port, &["-t", "house/temp", "-m", "21", "-r", "-q", "1"]);
-    let sub = subscriber(&tools, &broker, "sub-ret", &["-t", "house/#", "-C", "1", "-v", "-R"]);
+    let sub = mosquitto_sub(
+        &tools,
+        &broker,
+        broker.port,
+        "sub-ret",
+        &["-t", "house/#", "-C", "1", "-v", "-R"],
+    );
     // -R ignores stale (retained) messages: prove the flag is set by seeing it filtered out.
     publish(&tools, broker.port, &["-t", "house/live", "-m", "x"]);
     assert_eq!(finish(sub).trim(), "house/live x");
@@ -163,12 +146,14 @@ fn retained_message_reaches_a_later_subscriber_and_is_cleared() {
 
 #[test]
 fn will_of_a_killed_client_is_published() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let broker = Broker::start("");
-    let watcher = subscriber(&tools, &broker, "watch", &["-t", "status/#", "-C", "1", "-v"]);
-    let mut doomed = subscriber(
+    let watcher =
+        mosquitto_sub(&tools, &broker, broker.port, "watch", &["-t", "status/#", "-C", "1", "-v"]);
+    let mut doomed = mosquitto_sub(
         &tools,
         &broker,
+        broker.port,
         "doomed",
         &[
             "-t",
@@ -188,10 +173,11 @@ fn will_of_a_killed_client_is_published() {
 
 #[test]
 fn persistent_subscriber_gets_what_was_published_while_away() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let broker = Broker::start("");
     // -c: clean session false; -C 0 exits right after subscribing.
-    let mut first = subscriber(&tools, &broker, "away", &["-t", "queue/#", "-q", "1", "-c"]);
+    let mut first =
+        mosquitto_sub(&tools, &broker, broker.port, "away", &["-t", "queue/#", "-q", "1", "-c"]);
     first.kill().unwrap();
     first.wait().unwrap();
     for i in 0..3 {
@@ -208,11 +194,12 @@ fn persistent_subscriber_gets_what_was_published_while_away() {
 
 #[test]
 fn mqtt_v31_and_v5_tools_interoperate() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let broker = Broker::start("");
-    let sub = subscriber(
+    let sub = mosquitto_sub(
         &tools,
         &broker,
+        broker.port,
         "sub-31",
         &["-V", "mqttv31", "-t", "mix", "-C", "2", "-q", "1"],
     );
@@ -225,7 +212,7 @@ fn mqtt_v31_and_v5_tools_interoperate() {
 /// lets anonymous clients in, like Mosquitto 2.0 (`-p` moves it off 1883 for the test).
 #[test]
 fn no_config_listens_on_loopback_v4_and_v6_with_anonymous_access() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools() else { return };
     let port = free_port();
     let mut broker = Command::new(env!("CARGO_BIN_EXE_culex"))
         .args(["-p", &port.to_string()])

@@ -5,22 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::Broker;
-
-fn paho_available() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let message = "python3 with paho-mqtt is not installed: pip install paho-mqtt";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{message}");
-        }
-        eprintln!("\n!!!!!! SKIPPED: {message} !!!!!!\n");
-    }
-    found
-}
+use common::{paho_available, Broker};
 
 /// Runs `script` against a broker started with `config`.
 fn run_suite(script: &str, config: &str) {

@@ -5,27 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pki::{self, Ca, Issued, KeyType};
-use common::{free_port, mosquitto_tool, Broker, TempDir};
-
-struct Tools {
-    publish: PathBuf,
-    subscribe: PathBuf,
-}
-
-fn tools() -> Option<Tools> {
-    if !pki::available() {
-        return None;
-    }
-    Some(Tools {
-        publish: mosquitto_tool("mosquitto_pub")?,
-        subscribe: mosquitto_tool("mosquitto_sub")?,
-    })
-}
+use common::{free_port, mosquitto_sub, mosquitto_tools, Broker, MosquittoTools, TempDir};
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -40,21 +25,7 @@ fn tls_listener(port: u16, server: &Issued, extra: &str) -> String {
     )
 }
 
-/// Starts `mosquitto_sub` on the TLS port and returns once the broker has seen it subscribe.
-fn subscriber(tools: &Tools, broker: &Broker, port: u16, client_id: &str, args: &[&str]) -> Child {
-    let child = Command::new(&tools.subscribe)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", client_id, "-W", "10"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    broker.shard_of(client_id);
-    std::thread::sleep(Duration::from_millis(300));
-    child
-}
-
-fn publish(tools: &Tools, port: u16, args: &[&str]) -> Output {
+fn publish(tools: &MosquittoTools, port: u16, args: &[&str]) -> Output {
     Command::new(&tools.publish)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -69,7 +40,7 @@ fn finish(child: Child) -> (bool, String) {
 
 #[test]
 fn mosquitto_tools_publish_and_subscribe_over_tls() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools().filter(|_| pki::available()) else { return };
     let dir = TempDir::new();
     let ca = Ca::new(&dir.0, "ca");
     let other = Ca::new(&dir.0, "other");
@@ -78,7 +49,7 @@ fn mosquitto_tools_publish_and_subscribe_over_tls() {
         let port = free_port();
         let broker = Broker::start(&tls_listener(port, &server, ""));
         let cafile = ["--cafile", path(&ca.cert)];
-        let sub = subscriber(
+        let sub = mosquitto_sub(
             &tools,
             &broker,
             port,
@@ -106,7 +77,7 @@ fn mosquitto_tools_publish_and_subscribe_over_tls() {
 
 #[test]
 fn a_required_client_certificate_must_come_from_the_ca_and_not_be_revoked() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools().filter(|_| pki::available()) else { return };
     let dir = TempDir::new();
     let ca = Ca::new(&dir.0, "ca");
     let other = Ca::new(&dir.0, "other");
@@ -135,7 +106,7 @@ fn a_required_client_certificate_must_come_from_the_ca_and_not_be_revoked() {
 
 #[test]
 fn certificate_names_are_user_names_and_the_acl_file_applies_to_them() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools().filter(|_| pki::available()) else { return };
     let dir = TempDir::new();
     let ca = Ca::new(&dir.0, "ca");
     let server = ca.server("server", KeyType::EcP256);
@@ -165,7 +136,7 @@ fn certificate_names_are_user_names_and_the_acl_file_applies_to_them() {
     for (port, allowed, denied) in
         [(by_cn, "alice/x", "subject/x"), (by_subject, "subject/x", "alice/x")]
     {
-        let sub = subscriber(
+        let sub = mosquitto_sub(
             &tools,
             &broker,
             port,
@@ -190,7 +161,7 @@ fn certificate_names_are_user_names_and_the_acl_file_applies_to_them() {
 
 #[test]
 fn sighup_rotates_the_certificate_for_new_clients_and_keeps_connected_ones() {
-    let Some(tools) = tools() else { return };
+    let Some(tools) = mosquitto_tools().filter(|_| pki::available()) else { return };
     let dir = TempDir::new();
     let old_ca = Ca::new(&dir.0, "old");
     let new_ca = Ca::new(&dir.0, "new");
@@ -212,7 +183,7 @@ fn sighup_rotates_the_certificate_for_new_clients_and_keeps_connected_ones() {
         publish(&tools, port, &args).status.success()
     };
     let args = ["--cafile", path(&old_ca.cert), "-t", "rotated", "-C", "1"];
-    let sub = subscriber(&tools, &broker, port, "stays", &args);
+    let sub = mosquitto_sub(&tools, &broker, port, "stays", &args);
     install(&new);
     signal(&broker, libc::SIGHUP);
     wait_for(&broker, "TLS files reloaded");

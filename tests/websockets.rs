@@ -287,22 +287,9 @@ fn ws_and_wss() -> Option<Listeners> {
     Some(Listeners { broker, ws, wss, cafile: ca.cert.clone(), _dir: dir })
 }
 
-fn python_paho_available() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let message = "python3 with paho-mqtt is not installed: pip install paho-mqtt";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        eprintln!("\n!!!!!! SKIPPED: {message} !!!!!!\n");
-    }
-    found
-}
-
 #[test]
 fn paho_mqtt_over_ws_and_wss() {
-    if !python_paho_available() {
+    if !common::paho_available() {
         return;
     }
     let Some(listeners) = ws_and_wss() else { return };

@@ -485,6 +485,58 @@ pub fn raw_connect_with_will(version: ProtocolVersion, client_id: &str, topic: &
     raw_packet(0x10, &body)
 }
 
+/// `mosquitto_pub` and `mosquitto_sub`.
+pub struct MosquittoTools {
+    pub publish: PathBuf,
+    pub subscribe: PathBuf,
+}
+
+/// Both tools, or `None` (a loud skip locally, a failure under CI).
+pub fn mosquitto_tools() -> Option<MosquittoTools> {
+    Some(MosquittoTools {
+        publish: mosquitto_tool("mosquitto_pub")?,
+        subscribe: mosquitto_tool("mosquitto_sub")?,
+    })
+}
+
+/// Starts `mosquitto_sub` against `port` with `args` and returns once `broker` has seen it
+/// connect and subscribe.
+pub fn mosquitto_sub(
+    tools: &MosquittoTools,
+    broker: &Broker,
+    port: u16,
+    client_id: &str,
+    args: &[&str],
+) -> Child {
+    let child = Command::new(&tools.subscribe)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", client_id, "-W", "10"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    broker.shard_of(client_id);
+    // mosquitto_sub subscribes right after CONNACK; give the SUBACK a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+/// Whether python3 with paho-mqtt is here. Missing: a loud skip locally, a failure under CI.
+pub fn paho_available() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let message = "python3 with paho-mqtt is not installed: pip install paho-mqtt";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!!! SKIPPED: {message} !!!!!!\n");
+    }
+    found
+}
+
 /// Finds a Mosquitto tool. Missing: a loud skip locally, a failure under CI.
 pub fn mosquitto_tool(name: &str) -> Option<PathBuf> {
     tool(name, "mosquitto mosquitto-clients")
