@@ -159,9 +159,17 @@ pub fn idle_connections(params: &Params, broker: &str) -> anyhow::Result<Outcome
     Ok(outcome)
 }
 
-/// `clients` threads, each looping: connect (clean session, the same client id each time),
-/// subscribe to one topic, disconnect; until the run's duration or `messages_max` cycles.
-pub fn churn(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
+/// `clients` threads, each running `cycle` (given its client id and index) in a loop until the
+/// run's duration or `messages_max` cycles, and `alongside` on a thread of its own until they
+/// are done (told by the flag it gets). Returns the cycles' counts, what `alongside` returned,
+/// and the measured seconds.
+fn cycle_clients<T: Send>(
+    params: &Params,
+    broker: &str,
+    prefix: &str,
+    cycle: impl Fn(&str, usize) -> anyhow::Result<()> + Sync,
+    alongside: impl FnOnce(&AtomicBool) -> T + Send,
+) -> (Counts, T, f64) {
     let run_id = std::process::id();
     let total = params.total_duration();
     let cycles = AtomicU64::new(0);
@@ -169,24 +177,18 @@ pub fn churn(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let measured_from = start + params.warmup;
     let counts = Mutex::new(Counts::new());
-    std::thread::scope(|scope| {
+    let beside = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..params.clients)
             .map(|client| {
-                let (cycles, counts) = (&cycles, &counts);
+                let (cycles, counts, cycle) = (&cycles, &counts, &cycle);
                 scope.spawn(move || {
-                    let id = format!("lt-{run_id}-c{client}");
-                    let filter = [format!("loadtest/churn/{client}")];
+                    let id = format!("lt-{run_id}-{prefix}{client}");
                     let mut mine = Counts::new();
                     while start.elapsed() < total
                         && params.messages_max.is_none_or(|max| mine.attempted < max)
                     {
                         let began = Instant::now();
-                        let result = Connection::open_light(&params.target, &id, params.version)
-                            .and_then(|mut connection| {
-                                connection.subscribe(&filter, QoS::AtLeastOnce)?;
-                                connection.disconnect();
-                                Ok(())
-                            });
+                        let result = cycle(&id, client);
                         mine.record(result, began, began.elapsed(), measured_from);
                         cycles.fetch_add(1, Ordering::Relaxed);
                     }
@@ -194,14 +196,34 @@ pub fn churn(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
                 })
             })
             .collect();
+        let beside = scope.spawn(|| alongside(&done));
         scope.spawn(|| progress::show(broker, total, &cycles, &done));
         for client in clients {
-            client.join().expect("churn thread");
+            client.join().expect("client thread");
         }
         done.store(true, Ordering::Release);
+        beside.join().expect("thread beside the clients")
     });
     let seconds = start.elapsed().saturating_sub(params.warmup).as_secs_f64();
-    let mut outcome = counts.into_inner().expect("no panics").outcome(broker, params, seconds)?;
+    (counts.into_inner().expect("no panics"), beside, seconds)
+}
+
+/// `clients` threads, each looping: connect (clean session, the same client id each time),
+/// subscribe to one topic, disconnect; until the run's duration or `messages_max` cycles.
+pub fn churn(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
+    let (counts, (), seconds) = cycle_clients(
+        params,
+        broker,
+        "c",
+        |id, client| {
+            let mut connection = Connection::open_light(&params.target, id, params.version)?;
+            connection.subscribe(&[format!("loadtest/churn/{client}")], QoS::AtLeastOnce)?;
+            connection.disconnect();
+            Ok(())
+        },
+        |_| (),
+    );
+    let mut outcome = counts.outcome(broker, params, seconds)?;
     outcome.publishers = params.clients;
     Ok(outcome)
 }
@@ -215,74 +237,44 @@ const BYSTANDER_EVERY: Duration = Duration::from_millis(10);
 /// trip: what the storm costs the clients a broker already serves.
 pub fn handshakes(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
     let run_id = std::process::id();
-    let total = params.total_duration();
-    let cycles = AtomicU64::new(0);
-    let done = AtomicBool::new(false);
-    let start = Instant::now();
-    let measured_from = start + params.warmup;
-    let counts = Mutex::new(Counts::new());
+    let measured_from = Instant::now() + params.warmup;
     let topic = format!("loadtest/bystander/{run_id}");
     let mut bystander =
         Connection::open(&params.target, &format!("lt-{run_id}-bystander"), params.version, false)?;
     bystander.subscribe(std::slice::from_ref(&topic), QoS::AtMostOnce)?;
     bystander.set_read_timeout(Some(Duration::from_secs(5)))?;
     let topic = TopicName::new(topic)?;
-    let bystander_ns = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..params.clients)
-            .map(|client| {
-                let (cycles, counts) = (&cycles, &counts);
-                scope.spawn(move || {
-                    let id = format!("lt-{run_id}-h{client}");
-                    let mut mine = Counts::new();
-                    while start.elapsed() < total
-                        && params.messages_max.is_none_or(|max| mine.attempted < max)
-                    {
-                        let began = Instant::now();
-                        let result = Connection::open_light(&params.target, &id, params.version)
-                            .map(Connection::disconnect);
-                        mine.record(result, began, began.elapsed(), measured_from);
-                        cycles.fetch_add(1, Ordering::Relaxed);
-                    }
-                    counts.lock().expect("no panics").merge(mine);
-                })
-            })
-            .collect();
-        let probe = scope.spawn(|| -> anyhow::Result<Histogram<u64>> {
-            let mut latency_ns = latency_histogram();
-            while !done.load(Ordering::Acquire) {
-                let began = Instant::now();
-                bystander.queue_publish(
-                    &topic,
-                    Bytes::from_static(b"probe"),
-                    QoS::AtMostOnce,
-                    None,
-                );
-                bystander.flush()?;
-                loop {
-                    match bystander.read_packet()? {
-                        Some(Packet::Publish(_)) => break,
-                        Some(_) => continue,
-                        None => anyhow::bail!("the broker closed the bystander"),
-                    }
+    let probe = |done: &AtomicBool| -> anyhow::Result<Histogram<u64>> {
+        let mut latency_ns = latency_histogram();
+        while !done.load(Ordering::Acquire) {
+            let began = Instant::now();
+            bystander.queue_publish(&topic, Bytes::from_static(b"probe"), QoS::AtMostOnce, None);
+            bystander.flush()?;
+            loop {
+                match bystander.read_packet()? {
+                    Some(Packet::Publish(_)) => break,
+                    Some(_) => continue,
+                    None => anyhow::bail!("the broker closed the bystander"),
                 }
-                if began >= measured_from {
-                    let _ = latency_ns.record(began.elapsed().as_nanos().max(1) as u64);
-                }
-                std::thread::sleep(BYSTANDER_EVERY.saturating_sub(began.elapsed()));
             }
-            Ok(latency_ns)
-        });
-        scope.spawn(|| progress::show(broker, total, &cycles, &done));
-        for client in clients {
-            client.join().expect("handshake thread");
+            if began >= measured_from {
+                let _ = latency_ns.record(began.elapsed().as_nanos().max(1) as u64);
+            }
+            std::thread::sleep(BYSTANDER_EVERY.saturating_sub(began.elapsed()));
         }
-        // The storm is over: the bystander and the progress bar stop.
-        done.store(true, Ordering::Release);
-        probe.join().expect("bystander thread")
-    });
+        Ok(latency_ns)
+    };
+    let (counts, bystander_ns, seconds) = cycle_clients(
+        params,
+        broker,
+        "h",
+        |id, _| {
+            Connection::open_light(&params.target, id, params.version).map(Connection::disconnect)
+        },
+        probe,
+    );
     bystander.disconnect();
-    let seconds = start.elapsed().saturating_sub(params.warmup).as_secs_f64();
-    let mut outcome = counts.into_inner().expect("no panics").outcome(broker, params, seconds)?;
+    let mut outcome = counts.outcome(broker, params, seconds)?;
     outcome.publishers = params.clients;
     outcome.bystander_latency_us = Some(Percentiles::of(&bystander_ns?));
     Ok(outcome)
