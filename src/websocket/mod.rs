@@ -326,4 +326,23 @@ mod tests {
             assert_eq!(static_path(dir, escape), None, "{escape}");
         }
     }
+
+    proptest::proptest! {
+        /// Any bytes give an answer (or a wait for more), never a panic, and an answer never
+        /// claims more of the bytes than there are.
+        #[test]
+        fn any_request_bytes_are_answered(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            upgrade_prefix in proptest::bool::ANY,
+        ) {
+            let mut input = if upgrade_prefix { upgrade("").into_bytes() } else { Vec::new() };
+            input.truncate(input.len() / 2);
+            input.extend_from_slice(&bytes);
+            if let Answer::Upgrade { head_len, .. } = answer(&input, &settings()) {
+                proptest::prop_assert!(head_len <= input.len());
+            }
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            let _ = static_path(Path::new("/srv"), &text);
+        }
+    }
 }
