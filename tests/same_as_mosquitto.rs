@@ -509,17 +509,19 @@ fn tls_client_certificates_are_judged_alike() {
     let crl = ca.revoke(&revoked);
     let acl = dir.0.join("acl");
     std::fs::write(&acl, "user alice\ntopic readwrite allowed/#\ntopic read denied/#\n").unwrap();
-    let tls_port = common::free_port();
-    let config = format!(
-        "acl_file {}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\n\
+    // A port of its own for each broker: a Culex just stopped may hold its port a moment.
+    let config_on = |tls_port: u16| {
+        format!(
+            "acl_file {}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\n\
          crlfile {}\nrequire_certificate true\nuse_identity_as_username true\n",
-        acl.display(),
-        server.cert.display(),
-        server.key.display(),
-        ca.cert.display(),
-        crl.display()
-    );
-    let client_args = |client: Option<&pki::Issued>| {
+            acl.display(),
+            server.cert.display(),
+            server.key.display(),
+            ca.cert.display(),
+            crl.display()
+        )
+    };
+    let client_args = |tls_port: u16, client: Option<&pki::Issued>| {
         let mut args =
             vec!["-h".to_string(), "127.0.0.1".into(), "-p".into(), tls_port.to_string()];
         args.extend(["--cafile".into(), ca.cert.display().to_string()]);
@@ -531,7 +533,8 @@ fn tls_client_certificates_are_judged_alike() {
     };
     let mut outcomes = Vec::new();
     for kind in [Kind::Culex, Kind::Mosquitto] {
-        let Some(node) = Node::start(kind, "127.0.0.1", &config) else { return };
+        let tls_port = common::free_port();
+        let Some(node) = Node::start(kind, "127.0.0.1", &config_on(tls_port)) else { return };
         let mut seen = Vec::new();
         for (name, client) in [
             ("alice", Some(&alice)),
@@ -540,7 +543,7 @@ fn tls_client_certificates_are_judged_alike() {
             ("another CA", Some(&stranger)),
         ] {
             let status = std::process::Command::new(&publish)
-                .args(client_args(client))
+                .args(client_args(tls_port, client))
                 .args(["-t", "allowed/probe", "-m", "x", "-q", "1"])
                 .output()
                 .unwrap()
@@ -552,7 +555,7 @@ fn tls_client_certificates_are_judged_alike() {
         }
         // What alice may publish reaches her own subscription; what she may only read does not.
         let sub = std::process::Command::new(&subscribe)
-            .args(client_args(Some(&alice)))
+            .args(client_args(tls_port, Some(&alice)))
             .args(["-t", "allowed/#", "-t", "denied/#", "-C", "1", "-W", "5", "-v"])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -560,7 +563,7 @@ fn tls_client_certificates_are_judged_alike() {
         std::thread::sleep(Duration::from_millis(500));
         for topic in ["denied/x", "allowed/x"] {
             let status = std::process::Command::new(&publish)
-                .args(client_args(Some(&alice)))
+                .args(client_args(tls_port, Some(&alice)))
                 .args(["-t", topic, "-m", topic, "-q", "1", "-u", "mallory", "-P", "x"])
                 .status()
                 .unwrap();
