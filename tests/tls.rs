@@ -86,9 +86,12 @@ fn a_required_client_certificate_must_come_from_the_ca_and_not_be_revoked() {
     let revoked = ca.client("revoked", "/CN=revoked");
     let stranger = other.client("stranger", "/CN=stranger");
     let crl = ca.revoke(&revoked);
-    let port = free_port();
-    let extra =
-        format!("cafile {}\nrequire_certificate true\ncrlfile {}\n", path(&ca.cert), path(&crl));
+    let (port, metrics_port) = (free_port(), free_port());
+    let extra = format!(
+        "cafile {}\nrequire_certificate true\ncrlfile {}\nmetrics_listener {metrics_port}\n",
+        path(&ca.cert),
+        path(&crl)
+    );
     let broker = Broker::start(&tls_listener(port, &server, &extra));
     let with = |client: Option<&Issued>| {
         let mut args = vec!["--cafile", path(&ca.cert), "-t", "t", "-m", "x"];
@@ -102,6 +105,25 @@ fn a_required_client_certificate_must_come_from_the_ca_and_not_be_revoked() {
     assert!(!with(Some(&revoked)), "a revoked certificate is refused");
     assert!(!with(Some(&stranger)), "a certificate from another CA is refused");
     assert!(broker.log_text().contains("TLS handshake failed"), "{}", broker.log_text());
+    // Prometheus counts them, summed over shards.
+    let metrics = scrape(metrics_port);
+    assert_eq!(metric_sum(&metrics, "culex_tls_handshakes_total"), 1, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "culex_tls_handshake_failures_total"), 3, "{metrics}");
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The sum of a metric's samples over its labels (shards).
+fn metric_sum(text: &str, name: &str) -> u64 {
+    let samples = text.lines().filter(|line| line.starts_with(&format!("{name}{{")));
+    samples.filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 
 #[test]

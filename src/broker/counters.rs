@@ -74,6 +74,10 @@ counters! {
     /// (a reset, not an orderly end). Not in Mosquitto's `$SYS` tree.
     packets_malformed,
     read_errors,
+    /// TLS handshakes completed on TLS listeners, and failed (a client trusting another CA, a
+    /// certificate refused or revoked, plaintext on a TLS port). Not in Mosquitto's `$SYS`.
+    tls_handshakes,
+    tls_handshake_failures,
     /// TCP connections accepted.
     sockets,
     /// CONNECTs accepted.

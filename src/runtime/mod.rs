@@ -765,12 +765,14 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                 let Listening { context, tls, websocket, proxy } = endpoint.listening.clone();
                 let max_message_bytes =
                     usize::try_from(shard.borrow().config().max_packet_size).unwrap_or(usize::MAX);
+                let counters = shard.borrow().counters.clone();
                 glommio::spawn_local(async move {
                     let layers = transport::Layers {
                         proxy,
                         tls: tls.as_deref(),
                         websocket: websocket.as_deref(),
                         max_message_bytes,
+                        counters: &counters,
                     };
                     connection::serve(shard, stream, peer, context, layers).await;
                     drop(slot);

@@ -11,6 +11,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpStream, UnixStream};
 
 use super::websocket::{NotUpgraded, WebSocketStream};
+use crate::broker::counters::ShardCounters;
 use crate::tls::ServerTls;
 
 pub enum Transport {
@@ -51,6 +52,8 @@ pub struct Layers<'a> {
     pub websocket: Option<&'a crate::websocket::Settings>,
     /// The largest WebSocket message taken: the listener's largest packet.
     pub max_message_bytes: usize,
+    /// The shard's counters: TLS handshakes done and failed.
+    pub counters: &'a ShardCounters,
 }
 
 /// Why a connection never carried MQTT.
@@ -119,7 +122,11 @@ impl Transport {
             None => (stream, proxied_name),
             Some(tls) => {
                 let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
-                let stream = acceptor.accept(stream).await.map_err(OpenError::Handshake)?;
+                let stream = acceptor.accept(stream).await.map_err(|error| {
+                    layers.counters.tls_handshake_failures.add(1);
+                    OpenError::Handshake(error)
+                })?;
+                layers.counters.tls_handshakes.add(1);
                 let name = tls.settings().username_from_certificate.and_then(|name| {
                     let certificate = stream.get_ref().1.peer_certificates()?.first()?;
                     name.of(certificate)

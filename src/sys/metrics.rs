@@ -68,6 +68,10 @@ const METRICS: &[Metric] = &[
     }),
     counter("culex_read_errors_total", "Socket reads that failed.", |c| c.read_errors.get()),
     counter("culex_sockets_accepted_total", "TCP connections accepted.", |c| c.sockets.get()),
+    counter("culex_tls_handshakes_total", "TLS handshakes completed.", |c| c.tls_handshakes.get()),
+    counter("culex_tls_handshake_failures_total", "TLS handshakes that failed.", |c| {
+        c.tls_handshake_failures.get()
+    }),
     counter("culex_connections_accepted_total", "CONNECTs accepted.", |c| c.connections.get()),
     counter("culex_sessions_expired_total", "Sessions ended by their expiry while offline.", |c| {
         c.sessions_expired.get()
