@@ -262,10 +262,9 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         }
     }
     for endpoint in &endpoints {
-        probe_free(endpoint.bind.addr)?;
+        probe_free(endpoint.tcp_addr())?;
     }
-    let mut addrs: Vec<String> = endpoints.iter().map(|e| e.bind.addr.to_string()).collect();
-    addrs.extend(unix_endpoints.iter().map(|e| format!("unix:{}", e.unix_path().display())));
+    let addrs: Vec<String> = endpoints.iter().chain(&unix_endpoints).map(Endpoint::name).collect();
     let pin = worker_count <= cpus.len();
     if !pin {
         tracing::warn!(
@@ -289,7 +288,8 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
     }
     // A Unix socket has no SO_REUSEPORT: one socket, accepted on by the first worker.
     for endpoint in unix_endpoints {
-        let socket = listen_unix(endpoint.unix_path())?;
+        let Bind::Unix(path) = &endpoint.bind else { continue };
+        let socket = listen_unix(path)?;
         if let Some(first) = sockets.first_mut() {
             first.push((endpoint, socket));
         }
@@ -541,9 +541,7 @@ async fn persist(
 /// listener asks of it.
 #[derive(Clone)]
 struct Endpoint {
-    bind: BindAddress,
-    /// `listener 0 PATH`: a Unix socket, and `bind` unused.
-    unix: Option<std::path::PathBuf>,
+    bind: Bind,
     /// `bind_interface`.
     interface: Option<String>,
     /// `max_connections`, counted across shards and the listener's addresses.
@@ -562,8 +560,7 @@ fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
         let limit = listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max)));
         for bind in listener.bind_addresses(config.local_only) {
             endpoints.push(Endpoint {
-                bind,
-                unix: None,
+                bind: Bind::Tcp(bind),
                 interface: listener.bind_interface.clone(),
                 limit: limit.clone(),
                 nodelay: config.tcp_nodelay,
@@ -579,8 +576,7 @@ fn unix_endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
     let listeners = config.listeners.iter().zip(contexts);
     let unix = listeners.filter_map(|(l, context)| Some((l, l.unix_path.clone()?, context)));
     unix.map(|(listener, path, context)| Endpoint {
-        bind: BindAddress { addr: SocketAddr::from(([0, 0, 0, 0], 0)), optional: false },
-        unix: Some(path),
+        bind: Bind::Unix(path),
         interface: None,
         limit: listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max))),
         nodelay: false,
@@ -589,9 +585,29 @@ fn unix_endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
     .collect()
 }
 
+/// Where an endpoint listens.
+#[derive(Clone)]
+enum Bind {
+    Tcp(BindAddress),
+    /// `listener 0 PATH`.
+    Unix(std::path::PathBuf),
+}
+
 impl Endpoint {
-    fn unix_path(&self) -> &std::path::Path {
-        self.unix.as_deref().unwrap_or(std::path::Path::new(""))
+    /// The TCP address it binds; for a Unix socket, none (0.0.0.0:0).
+    fn tcp_addr(&self) -> SocketAddr {
+        match &self.bind {
+            Bind::Tcp(bind) => bind.addr,
+            Bind::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// As the start-up line shows it.
+    fn name(&self) -> String {
+        match &self.bind {
+            Bind::Tcp(bind) => bind.addr.to_string(),
+            Bind::Unix(path) => format!("unix:{}", path.display()),
+        }
     }
 }
 
@@ -656,10 +672,11 @@ impl Drop for ConnectionSlot {
 fn bind_all(endpoints: &[Endpoint], report: bool) -> Result<Vec<(Endpoint, Socket)>, StartError> {
     let mut sockets = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
-        let addr = endpoint.bind.addr;
+        let addr = endpoint.tcp_addr();
+        let optional = matches!(&endpoint.bind, Bind::Tcp(bind) if bind.optional);
         match listen(endpoint) {
             Ok(socket) => sockets.push((endpoint.clone(), socket)),
-            Err(error) if endpoint.bind.optional => {
+            Err(error) if optional => {
                 if report {
                     tracing::warn!(%addr, %error, "IPv6 unavailable; listening on IPv4 only");
                 }
@@ -712,7 +729,7 @@ fn drop_privileges(user: &str) -> Result<(), StartError> {
 /// SO_REUSEADDR too, the TIME_WAIT sockets Culex leaves behind would stop a Mosquitto (or any
 /// SO_REUSEADDR server) started on the same port right after it, which is what a migration does.
 fn listen(endpoint: &Endpoint) -> std::io::Result<Socket> {
-    let addr = endpoint.bind.addr;
+    let addr = endpoint.tcp_addr();
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -734,13 +751,13 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let (stream, peer) = match &endpoint.unix {
-                    None => {
+                let (stream, peer) = match &endpoint.bind {
+                    Bind::Tcp(_) => {
                         let _ = stream.set_nodelay(endpoint.nodelay);
                         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                         (transport::Transport::Tcp(stream), peer)
                     }
-                    Some(path) => match unix_stream(stream) {
+                    Bind::Unix(path) => match unix_stream(stream) {
                         Ok(stream) => {
                             (transport::Transport::Unix(stream), format!("unix:{}", path.display()))
                         }
