@@ -339,3 +339,50 @@ fn mqtt_js_over_ws_and_wss() {
         }
     }
 }
+
+/// A WebSocket message is bounded as a packet is (`max_packet_size`): a larger one closes the
+/// connection, before it is buffered whole.
+#[test]
+fn a_message_larger_than_max_packet_size_closes_the_connection() {
+    let (broker, port) = websocket_broker("max_packet_size 1000\n");
+    let mut ws = RawWs::open(port);
+    ws.frame(true, BINARY, &connect_packet("big-frames"));
+    assert_eq!(ws.next_binary(), [0x20, 2, 0, 0]);
+    ws.frame(true, BINARY, &publish_packet("ws/big", &[0u8; 2000]));
+    while let Some((opcode, _)) = ws.next_frame() {
+        assert_ne!(opcode, BINARY, "nothing is answered to a message over the bound");
+    }
+    assert!(common::answers_mqtt(broker.addr()), "the broker serves on: {}", broker.log_text());
+}
+
+/// Garbage after the upgrade (bad opcodes, unmasked frames, lengths past the end, control
+/// frames too long) costs its own connection and nothing else.
+#[test]
+fn garbage_frames_cost_only_their_connection() {
+    let (broker, port) = websocket_broker("max_packet_size 4096\n");
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let mut ws = RawWs::open(port);
+        let len = (next() % 300) as usize;
+        let mut garbage: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Half of them start as a plausible frame header.
+        if round % 2 == 0 && garbage.len() > 2 {
+            garbage[0] = 0x80 | (next() % 16) as u8;
+            garbage[1] = (next() % 256) as u8;
+        }
+        let _ = ws.stream.write_all(&garbage);
+        let _ = ws.stream.shutdown(std::net::Shutdown::Write);
+        ws.stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        while ws.next_frame().is_some() {}
+    }
+    assert!(common::answers_mqtt(broker.addr()), "the broker serves on: {}", broker.log_text());
+    let mut ws = RawWs::open(port);
+    ws.frame(true, BINARY, &connect_packet("after-garbage"));
+    assert_eq!(ws.next_binary(), [0x20, 2, 0, 0]);
+}

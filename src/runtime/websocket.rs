@@ -58,7 +58,8 @@ pub struct WebSocketStream {
     inner: Transport,
     /// The rest of the binary message being read.
     message: Bytes,
-    /// The peer closed (a Close frame or end of stream).
+    /// The peer closed (a Close frame or end of stream), or its frames were refused: tungstenite
+    /// is not read from again.
     ended: bool,
 }
 
@@ -184,10 +185,11 @@ impl AsyncRead for WebSocketStream {
                 Ok(Message::Binary(data)) => this.message = data,
                 // [MQTT-6.0.0-1]: data in a text frame closes the connection.
                 Ok(Message::Text(_)) => {
+                    this.ended = true;
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "a text frame: MQTT over WebSockets is binary",
-                    )))
+                    )));
                 }
                 Ok(Message::Close(_)) => this.ended = true,
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
@@ -205,7 +207,12 @@ impl AsyncRead for WebSocketStream {
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     this.ended = true
                 }
-                Err(error) => return Poll::Ready(Err(invalid(error))),
+                // A frame refused (too large, unmasked, malformed): tungstenite's state is
+                // not to be read on after an error.
+                Err(error) => {
+                    this.ended = true;
+                    return Poll::Ready(Err(invalid(error)));
+                }
             }
             this.queue_replies()?;
         }
