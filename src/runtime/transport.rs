@@ -1,6 +1,6 @@
 //! The byte stream under a connection: TCP or a Unix socket, TLS over either, and WebSockets
-//! over any of those, accepted from a client or dialled by a bridge. Everything above (`connection`, bridges)
-//! reads and writes MQTT bytes and never knows which.
+//! over any of those, accepted from a client or dialled by a bridge. Everything above
+//! (`connection`, bridges) reads and writes MQTT bytes and never knows which.
 
 use std::io;
 use std::pin::Pin;
