@@ -122,3 +122,65 @@ fn a_huge_announced_packet_reserves_nothing_up_front() {
     assert!(grown_kib < 64 << 10, "100 announced 256 MB packets grew the broker {grown_kib} KiB");
     drop(hogs);
 }
+
+/// Garbage as the first bytes of a connection, on every kind of listener (TLS, PROXY versions 1
+/// and 2, WebSocket, plain MQTT): each garbage connection is closed, and a subscriber connected
+/// before goes on receiving. Bytes from a fixed xorshift sequence, some shaped like the start of
+/// what the listener expects.
+#[test]
+fn garbage_on_every_kind_of_listener_costs_only_its_connection() {
+    use std::io::{Read, Write};
+    if !common::pki::available() {
+        return;
+    }
+    let dir = common::TempDir::new();
+    let ca = common::pki::Ca::new(&dir.0, "ca");
+    let server = ca.server("server", common::pki::KeyType::EcP256);
+    let ports: Vec<u16> = (0..5).map(|_| common::free_port()).collect();
+    let config = format!(
+        "listener {} 127.0.0.1\ncertfile {}\nkeyfile {}\n\
+         listener {} 127.0.0.1\nenable_proxy_protocol 1\n\
+         listener {} 127.0.0.1\nenable_proxy_protocol 2\n\
+         listener {} 127.0.0.1\nprotocol websockets\n\
+         listener {} 127.0.0.1\n",
+        ports[0],
+        server.cert.display(),
+        server.key.display(),
+        ports[1],
+        ports[2],
+        ports[3],
+        ports[4]
+    );
+    let broker = Broker::start(&config);
+    let (mut bystander, _) = RawClient::connect(&broker, "bystander", ConnectOptions::default());
+    bystander.subscribe("still/#", QoS::AtLeastOnce);
+    // Starts a listener may see first: a TLS record header, the PROXY signatures, an HTTP GET.
+    let shapes: [&[u8]; 5] = [
+        b"\x16\x03\x01",
+        b"PROXY TCP4 ",
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11",
+        b"GET / HTTP/1.1\r\n",
+        b"\x10",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..250 {
+        let port = ports[round % ports.len()];
+        let mut garbage = shapes[(next() % 5) as usize].to_vec();
+        garbage.extend((0..next() % 400).map(|_| next() as u8));
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let _ = stream.write_all(&garbage);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // Whatever the broker answers (an alert, a 400), it then closes.
+        let _ = stream.read_to_end(&mut Vec::new());
+    }
+    let (mut publisher, _) = RawClient::connect(&broker, "publisher", ConnectOptions::default());
+    publisher.publish("still/here", b"yes", QoS::AtLeastOnce, false);
+    assert_eq!(&bystander.receive().payload[..], b"yes", "{}", broker.log_text());
+}
