@@ -233,6 +233,11 @@ impl ConnHandle {
         }
     }
 
+    /// One message not delivered to this client, counted where the refusal was decided.
+    pub fn count_dropped(&self) {
+        self.counters.publish_dropped.add(1);
+    }
+
     /// Whether the client's Maximum Packet Size admits this PUBLISH (before any topic alias,
     /// which only makes it smaller).
     pub fn accepts(&self, publish: &Publish) -> bool {
@@ -259,7 +264,7 @@ impl ConnHandle {
         let qos0 = publish.packet_id.is_none();
         let mut outbox = self.outbox.borrow_mut();
         if qos0 && outbox.len() > OUTBOX_BYTES_MAX {
-            self.counters.publish_dropped.add(1);
+            self.count_dropped();
             return false;
         }
         let new_alias = if self.version.is_v5() {
@@ -275,7 +280,7 @@ impl ConnHandle {
         );
         let packet = Packet::Publish(publish);
         if packet.encoded_len(self.version) > self.max_packet_size as usize {
-            self.counters.publish_dropped.add(1);
+            self.count_dropped();
             return false;
         }
         // An alias is known to the client only once a PUBLISH that sets it is sent.

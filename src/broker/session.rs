@@ -181,6 +181,9 @@ pub enum Delivery {
     Queued,
     /// Dropped by the queue limits (or QoS 0 to an offline client): counted by the caller.
     Dropped,
+    /// Refused by the connection (its outbox full, or larger than the client takes), which
+    /// counted it.
+    Refused,
 }
 
 /// The part of a session that outlives a connection and can move between shards.
@@ -425,7 +428,7 @@ impl Session {
     /// dropped is counted.
     pub fn deliver(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
         let delivery = self.offer(outgoing, limits);
-        if delivery == Delivery::Dropped {
+        if matches!(delivery, Delivery::Dropped | Delivery::Refused) {
             self.state.dropped += 1;
         }
         delivery
@@ -442,7 +445,7 @@ impl Session {
             if self.state.queue.is_empty() {
                 if outgoing.qos == QoS::AtMostOnce {
                     let packet = Packet::Publish(publish_packet(&outgoing, None, false));
-                    return if self.transmit(packet) { Delivery::Sent } else { Delivery::Dropped };
+                    return if self.transmit(packet) { Delivery::Sent } else { Delivery::Refused };
                 }
                 if self.state.inflight.len() < window {
                     self.send_new(outgoing);
@@ -595,6 +598,7 @@ impl Session {
         match (&self.stored, packet) {
             (Some(stored), packet) if stored.journal.borrow().holds() => {
                 if matches!(&packet, Packet::Publish(p) if !conn.accepts(p)) {
+                    conn.count_dropped();
                     return false;
                 }
                 stored.send_when_durable(conn.clone(), packet);

@@ -222,3 +222,19 @@ fn retained_messages_reach_new_subscriptions_until_cleared() {
     one.subscribe(&later, "room1/#");
     assert_eq!(topics(&later), Vec::<String>::new());
 }
+
+/// A message the subscriber's outbox refuses (QoS 0 past `OUTBOX_BYTES_MAX`) is one drop,
+/// counted once.
+#[test]
+fn a_message_the_outbox_refuses_counts_one_drop() {
+    let mut one = OneShard::new(None);
+    let publisher = one.connect("publisher");
+    let subscriber = one.connect("subscriber");
+    one.subscribe(&subscriber, "big");
+    packets(&subscriber);
+    let big = super::outbox::OUTBOX_BYTES_MAX + 1;
+    one.publish(&publisher, "big", big);
+    one.publish(&publisher, "big", big);
+    assert_eq!(topics(&subscriber), ["big"], "the first fits, the second is over the bound");
+    assert_eq!(one.shard.counters.publish_dropped.get(), 1);
+}
