@@ -68,8 +68,15 @@ counters! {
     publish_bytes_received,
     publish_bytes_sent,
     /// Messages not delivered to a subscriber: queue limits, a full outbox, expiry, a packet
-    /// larger than the client takes.
+    /// larger than the client takes. The sum of the `dropped_` counters below (`count_drop`).
     publish_dropped,
+    dropped_queue_full,
+    dropped_offline,
+    dropped_expired,
+    dropped_outbox_full,
+    dropped_too_large,
+    dropped_memory_limit,
+    dropped_no_member,
     /// Packets that could not be decoded (each closed its connection), and reads that failed
     /// (a reset, not an orderly end). Not in Mosquitto's `$SYS` tree.
     packets_malformed,
@@ -98,6 +105,72 @@ counters! {
     /// Sweeps the shard's executor has run (every 500 ms): systemd's watchdog is fed only
     /// while every shard's count moves.
     sweeps,
+}
+
+/// Why a message was not delivered to a subscriber (or, for the memory limit, not taken from
+/// its publisher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// `max_queued_messages` or `max_queued_bytes`.
+    QueueFull,
+    /// QoS 0 for a client not connected, without `queue_qos0_messages`.
+    Offline,
+    /// Its Message Expiry Interval passed before it could be sent.
+    Expired,
+    /// QoS 0 for a connection whose unwritten bytes are past `OUTBOX_BYTES_MAX`.
+    OutboxFull,
+    /// Larger than the Maximum Packet Size the client announced.
+    TooLarge,
+    /// `memory_limit` reached: the PUBLISH was refused.
+    MemoryLimit,
+    /// A shared subscription group with no member left on any shard.
+    NoMember,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::QueueFull,
+        DropReason::Offline,
+        DropReason::Expired,
+        DropReason::OutboxFull,
+        DropReason::TooLarge,
+        DropReason::MemoryLimit,
+        DropReason::NoMember,
+    ];
+
+    /// Its name as a Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Offline => "offline",
+            DropReason::Expired => "expired",
+            DropReason::OutboxFull => "outbox_full",
+            DropReason::TooLarge => "too_large",
+            DropReason::MemoryLimit => "memory_limit",
+            DropReason::NoMember => "no_member",
+        }
+    }
+
+    /// The counter of drops for this reason.
+    pub fn counter(self, counters: &ShardCounters) -> &Counter {
+        match self {
+            DropReason::QueueFull => &counters.dropped_queue_full,
+            DropReason::Offline => &counters.dropped_offline,
+            DropReason::Expired => &counters.dropped_expired,
+            DropReason::OutboxFull => &counters.dropped_outbox_full,
+            DropReason::TooLarge => &counters.dropped_too_large,
+            DropReason::MemoryLimit => &counters.dropped_memory_limit,
+            DropReason::NoMember => &counters.dropped_no_member,
+        }
+    }
+}
+
+impl ShardCounters {
+    /// One message dropped, counted once, where the drop was decided.
+    pub fn count_drop(&self, reason: DropReason) {
+        self.publish_dropped.add(1);
+        reason.counter(self).add(1);
+    }
 }
 
 /// The heap as the allocator sees it: (current, peak) bytes.

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use std::num::NonZeroU16;
 
-use super::counters::ShardCounters;
+use super::counters::{DropReason, ShardCounters};
 use super::signal::{Event, Signal};
 use crate::auth::Credentials;
 use crate::protocol::{
@@ -234,8 +234,8 @@ impl ConnHandle {
     }
 
     /// One message not delivered to this client, counted where the refusal was decided.
-    pub fn count_dropped(&self) {
-        self.counters.publish_dropped.add(1);
+    pub fn count_dropped(&self, reason: DropReason) {
+        self.counters.count_drop(reason);
     }
 
     /// Whether the client's Maximum Packet Size admits this PUBLISH (before any topic alias,
@@ -264,7 +264,7 @@ impl ConnHandle {
         let qos0 = publish.packet_id.is_none();
         let mut outbox = self.outbox.borrow_mut();
         if qos0 && outbox.len() > OUTBOX_BYTES_MAX {
-            self.count_dropped();
+            self.count_dropped(DropReason::OutboxFull);
             return false;
         }
         let new_alias = if self.version.is_v5() {
@@ -280,7 +280,7 @@ impl ConnHandle {
         );
         let packet = Packet::Publish(publish);
         if packet.encoded_len(self.version) > self.max_packet_size as usize {
-            self.count_dropped();
+            self.count_dropped(DropReason::TooLarge);
             return false;
         }
         // An alias is known to the client only once a PUBLISH that sets it is sent.

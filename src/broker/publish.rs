@@ -134,7 +134,7 @@ impl Shard {
             if !conn.version.is_v5() {
                 return Err(Close::ProtocolError(ReasonCode::QuotaExceeded));
             }
-            self.counters.publish_dropped.add(1);
+            self.counters.count_drop(super::counters::DropReason::MemoryLimit);
             Some(ReasonCode::QuotaExceeded)
         } else if limit > 0 && publish.payload.len() > limit {
             // As Mosquitto 2.0.11: dropped and acknowledged; the connection stays (checked by

@@ -2,6 +2,7 @@
 //! shard with interest, one member of each shared group; and `Deliveries::deliver`, the one
 //! path by which a message, live, shared or retained, enters a session.
 
+use super::counters::DropReason;
 use super::*;
 
 /// Matching clients a delivery searches one by one for a client seen twice (overlapping
@@ -50,8 +51,8 @@ impl Deliveries<'_> {
         if self.checks_reads && !may_read(client_id, session, &outgoing.message.topic) {
             return;
         }
-        if session.deliver(outgoing, self.limits) == Delivery::Dropped {
-            self.counters.publish_dropped.add(1);
+        if let Delivery::Dropped(reason) = session.deliver(outgoing, self.limits) {
+            self.counters.count_drop(reason);
         }
         let Some(conn) = &session.conn else { return };
         if !conn.listed_congested.get() && conn.is_congested(session.state.queued_len()) {
@@ -251,7 +252,7 @@ impl Shard {
         }
         let others = self.shared.remote_shards(filter, group).without(self.id);
         let Some(to) = others.iter().next().filter(|_| usize::from(hops) < self.shard_count) else {
-            self.counters.publish_dropped.add(1);
+            self.counters.count_drop(DropReason::NoMember);
             self.confirm_durable(durable);
             return;
         };

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
+use super::counters::DropReason;
 use super::journal::{restored_message, restored_will, stored_will, StoredAt};
 use super::messages::ShardId;
 use super::outbox::{ConnHandle, ConnId};
@@ -179,8 +180,9 @@ pub struct ReceiveMaximumExceeded;
 pub enum Delivery {
     Sent,
     Queued,
-    /// Dropped by the queue limits (or QoS 0 to an offline client): counted by the caller.
-    Dropped,
+    /// Dropped by the queue limits, expiry, or as QoS 0 to an offline client: counted by the
+    /// caller.
+    Dropped(DropReason),
     /// Refused by the connection (its outbox full, or larger than the client takes), which
     /// counted it.
     Refused,
@@ -428,7 +430,7 @@ impl Session {
     /// dropped is counted.
     pub fn deliver(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
         let delivery = self.offer(outgoing, limits);
-        if matches!(delivery, Delivery::Dropped | Delivery::Refused) {
+        if matches!(delivery, Delivery::Dropped(_) | Delivery::Refused) {
             self.state.dropped += 1;
         }
         delivery
@@ -436,7 +438,7 @@ impl Session {
 
     fn offer(&mut self, outgoing: Outgoing, limits: &Limits) -> Delivery {
         if outgoing.message.expires_at.is_some() && outgoing.message.is_expired(Instant::now()) {
-            return Delivery::Dropped;
+            return Delivery::Dropped(DropReason::Expired);
         }
         let window = self.window(limits);
         if self.conn.is_some() {
@@ -453,14 +455,14 @@ impl Session {
                 }
             }
         } else if outgoing.qos == QoS::AtMostOnce && !limits.queue_qos0 {
-            return Delivery::Dropped;
+            return Delivery::Dropped(DropReason::Offline);
         }
         let state = &mut self.state;
         let size = outgoing.size_bytes();
         if state.queue.len() >= limits.queued_messages_max
             || state.queued_bytes.saturating_add(size) > limits.queued_bytes_max
         {
-            return Delivery::Dropped;
+            return Delivery::Dropped(DropReason::QueueFull);
         }
         state.queued_bytes += size;
         let mut outgoing = outgoing;
@@ -598,7 +600,7 @@ impl Session {
         match (&self.stored, packet) {
             (Some(stored), packet) if stored.journal.borrow().holds() => {
                 if matches!(&packet, Packet::Publish(p) if !conn.accepts(p)) {
-                    conn.count_dropped();
+                    conn.count_dropped(DropReason::TooLarge);
                     return false;
                 }
                 stored.send_when_durable(conn.clone(), packet);
@@ -789,7 +791,8 @@ mod tests {
         assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Sent);
         assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Sent);
         assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Queued);
-        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Dropped);
+        let full = Delivery::Dropped(DropReason::QueueFull);
+        assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), full);
         assert_eq!(drain(&conn).len(), 2);
         session.on_puback(PacketId::new(1).unwrap(), &limits);
         let sent = drain(&conn);
@@ -898,7 +901,8 @@ mod tests {
         let mut session =
             Session::new(SessionExpiry::Never, ConnId::new(0, 1), SessionState::default());
         let limits = limits(2, 10);
-        assert_eq!(session.deliver(message(QoS::AtMostOnce), &limits), Delivery::Dropped);
+        let offline = Delivery::Dropped(DropReason::Offline);
+        assert_eq!(session.deliver(message(QoS::AtMostOnce), &limits), offline);
         assert_eq!(session.deliver(message(QoS::AtLeastOnce), &limits), Delivery::Queued);
     }
 

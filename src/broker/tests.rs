@@ -236,5 +236,24 @@ fn a_message_the_outbox_refuses_counts_one_drop() {
     one.publish(&publisher, "big", big);
     one.publish(&publisher, "big", big);
     assert_eq!(topics(&subscriber), ["big"], "the first fits, the second is over the bound");
-    assert_eq!(one.shard.counters.publish_dropped.get(), 1);
+    let counters = &one.shard.counters;
+    assert_eq!(counters.publish_dropped.get(), 1);
+    assert_eq!(counters.dropped_outbox_full.get(), 1, "and its reason");
+}
+
+/// Each drop is counted under its reason, and the reasons sum to the total `$SYS` shows.
+#[test]
+fn drops_are_counted_by_reason() {
+    let mut one = OneShard::new(None);
+    let publisher = one.connect("publisher");
+    let away = one.connect_with("away", false);
+    one.subscribe(&away, "news");
+    one.shard.connection_closed(&away, super::outbox::Close::ConnectionLost);
+    // QoS 0 for a client not connected.
+    one.publish(&publisher, "news", 4);
+    let counters = &one.shard.counters;
+    assert_eq!(counters.dropped_offline.get(), 1);
+    let reasons: u64 =
+        super::counters::DropReason::ALL.iter().map(|reason| reason.counter(counters).get()).sum();
+    assert_eq!(reasons, counters.publish_dropped.get());
 }

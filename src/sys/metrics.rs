@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::counters::{heap_usage, ShardCounters};
+use crate::broker::counters::{heap_usage, DropReason, ShardCounters};
 
 /// How long one scrape may take to send its request: a client that trickles it loses the
 /// connection, and the endpoint goes on with the next.
@@ -58,11 +58,6 @@ const METRICS: &[Metric] = &[
     counter("culex_publish_sent_bytes_total", "Payload bytes of PUBLISH sent.", |c| {
         c.publish_bytes_sent.get()
     }),
-    counter(
-        "culex_publish_dropped_total",
-        "Messages not delivered: queue limits, a full outbox, expiry, a packet too large.",
-        |c| c.publish_dropped.get(),
-    ),
     counter("culex_packets_malformed_total", "Packets that could not be decoded.", |c| {
         c.packets_malformed.get()
     }),
@@ -163,6 +158,18 @@ pub fn render(counters: &[Arc<ShardCounters>]) -> String {
         for (shard, counters) in counters.iter().enumerate() {
             let _ =
                 writeln!(out, "{}{{shard=\"{shard}\"}} {}", metric.name, (metric.value)(counters));
+        }
+    }
+    // Drops by reason: every shard's sample of each reason; their sum is `$SYS`'s
+    // `publish/messages/dropped`.
+    let dropped = "culex_publish_dropped_total";
+    let _ = writeln!(out, "# HELP {dropped} Messages not delivered, by reason.");
+    let _ = writeln!(out, "# TYPE {dropped} counter");
+    for (shard, counters) in counters.iter().enumerate() {
+        for reason in DropReason::ALL {
+            let value = reason.counter(counters).get();
+            let label = reason.label();
+            let _ = writeln!(out, "{dropped}{{shard=\"{shard}\",reason=\"{label}\"}} {value}");
         }
     }
     let (heap, _) = heap_usage();
