@@ -48,7 +48,10 @@ fn a_filter_of_30000_levels_loses_only_its_own_connection() {
 #[test]
 fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
     const MESSAGES: usize = 20_000;
-    let broker = Broker::start("max_queued_messages 0\nmax_inflight_messages 0\nsys_interval 1");
+    let metrics = common::free_port();
+    let broker = Broker::start(&format!(
+        "max_queued_messages 0\nmax_inflight_messages 0\nsys_interval 1\nmetrics_listener {metrics}"
+    ));
     let (mut stalled, _) = RawClient::connect(&broker, "stalled", ConnectOptions::default());
     stalled.subscribe("flood", QoS::AtMostOnce);
     let (mut reader, _) = RawClient::connect(&broker, "reader", ConnectOptions::default());
@@ -82,6 +85,14 @@ fn a_subscriber_that_stops_reading_costs_the_others_nothing() {
             other => panic!("expected the dropped count, got {other:?}"),
         };
         if dropped > 0 {
+            // Prometheus says why: the publisher waited, found it stuck, and its outbox
+            // refused the rest.
+            let text = common::scrape_metrics(metrics);
+            assert!(common::metric_sum(&text, "culex_flow_waits_total", "") > 0, "{text}");
+            assert!(common::metric_sum(&text, "culex_flow_stuck_total", "") > 0, "{text}");
+            let outbox_full = r#"reason="outbox_full""#;
+            let by_reason = common::metric_sum(&text, "culex_publish_dropped_total", outbox_full);
+            assert!(by_reason > 0, "{text}");
             drop(stalled);
             return;
         }

@@ -106,24 +106,10 @@ fn a_required_client_certificate_must_come_from_the_ca_and_not_be_revoked() {
     assert!(!with(Some(&stranger)), "a certificate from another CA is refused");
     assert!(broker.log_text().contains("TLS handshake failed"), "{}", broker.log_text());
     // Prometheus counts them, summed over shards.
-    let metrics = scrape(metrics_port);
-    assert_eq!(metric_sum(&metrics, "culex_tls_handshakes_total"), 1, "{metrics}");
-    assert_eq!(metric_sum(&metrics, "culex_tls_handshake_failures_total"), 3, "{metrics}");
-}
-
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
-/// The sum of a metric's samples over its labels (shards).
-fn metric_sum(text: &str, name: &str) -> u64 {
-    let samples = text.lines().filter(|line| line.starts_with(&format!("{name}{{")));
-    samples.filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    let metrics = common::scrape_metrics(metrics_port);
+    assert_eq!(common::metric_sum(&metrics, "culex_tls_handshakes_total", ""), 1, "{metrics}");
+    let failures = common::metric_sum(&metrics, "culex_tls_handshake_failures_total", "");
+    assert_eq!(failures, 3, "{metrics}");
 }
 
 #[test]

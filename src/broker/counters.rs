@@ -85,6 +85,12 @@ counters! {
     /// certificate refused or revoked, plaintext on a TLS port). Not in Mosquitto's `$SYS`.
     tls_handshakes,
     tls_handshake_failures,
+    /// Flow control: times a task waited for a subscriber it congested, subscribers found
+    /// stuck (no progress in `STUCK_AFTER`), and times a connection waited for the batches to
+    /// another shard.
+    flow_waits,
+    flow_stuck,
+    outbound_waits,
     /// TCP connections accepted.
     sockets,
     /// CONNECTs accepted.

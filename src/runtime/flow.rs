@@ -41,6 +41,9 @@ pub async fn wait_for_subscribers(
             continue;
         }
         let (mut progress_bytes, mut progress_at) = (conn.written_bytes(), Instant::now());
+        if shard.borrow().is_congested(&conn) {
+            shard.borrow().counters.flow_waits.add(1);
+        }
         while shard.borrow().is_congested(&conn) {
             let drained = glommio::timer::timeout(PROGRESS_CHECK_EVERY, async {
                 conn.drained().wait().await;
@@ -55,6 +58,7 @@ pub async fn wait_for_subscribers(
             } else if progress_at.elapsed() >= STUCK_AFTER {
                 tracing::debug!(client_id = %conn.client_id, "subscriber not draining: stuck");
                 conn.stuck.set(true);
+                shard.borrow().counters.flow_stuck.add(1);
             }
         }
     }
@@ -70,6 +74,7 @@ pub async fn wait_for_outbound(shard: &Rc<RefCell<Shard>>) {
             if !shard.outbound.is_congested() {
                 return;
             }
+            shard.counters.outbound_waits.add(1);
             shard.outbound.sent()
         };
         sent.wait().await;

@@ -62,6 +62,21 @@ const METRICS: &[Metric] = &[
         c.packets_malformed.get()
     }),
     counter("culex_read_errors_total", "Socket reads that failed.", |c| c.read_errors.get()),
+    counter(
+        "culex_flow_waits_total",
+        "Times a task waited for a subscriber it congested to drain.",
+        |c| c.flow_waits.get(),
+    ),
+    counter(
+        "culex_flow_stuck_total",
+        "Subscribers found stuck: no progress in 500 ms, no longer waited for.",
+        |c| c.flow_stuck.get(),
+    ),
+    counter(
+        "culex_outbound_waits_total",
+        "Times a connection waited for the batches to another shard.",
+        |c| c.outbound_waits.get(),
+    ),
     counter("culex_sockets_accepted_total", "TCP connections accepted.", |c| c.sockets.get()),
     counter("culex_tls_handshakes_total", "TLS handshakes completed.", |c| c.tls_handshakes.get()),
     counter("culex_tls_handshake_failures_total", "TLS handshakes that failed.", |c| {

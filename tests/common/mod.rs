@@ -537,6 +537,23 @@ pub fn paho_available() -> bool {
     found
 }
 
+/// The text `GET /metrics` answers on a `metrics_listener` port.
+pub fn scrape_metrics(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The sum of a metric's samples over its labels (shards), of those whose labels contain
+/// `labels` (e.g. `reason="offline"`; empty: all).
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{");
+    let samples = text.lines().filter(|line| line.starts_with(&prefix) && line.contains(labels));
+    samples.filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
 /// Finds a Mosquitto tool. Missing: a loud skip locally, a failure under CI.
 pub fn mosquitto_tool(name: &str) -> Option<PathBuf> {
     tool(name, "mosquitto mosquitto-clients")
