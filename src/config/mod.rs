@@ -1827,6 +1827,46 @@ mod tests {
         assert!(parse("global_plugin /usr/lib/x.so\n").is_err());
     }
 
+    /// Every option name of Mosquitto 2.1's mosquitto.conf(5) (general, listener, TLS and
+    /// bridge sections) is one Culex knows: applied, warned about or refused, never unknown.
+    #[test]
+    fn every_option_of_mosquitto_2_1s_manual_is_known() {
+        let manual =
+            "acl_file allow_anonymous allow_duplicate_messages allow_zero_length_clientid \
+            auth_plugin_deny_special_chars auto_id_prefix autosave_interval autosave_on_changes \
+            check_retain_source clientid_prefixes connection_messages enable_control_api \
+            global_max_clients global_max_connections global_plugin include_dir log_dest \
+            log_facility log_timestamp log_timestamp_format log_type max_inflight_bytes \
+            max_inflight_messages max_keepalive max_packet_size max_queued_bytes \
+            max_queued_messages memory_limit message_size_limit password_file \
+            per_listener_settings persistence persistence_file persistence_location \
+            persistent_client_expiration pid_file plugin_opt_name plugin psk_file \
+            queue_qos0_messages retain_available retain_expiry_interval set_tcp_nodelay \
+            sys_interval upgrade_outgoing_qos user accept_protocol_versions bind_address \
+            bind_interface enable_proxy_protocol http_dir listener listener_allow_anonymous \
+            listener_auto_id_prefix max_connections max_qos max_topic_alias_broker \
+            max_topic_alias mount_point port protocol proxy_protocol_v2_require_tls \
+            socket_domain use_username_as_clientid packet_buffer_size websockets_headers_size \
+            websockets_log_level websockets_origin cafile capath certfile ciphers ciphers_tls1.3 \
+            crlfile dhparamfile disable_client_cert_date_checks keyfile require_certificate \
+            tls_engine tls_engine_kpass_sha1 tls_keyform tls_version use_identity_as_username \
+            use_subject_as_username psk_hint address addresses bridge_attempt_unsubscribe \
+            bridge_bind_address bridge_max_packet_size bridge_max_topic_alias \
+            bridge_outgoing_retain bridge_protocol_version bridge_receive_maximum \
+            bridge_session_expiry_interval bridge_tcp_keepalive bridge_tcp_user_timeout \
+            cleansession local_cleansession connection keepalive_interval idle_timeout \
+            local_clientid local_password local_username notifications notifications_local_only \
+            notification_topic remote_clientid remote_password remote_username restart_timeout \
+            round_robin start_type threshold topic try_private bridge_reload_type bridge_alpn \
+            bridge_cafile bridge_capath bridge_certfile bridge_identity bridge_insecure \
+            bridge_keyfile bridge_psk bridge_require_ocsp bridge_tls_use_os_certs \
+            bridge_tls_version bridge_ciphers bridge_ciphers_tls1.3 clientid username password \
+            auth_plugin auth_opt_name";
+        let unknown: Vec<&str> =
+            manual.split_whitespace().filter(|o| !is_known_option(o)).collect();
+        assert!(unknown.is_empty(), "Mosquitto 2.1 options Culex does not know: {unknown:?}");
+    }
+
     #[test]
     fn mosquitto_2_1_options_are_recognised() {
         let (_, warnings) = Config::parse(
