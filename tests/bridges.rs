@@ -379,6 +379,16 @@ impl Collector {
         distinct("q1") == STREAM_LEN as usize && distinct("q2") == STREAM_LEN as usize
     }
 
+    /// What `complete` still waits for, and the order things came in, for a failure message.
+    fn missing(&self, prefix: &str) -> String {
+        let lacking = |topic: &str| {
+            let stream = self.stream(&format!("{prefix}/{topic}"));
+            let absent: Vec<u32> = (0..STREAM_LEN).filter(|n| !stream.contains(n)).collect();
+            format!("{topic} lacks {absent:?} (received {stream:?})")
+        };
+        format!("{}; {}", lacking("q1"), lacking("q2"))
+    }
+
     /// QoS 1: every message, first arrivals in order (resends after a reconnect may repeat
     /// some). QoS 2: every message exactly once, in order.
     fn check(&self, prefix: &str, logs: &[&Node]) {
@@ -467,7 +477,14 @@ fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
     while !(on_leaf.complete("myhouse/room1/down")
         && (restarts_leaf || on_master.complete("sensor/room1/up")))
     {
-        assert!(Instant::now() < deadline, "streams incomplete\n{}\n{}", master.log(), leaf.log());
+        assert!(
+            Instant::now() < deadline,
+            "streams incomplete: leaf {}, master {}\n{}\n{}",
+            on_leaf.missing("myhouse/room1/down"),
+            on_master.missing("sensor/room1/up"),
+            master.log(),
+            leaf.log()
+        );
         let elapsed = start.elapsed();
         if !disrupted && elapsed > Duration::from_millis(600) {
             disrupted = true;

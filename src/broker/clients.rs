@@ -426,7 +426,7 @@ impl Shard {
             properties,
             publisher: client_id.clone(),
         };
-        self.route(Arc::new(message), None);
+        self.route(Arc::new(message), None, None);
     }
 
     /// Ends offline sessions whose expiry interval has passed [MQTT-3.1.2-23]

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use ahash::AHashMap;
 use bytestring::ByteString;
 
 use super::messages::ShardId;
@@ -17,7 +18,7 @@ use super::outbox::ConnHandle;
 use super::session::{Message, Outgoing};
 use super::signal::Signal;
 use crate::protocol::{LastWill, Packet, PacketId, Publish};
-use crate::store::{Stage, StoreOp, StoredEntry, StoredMessage};
+use crate::store::{RouteTag, Stage, StoreOp, StoredEntry, StoredMessage};
 
 /// Who waits for the pending changes to be durable.
 pub enum Waiter {
@@ -39,8 +40,14 @@ pub enum Waiter {
 pub struct Journal {
     ops: Vec<StoreOp>,
     waiters: Vec<Waiter>,
+    /// The shard whose journal this is, for the `RouteTag`s it gives out.
+    shard: u16,
     next_seq: u64,
     next_epoch: u64,
+    next_route_number: u64,
+    /// Sessions' marks raised since the last take, by (client, epoch, routing shard): written
+    /// once per batch, not once per message.
+    raised: AHashMap<(ByteString, u64, u16), u64>,
     /// `persistence_sync ack`: acknowledgements and sends wait for their commit.
     holds: bool,
     /// Wakes the store task when there is something to commit or someone waiting.
@@ -57,11 +64,27 @@ pub struct StoredAt {
     pub epoch: u64,
 }
 
+/// Where a shard's journal starts: its shard, and the numbers start-up found in use in any
+/// store (new ones continue after them).
+#[derive(Clone, Copy)]
+pub struct JournalStart {
+    pub shard: ShardId,
+    pub max_seq: u64,
+    pub max_epoch: u64,
+    pub max_route_number: u64,
+}
+
 impl Journal {
-    /// `next_seq` and `next_epoch` continue after what start-up found in the stores. `holds`:
-    /// what depends on a change waits until it is durable (`persistence_sync ack`).
-    pub fn new(next_seq: u64, next_epoch: u64, holds: bool) -> SharedJournal {
-        Rc::new(RefCell::new(Journal { next_seq, next_epoch, holds, ..Default::default() }))
+    /// `holds`: what depends on a change waits until it is durable (`persistence_sync ack`).
+    pub fn new(start: JournalStart, holds: bool) -> SharedJournal {
+        Rc::new(RefCell::new(Journal {
+            shard: start.shard.index() as u16,
+            next_seq: start.max_seq,
+            next_epoch: start.max_epoch,
+            next_route_number: start.max_route_number,
+            holds,
+            ..Default::default()
+        }))
     }
 
     pub fn holds(&self) -> bool {
@@ -85,7 +108,24 @@ impl Journal {
 
     /// Everything pending, to commit, and who waits for it.
     pub fn take(&mut self) -> (Vec<StoreOp>, Vec<Waiter>) {
-        (std::mem::take(&mut self.ops), std::mem::take(&mut self.waiters))
+        // The marks first: a session forgotten in this batch takes its marks with it.
+        let raised = self.raised.drain();
+        let mut ops: Vec<StoreOp> = raised
+            .map(|((client_id, epoch, shard), number)| StoreOp::SetMark {
+                client_id,
+                epoch,
+                shard,
+                number,
+            })
+            .collect();
+        ops.append(&mut self.ops);
+        (ops, std::mem::take(&mut self.waiters))
+    }
+
+    /// A new tag for a QoS 2 message this shard routes.
+    pub fn next_route_tag(&mut self) -> RouteTag {
+        self.next_route_number += 1;
+        RouteTag { shard: self.shard, number: self.next_route_number }
     }
 
     pub fn next_seq(&mut self) -> u64 {
@@ -133,9 +173,18 @@ impl StoredAt {
         self.push(StoreOp::DeleteEntry { client_id, epoch, seq });
     }
 
-    pub fn put_incoming(&self, packet_id: PacketId) {
+    pub fn put_incoming(&self, packet_id: PacketId, tag: RouteTag) {
         let (client_id, epoch) = (self.client_id.clone(), self.epoch);
-        self.push(StoreOp::PutIncoming { client_id, epoch, packet_id });
+        self.push(StoreOp::PutIncoming { client_id, epoch, packet_id, tag });
+    }
+
+    /// The session took a message routed with `tag`: its mark is committed with the message.
+    pub fn raise_mark(&self, tag: RouteTag) {
+        let mut journal = self.journal.borrow_mut();
+        let key = (self.client_id.clone(), self.epoch, tag.shard);
+        let mark = journal.raised.entry(key).or_default();
+        *mark = (*mark).max(tag.number);
+        journal.wake.notify();
     }
 
     pub fn delete_incoming(&self, packet_id: PacketId) {

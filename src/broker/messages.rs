@@ -11,6 +11,7 @@ use bytestring::ByteString;
 use super::outbox::ConnId;
 use super::session::{Message, SessionState};
 use super::signal::{Event, Signal};
+use crate::store::RouteTag;
 
 /// A shard: its place in the mesh (glommio's peer id), which every shard agrees on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +80,15 @@ impl ShardSet {
     }
 }
 
+/// How a QoS 2 message from a stored session is routed (`RouteTag`): its tag, and for a
+/// retransmission that start-up found unreleased, the tag it had before the restart: the
+/// sessions whose marks had reached that one had it, and do not take it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routing {
+    pub tag: RouteTag,
+    pub replay_of: Option<RouteTag>,
+}
+
 /// Shard sets are bitmasks: at most this many shards.
 pub const SHARDS_MAX: usize = 64;
 
@@ -102,6 +112,7 @@ pub enum ShardMsg {
         message: Arc<Message>,
         origin: ShardId,
         token: u64,
+        routing: Option<Box<Routing>>,
     },
     /// A message routed with `token` is durable on the sending shard.
     Durable {

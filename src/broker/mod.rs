@@ -38,11 +38,12 @@ use smallvec::SmallVec;
 use self::counters::ShardCounters;
 use self::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
 use self::latch::Latches;
-use self::messages::{Outbound, ShardId, ShardMsg, ShardSet};
+use self::messages::{Outbound, Routing, ShardId, ShardMsg, ShardSet};
 use self::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext};
 use self::retain::RetainedStore;
 use self::session::{
-    Delivery, Limits, Message, Outgoing, Reader, Session, SessionExpiry, SessionState, Subscription,
+    Delivery, Limits, Message, Outgoing, Qos2Arrival, Reader, Session, SessionExpiry, SessionState,
+    Subscription,
 };
 use self::shared::SharedSubscriptions;
 use self::signal::Signal;
@@ -289,7 +290,7 @@ impl Shard {
 
     pub fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish(message) => self.deliver_local(&message),
+            ShardMsg::Publish(message) => self.deliver_local(&message, None),
             ShardMsg::Retain(message) => self.store_retained(&message),
             ShardMsg::Interest { filter, from, added } => {
                 if added {
@@ -304,8 +305,8 @@ impl Shard {
             ShardMsg::SharedInterest { filter, group, from, has_members } => {
                 self.shared.set_remote(&filter, &group, from, has_members);
             }
-            ShardMsg::DurablePublish { message, origin, token } => {
-                self.deliver_local(&message);
+            ShardMsg::DurablePublish { message, origin, token, routing } => {
+                self.deliver_local(&message, routing.as_deref());
                 self.confirm_durable(Some((origin, token)));
             }
             ShardMsg::Durable { token } => self.durable_confirmed(token),
@@ -390,7 +391,7 @@ impl Shard {
 
     /// Publishes a message the broker makes itself (bridge link state), as if `publisher` had.
     pub fn publish_internal(&mut self, message: Message) {
-        self.route(Arc::new(message), None);
+        self.route(Arc::new(message), None, None);
     }
 
     /// Messages waiting in an offline session's queue (a lazy bridge connects at a threshold).

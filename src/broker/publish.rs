@@ -183,7 +183,7 @@ impl Shard {
                 if conn.version.is_v5() && !conn.internal && !self.has_subscribers(&message.topic) {
                     ack.reason = ReasonCode::NoMatchingSubscribers;
                 }
-                self.acknowledge(conn, Packet::PubAck(ack), Some(message));
+                self.acknowledge(conn, Packet::PubAck(ack), Some((message, None)));
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 // The broker's Receive Maximum is `max_inflight_messages`, as Mosquitto's: QoS 1
@@ -196,42 +196,46 @@ impl Shard {
                 } else {
                     usize::MAX
                 };
-                let is_new = match self.session_of(conn) {
+                let arrival = match self.session_of(conn) {
                     Some(session) => session
                         .receive_qos2(packet_id, receive_maximum)
                         .map_err(|_| Close::ProtocolError(ReasonCode::ReceiveMaximumExceeded))?,
-                    None => true,
+                    None => Qos2Arrival::Route(None),
                 };
-                let routed = is_new.then_some(message);
+                let routed = match arrival {
+                    Qos2Arrival::Route(routing) => Some((message, routing)),
+                    Qos2Arrival::Repeat => None,
+                };
                 self.acknowledge(conn, Packet::PubRec(Ack::new(packet_id)), routed);
             }
             _ => {
-                self.route(message, None);
+                self.route(message, None, None);
             }
         }
         Ok(())
     }
 
-    /// Routes a QoS 1/2 message, if any, and sends `ack`: at once without persistence, else
-    /// once every shard that stored the message has made it durable, this one included (with
-    /// the QoS 2 packet id, retained message or session change the ack confirms). PUBCOMP and
-    /// UNSUBACK come here with no message.
+    /// Routes a QoS 1/2 message, if any (with its routing, see `Shard::admits`), and sends
+    /// `ack`: at once without persistence, else once every shard that stored the message has
+    /// made it durable, this one included (with the QoS 2 packet id, retained message or
+    /// session change the ack confirms). PUBCOMP and UNSUBACK come here with no message.
     pub(super) fn acknowledge(
         &mut self,
         conn: &Rc<ConnHandle>,
         ack: Packet,
-        message: Option<Arc<Message>>,
+        message: Option<(Arc<Message>, Option<Routing>)>,
     ) {
         let Some(journal) = self.holding_journal() else {
             conn.send(&ack);
-            if let Some(message) = message {
-                self.route(message, None);
+            if let Some((message, routing)) = message {
+                self.route(message, None, routing);
             }
             return;
         };
         let token = self.next_token;
         self.next_token += 1;
-        let remote = message.map_or(0, |message| self.route(message, Some(token)));
+        let remote =
+            message.map_or(0, |(message, routing)| self.route(message, Some(token), routing));
         conn.hold_ack(token, ack);
         // Its own shard's commit, and each other shard's it went to.
         let held = self.durable.hold(token, remote + 1, conn.clone());

@@ -40,6 +40,9 @@ pub(super) struct Deliveries<'a> {
     pub(super) congested: &'a mut Vec<Rc<ConnHandle>>,
     /// An ACL file is configured: each delivery asks it.
     pub(super) checks_reads: bool,
+    /// How the message was routed, if it is a QoS 2 message from a stored session
+    /// (`Session::admits`).
+    pub(super) routing: Option<&'a Routing>,
 }
 
 impl Deliveries<'_> {
@@ -49,6 +52,9 @@ impl Deliveries<'_> {
     /// high-water mark lists it as congested for the task making the delivery.
     pub(super) fn deliver(&mut self, client_id: &str, session: &mut Session, outgoing: Outgoing) {
         if self.checks_reads && !may_read(client_id, session, &outgoing.message.topic) {
+            return;
+        }
+        if !session.admits(self.routing) {
             return;
         }
         if let Delivery::Dropped(reason) = session.deliver(outgoing, self.limits) {
@@ -66,8 +72,13 @@ impl Shard {
     /// Routes a message published on this shard: retained store (all replicas), local
     /// subscribers, and once to each other shard with a matching subscription. With `durable`
     /// (an acknowledgement token), the shards it is sent to confirm once they have stored it;
-    /// returns how many.
-    pub(super) fn route(&mut self, message: Arc<Message>, durable: Option<u64>) -> usize {
+    /// returns how many. `routing`: a QoS 2 message from a stored session (`Session::admits`).
+    pub(super) fn route(
+        &mut self,
+        message: Arc<Message>,
+        durable: Option<u64>,
+        routing: Option<Routing>,
+    ) -> usize {
         let mut confirmations = 0;
         if message.retain {
             // Stored on every shard, possibly for a long time: detached from the read buffer.
@@ -86,7 +97,7 @@ impl Shard {
                 self.outbound.push(shard, ShardMsg::Retain(stored.clone()));
             }
         }
-        self.deliver_local(&message);
+        self.deliver_local(&message, routing.as_ref());
         let origin = durable.map(|token| (self.id, token));
         if !self.shared.is_empty() {
             for pick in self.shared.pick_shards(&message.topic, self.id) {
@@ -112,7 +123,12 @@ impl Shard {
                 None => ShardMsg::Publish(message.clone()),
                 Some(token) => {
                     confirmations += 1;
-                    ShardMsg::DurablePublish { message: message.clone(), origin: self.id, token }
+                    ShardMsg::DurablePublish {
+                        message: message.clone(),
+                        origin: self.id,
+                        token,
+                        routing: routing.map(Box::new),
+                    }
                 }
             };
             self.outbound.push(shard, msg);
@@ -134,7 +150,7 @@ impl Shard {
 
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
     /// matching subscriptions (as Mosquitto does for overlapping filters).
-    pub(super) fn deliver_local(&mut self, message: &Arc<Message>) {
+    pub(super) fn deliver_local(&mut self, message: &Arc<Message>, routing: Option<&Routing>) {
         let Shard {
             subscribers, sessions, limits, counters, congested, checks_reads, config, ..
         } = self;
@@ -179,7 +195,7 @@ impl Shard {
                 }
             }
         });
-        let mut deliveries = Deliveries { limits, counters, congested, checks_reads };
+        let mut deliveries = Deliveries { limits, counters, congested, checks_reads, routing };
         for (client_id, options, subscription_ids) in targets {
             let Some(session) = sessions.get_mut(client_id) else { continue };
             let outgoing = Outgoing {
@@ -222,7 +238,9 @@ impl Shard {
     }
 
     /// Delivers to one member of a group on this shard, or forwards to another shard with
-    /// members if this one has none left. `durable`: who waits for it to be stored.
+    /// members if this one has none left. `durable`: who waits for it to be stored. Shared
+    /// deliveries carry no routing: a message forwarded between members' shards can overtake
+    /// the routing shard's later ones, which marks cannot follow.
     pub(super) fn deliver_shared(
         &mut self,
         message: &Arc<Message>,
@@ -244,7 +262,7 @@ impl Shard {
                     seq: None,
                 };
                 let checks_reads = *checks_reads;
-                Deliveries { limits, counters, congested, checks_reads }
+                Deliveries { limits, counters, congested, checks_reads, routing: None }
                     .deliver(&client_id, session, outgoing);
             }
             self.confirm_durable(durable);

@@ -8,14 +8,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::counters::DropReason;
 use super::journal::{restored_message, restored_will, stored_will, StoredAt};
-use super::messages::ShardId;
+use super::messages::{Routing, ShardId};
 use super::outbox::{ConnHandle, ConnId};
 use crate::auth::Credentials;
 use crate::config::Config;
@@ -23,7 +23,7 @@ use crate::protocol::{
     Ack, LastWill, Packet, PacketId, Properties, Publish, QoS, SubscriptionId, SubscriptionOptions,
     TopicFilter, TopicName,
 };
-use crate::store::{RecoveredSession, Stage, StoreOp, StoredSession};
+use crate::store::{RecoveredSession, RouteTag, Stage, StoreOp, StoredSession};
 
 /// A published message as the broker routes it: one allocation shared by every shard and every
 /// subscriber it reaches.
@@ -188,6 +188,39 @@ pub enum Delivery {
     Refused,
 }
 
+/// An incoming QoS 2 message its publisher has not released yet.
+#[derive(Debug, Clone, Copy)]
+struct Unreleased {
+    /// How it was routed, for a stored session.
+    tag: Option<RouteTag>,
+    /// Found in the store at start-up and not routed by this process: its retransmission is
+    /// routed again, to the shards that had not stored it before the restart.
+    restored: bool,
+}
+
+/// A stored session's marks: per routing shard, the largest `RouteTag` number it took.
+#[derive(Debug, Default)]
+struct Marks {
+    /// As committed with the messages taken; written again when the session moves.
+    taken: Vec<(u16, u64)>,
+    /// As start-up found them: marks raised since, by new messages, say nothing of a replay.
+    recovered: Vec<(u16, u64)>,
+}
+
+fn mark_of(marks: &[(u16, u64)], shard: u16) -> u64 {
+    marks.iter().find(|(s, _)| *s == shard).map_or(0, |(_, number)| *number)
+}
+
+/// What to do with an incoming QoS 2 PUBLISH.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Qos2Arrival {
+    /// Route it: a new message (or one that start-up found unreleased), with its routing when
+    /// the session is stored.
+    Route(Option<Routing>),
+    /// A retransmission of one routed already: acknowledge it only.
+    Repeat,
+}
+
 /// The part of a session that outlives a connection and can move between shards.
 #[derive(Debug, Default)]
 pub struct SessionState {
@@ -196,7 +229,9 @@ pub struct SessionState {
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
     /// Incoming QoS 2 packet ids delivered but not yet released [MQTT-4.3.3].
-    awaiting_pubrel: AHashSet<PacketId>,
+    awaiting_pubrel: AHashMap<PacketId, Unreleased>,
+    /// With persistence, once it took a QoS 2 message from a stored session (`RouteTag`).
+    marks: Option<Box<Marks>>,
     /// Messages dropped (limits, expiry) since the count was last taken.
     dropped: u64,
     /// Where this state is stored while it moves to another shard: (shard, epoch) of the
@@ -313,7 +348,7 @@ impl Session {
     /// Restores a session that start-up found in a store: offline from now, its messages in
     /// flight under their old packet ids (resent with DUP when the client returns), then queued.
     pub fn restore(recovered: RecoveredSession, stored: StoredAt) -> Self {
-        let RecoveredSession { session, entries, incoming } = recovered;
+        let RecoveredSession { session, entries, incoming, marks } = recovered;
         let mut state = SessionState::default();
         for (filter, options, id) in session.subscriptions {
             state.subscriptions.insert(filter, Subscription { options, id });
@@ -339,7 +374,14 @@ impl Session {
             };
             state.inflight.insert(packet_id, outgoing, inflight);
         }
-        state.awaiting_pubrel.extend(incoming);
+        state.awaiting_pubrel.extend(
+            incoming
+                .into_iter()
+                .map(|(packet_id, tag)| (packet_id, Unreleased { tag: Some(tag), restored: true })),
+        );
+        if !marks.is_empty() {
+            state.marks = Some(Box::new(Marks { taken: marks.clone(), recovered: marks }));
+        }
         let expiry = SessionExpiry::from_interval_secs(session.expiry_secs);
         let mut restored = Session::new(expiry, ConnId::NONE, state);
         restored.offline_since = Some(Instant::now());
@@ -392,8 +434,14 @@ impl Session {
         for outgoing in &mut self.state.queue {
             outgoing.seq = Some(stored.put_entry(outgoing, Stage::Queued));
         }
-        for packet_id in &self.state.awaiting_pubrel {
-            stored.put_incoming(*packet_id);
+        for (packet_id, unreleased) in &mut self.state.awaiting_pubrel {
+            // Routed while the session was not stored: it is not replayed after a restart.
+            let tag = *unreleased.tag.get_or_insert(RouteTag::NOT_REPLAYED);
+            stored.put_incoming(*packet_id, tag);
+        }
+        for &(shard, number) in self.state.marks.iter().flat_map(|m| &m.taken) {
+            let (client_id, epoch) = (stored.client_id.clone(), stored.epoch);
+            stored.journal.borrow_mut().push(StoreOp::SetMark { client_id, epoch, shard, number });
         }
         self.stored = Some(stored);
     }
@@ -622,26 +670,53 @@ impl Session {
         }
     }
 
-    /// An incoming QoS 2 PUBLISH: `Ok(true)` when it is new and must be routed, `Ok(false)` for
-    /// a retransmission of one already routed but not yet released, `Err` when the client
-    /// already has `receive_maximum` messages unreleased [MQTT-3.3.4-7].
+    /// An incoming QoS 2 PUBLISH: routed when it is new, or when start-up found it unreleased
+    /// (its publisher resends it); a repeat otherwise. `Err` when the client already has
+    /// `receive_maximum` messages unreleased [MQTT-3.3.4-7]. A stored session records the id
+    /// with a new `RouteTag`, in the journal batch that its local deliveries join.
     pub fn receive_qos2(
         &mut self,
         packet_id: PacketId,
         receive_maximum: usize,
-    ) -> Result<bool, ReceiveMaximumExceeded> {
+    ) -> Result<Qos2Arrival, ReceiveMaximumExceeded> {
         let awaiting = &mut self.state.awaiting_pubrel;
-        if awaiting.contains(&packet_id) {
-            return Ok(false);
+        let replay_of = match awaiting.get(&packet_id) {
+            Some(unreleased) if !unreleased.restored => return Ok(Qos2Arrival::Repeat),
+            Some(unreleased) => unreleased.tag,
+            None if awaiting.len() >= receive_maximum => return Err(ReceiveMaximumExceeded),
+            None => None,
+        };
+        let tag = self.stored.as_ref().map(|stored| {
+            let tag = stored.journal.borrow_mut().next_route_tag();
+            stored.put_incoming(packet_id, tag);
+            tag
+        });
+        awaiting.insert(packet_id, Unreleased { tag, restored: false });
+        Ok(Qos2Arrival::Route(tag.map(|tag| Routing { tag, replay_of })))
+    }
+
+    /// A message routed with `routing` (a QoS 2 message from a stored session): whether this
+    /// session takes it. A replay is skipped when the session's recovered mark for the old
+    /// tag's routing shard had reached it: the session had it before the restart. A stored
+    /// session raises its mark, committed with what the delivery stores.
+    pub fn admits(&mut self, routing: Option<&Routing>) -> bool {
+        let Some(routing) = routing else { return true };
+        if let Some(old) = routing.replay_of {
+            let recovered =
+                self.state.marks.as_ref().map_or(0, |m| mark_of(&m.recovered, old.shard));
+            if old.number <= recovered {
+                return false;
+            }
         }
-        if awaiting.len() >= receive_maximum {
-            return Err(ReceiveMaximumExceeded);
-        }
-        awaiting.insert(packet_id);
         if let Some(stored) = &self.stored {
-            stored.put_incoming(packet_id);
+            let marks = self.state.marks.get_or_insert_with(Default::default);
+            match marks.taken.iter_mut().find(|(shard, _)| *shard == routing.tag.shard) {
+                Some((_, number)) => *number = (*number).max(routing.tag.number),
+                None => marks.taken.push((routing.tag.shard, routing.tag.number)),
+            }
+            stored.raise_mark(routing.tag);
         }
-        Ok(true)
+        true
     }
 
     /// Messages dropped since the last call.
@@ -651,7 +726,7 @@ impl Session {
 
     /// The peer started a new session: QoS 2 ids it never released are forgotten.
     pub fn forget_unreleased_qos2(&mut self) {
-        for packet_id in self.state.awaiting_pubrel.drain() {
+        for (packet_id, _) in self.state.awaiting_pubrel.drain() {
             if let Some(stored) = &self.stored {
                 stored.delete_incoming(packet_id);
             }
@@ -660,7 +735,7 @@ impl Session {
 
     /// PUBREL: forget the packet id so it can be reused.
     pub fn release_qos2(&mut self, packet_id: PacketId) {
-        if self.state.awaiting_pubrel.remove(&packet_id) {
+        if self.state.awaiting_pubrel.remove(&packet_id).is_some() {
             if let Some(stored) = &self.stored {
                 stored.delete_incoming(packet_id);
             }
@@ -911,14 +986,15 @@ mod tests {
         let mut session =
             Session::new(SessionExpiry::Never, ConnId::new(0, 1), SessionState::default());
         let id = PacketId::new(9).unwrap();
-        assert_eq!(session.receive_qos2(id, 1), Ok(true));
-        assert_eq!(session.receive_qos2(id, 1), Ok(false));
+        let route = Ok(Qos2Arrival::Route(None));
+        assert_eq!(session.receive_qos2(id, 1), route);
+        assert_eq!(session.receive_qos2(id, 1), Ok(Qos2Arrival::Repeat));
         assert_eq!(
             session.receive_qos2(PacketId::new(10).unwrap(), 1),
             Err(ReceiveMaximumExceeded)
         );
         session.release_qos2(id);
-        assert_eq!(session.receive_qos2(id, 1), Ok(true));
+        assert_eq!(session.receive_qos2(id, 1), route);
     }
 
     /// `persistent_client_expiration` ends sessions that would never expire, and only those.

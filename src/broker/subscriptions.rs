@@ -94,7 +94,8 @@ impl Shard {
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
         let checks_reads = *checks_reads;
-        let mut deliveries = Deliveries { limits, counters, congested, checks_reads };
+        let mut deliveries =
+            Deliveries { limits, counters, congested, checks_reads, routing: None };
         for (filter, subscription) in &pending.retained_for {
             retained.matching(filter, |message| {
                 let outgoing = Outgoing {

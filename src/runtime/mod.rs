@@ -431,7 +431,7 @@ async fn run_shard(
     let id = ShardId::new(senders.peer_id());
     let recovery = recoveries.lock().ok().and_then(|mut all| all.get_mut(id.index())?.take());
     let holds = config.persistence_sync == PersistenceSync::Ack;
-    let journal = recovery.as_ref().map(|r| Journal::new(r.max_seq, r.max_epoch, holds));
+    let journal = recovery.as_ref().map(|r| Journal::new(r.journal, holds));
     // `persistence_sync interval`: a durable commit at least this often, the others not synced.
     let sync_every = (!holds).then_some(config.autosave_interval);
     let sys_every = crate::sys::interval(config.sys_interval);

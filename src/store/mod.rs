@@ -21,15 +21,18 @@ use record::{
     decode_entry, decode_retained, decode_session, decode_stage, encode_entry, encode_retained,
     encode_session, encode_stage, numbered_key, parse_numbered_key, session_prefix, FORMAT_VERSION,
 };
-pub use record::{Stage, StoredEntry, StoredMessage, StoredSession};
+pub use record::{RouteTag, Stage, StoredEntry, StoredMessage, StoredSession};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Message bodies queued or in flight, by (client, epoch, seq): written once.
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 /// The delivery stage of each entry, same keys: rewritten as PUBLISH, PUBREC, PUBREL go by.
 const STAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stages");
-/// Incoming QoS 2 packet ids routed but not yet released, by (client, epoch, packet id).
-const INCOMING: TableDefinition<&[u8], ()> = TableDefinition::new("incoming");
+/// Incoming QoS 2 packet ids routed but not yet released, by (client, epoch, packet id): the
+/// `RouteTag` of their routing.
+const INCOMING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("incoming");
+/// Each session's mark per routing shard (`RouteTag`), by (client, epoch, routing shard).
+const MARKS: TableDefinition<&[u8], u64> = TableDefinition::new("marks");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -63,6 +66,7 @@ pub enum StoreOp {
         client_id: ByteString,
         epoch: u64,
         packet_id: PacketId,
+        tag: RouteTag,
     },
     DeleteIncoming {
         client_id: ByteString,
@@ -80,6 +84,13 @@ pub enum StoreOp {
     DeleteRetained {
         topic: ByteString,
     },
+    /// The session has taken the messages that `shard` routed up to `number` (`RouteTag`).
+    SetMark {
+        client_id: ByteString,
+        epoch: u64,
+        shard: u16,
+        number: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +104,14 @@ pub enum StoreError {
 }
 
 /// A session as start-up found it: its subscriptions, its messages in delivery order, and
-/// the QoS 2 ids its client has yet to release.
+/// the QoS 2 ids its client has yet to release, with how each was routed.
 #[derive(Debug)]
 pub struct RecoveredSession {
     pub session: StoredSession,
     pub entries: Vec<StoredEntry>,
-    pub incoming: Vec<PacketId>,
+    pub incoming: Vec<(PacketId, RouteTag)>,
+    /// Its mark per routing shard.
+    pub marks: Vec<(u16, u64)>,
 }
 
 /// What one store file holds.
@@ -106,9 +119,10 @@ pub struct RecoveredSession {
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<(ByteString, u64, Option<StoredMessage>)>,
-    /// Entry numbers and epochs in use: new ones must be larger.
+    /// Entry numbers, epochs and route numbers in use: new ones must be larger.
     pub max_seq: u64,
     pub max_epoch: u64,
+    pub max_route_number: u64,
     /// Records that could not be read, skipped: "key: why".
     pub damaged: Vec<String>,
 }
@@ -147,6 +161,7 @@ impl ShardStore {
             write.open_table(ENTRIES).map_err(|e| fail(e.to_string()))?;
             write.open_table(STAGES).map_err(|e| fail(e.to_string()))?;
             write.open_table(INCOMING).map_err(|e| fail(e.to_string()))?;
+            write.open_table(MARKS).map_err(|e| fail(e.to_string()))?;
             write.open_table(RETAINED).map_err(|e| fail(e.to_string()))?;
         }
         write.commit().map_err(|e| fail(e.to_string()))?;
@@ -177,7 +192,12 @@ impl ShardStore {
                     let prefix = session_prefix(&session.client_id, session.epoch);
                     by_prefix.insert(
                         prefix,
-                        RecoveredSession { session, entries: Vec::new(), incoming: Vec::new() },
+                        RecoveredSession {
+                            session,
+                            entries: Vec::new(),
+                            incoming: Vec::new(),
+                            marks: Vec::new(),
+                        },
                     );
                 }
                 Err(e) => recovered.damaged.push(format!("session {:?}: {e}", client_id.value())),
@@ -206,14 +226,32 @@ impl ShardStore {
         }
         let incoming = read.open_table(INCOMING).map_err(|e| fail(e.into()))?;
         for row in incoming.iter().map_err(|e| fail(e.into()))? {
-            let (key, _) = row.map_err(|e| fail(e.into()))?;
+            let (key, value) = row.map_err(|e| fail(e.into()))?;
+            let Some(tag) = RouteTag::decode(value.value()) else {
+                recovered.damaged.push(format!("incoming {:?}: unreadable", key.value()));
+                continue;
+            };
+            recovered.max_route_number = recovered.max_route_number.max(tag.number);
             let parsed = parse_numbered_key(key.value());
             let owner = parsed.and_then(|(c, e, id)| {
                 let id = PacketId::new(u16::try_from(id).ok()?)?;
                 Some((by_prefix.get_mut(&session_prefix(c, e))?, id))
             });
             if let Some((owner, id)) = owner {
-                owner.incoming.push(id);
+                owner.incoming.push((id, tag));
+            }
+        }
+        let marks = read.open_table(MARKS).map_err(|e| fail(e.into()))?;
+        for row in marks.iter().map_err(|e| fail(e.into()))? {
+            let (key, number) = row.map_err(|e| fail(e.into()))?;
+            let number = number.value();
+            recovered.max_route_number = recovered.max_route_number.max(number);
+            let parsed = parse_numbered_key(key.value());
+            let owner = parsed.and_then(|(c, e, shard)| {
+                Some((by_prefix.get_mut(&session_prefix(c, e))?, u16::try_from(shard).ok()?))
+            });
+            if let Some((owner, shard)) = owner {
+                owner.marks.push((shard, number));
             }
         }
         let retained = read.open_table(RETAINED).map_err(|e| fail(e.into()))?;
@@ -250,6 +288,7 @@ impl ShardStore {
         let mut entries = write.open_table(ENTRIES)?;
         let mut stages = write.open_table(STAGES)?;
         let mut incoming = write.open_table(INCOMING)?;
+        let mut marks = write.open_table(MARKS)?;
         let mut retained = write.open_table(RETAINED)?;
         for op in ops {
             match op {
@@ -269,7 +308,8 @@ impl ShardStore {
                     let range = &start[..]..&end[..];
                     entries.retain_in(range.clone(), |_, _| false)?;
                     stages.retain_in(range.clone(), |_, _| false)?;
-                    incoming.retain_in(range, |_, ()| false)?;
+                    incoming.retain_in(range.clone(), |_, _| false)?;
+                    marks.retain_in(range, |_, _| false)?;
                 }
                 StoreOp::PutEntry { client_id, epoch, entry } => {
                     let key = numbered_key(&client_id, epoch, entry.seq);
@@ -287,9 +327,9 @@ impl ShardStore {
                     entries.remove(&key[..])?;
                     stages.remove(&key[..])?;
                 }
-                StoreOp::PutIncoming { client_id, epoch, packet_id } => {
+                StoreOp::PutIncoming { client_id, epoch, packet_id, tag } => {
                     let key = numbered_key(&client_id, epoch, u64::from(packet_id.get()));
-                    incoming.insert(&key[..], ())?;
+                    incoming.insert(&key[..], &tag.encode()[..])?;
                 }
                 StoreOp::DeleteIncoming { client_id, epoch, packet_id } => {
                     let key = numbered_key(&client_id, epoch, u64::from(packet_id.get()));
@@ -301,6 +341,10 @@ impl ShardStore {
                 }
                 StoreOp::DeleteRetained { topic } => {
                     retained.remove(&*topic)?;
+                }
+                StoreOp::SetMark { client_id, epoch, shard, number } => {
+                    let key = numbered_key(&client_id, epoch, u64::from(shard));
+                    marks.insert(&key[..], number)?;
                 }
             }
         }
@@ -375,7 +419,16 @@ mod tests {
             stage: Stage::AwaitPubAck(id),
         });
         ops.push(StoreOp::DeleteEntry { client_id: client_id.clone(), epoch: 1, seq: 2 });
-        ops.push(StoreOp::PutIncoming { client_id: client_id.clone(), epoch: 1, packet_id: id });
+        let tag = RouteTag { shard: 1, number: 40 };
+        ops.push(StoreOp::PutIncoming {
+            client_id: client_id.clone(),
+            epoch: 1,
+            packet_id: id,
+            tag,
+        });
+        for (shard, number) in [(1, 41), (0, 7)] {
+            ops.push(StoreOp::SetMark { client_id: client_id.clone(), epoch: 1, shard, number });
+        }
         store.apply(ops, true).unwrap();
         drop(store);
 
@@ -385,8 +438,12 @@ mod tests {
         let [found] = &recovered.sessions[..] else { panic!("{recovered:?}") };
         let seqs: Vec<_> = found.entries.iter().map(|e| (e.seq, e.stage)).collect();
         assert_eq!(seqs, [(1, Stage::AwaitPubAck(id)), (3, Stage::Queued)]);
-        assert_eq!(found.incoming, [id]);
-        assert_eq!((recovered.max_seq, recovered.max_epoch), (3, 1));
+        assert_eq!(found.incoming, [(id, tag)]);
+        assert_eq!(found.marks, [(0, 7), (1, 41)]);
+        assert_eq!(
+            (recovered.max_seq, recovered.max_epoch, recovered.max_route_number),
+            (3, 1, 41)
+        );
 
         // A newer incarnation elsewhere: forgetting epoch 1 removes everything of it.
         store.apply(vec![StoreOp::ForgetSession { client_id, epoch: 1 }], true).unwrap();

@@ -11,7 +11,39 @@ use crate::protocol::{
 };
 
 /// Bumped when a layout changes; a store written with another is refused at start.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: incoming QoS 2 ids carry the `RouteTag` of their routing; sessions keep marks.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// How a QoS 2 message from a stored session was routed: by which shard, and that shard's
+/// number for it. Numbers grow in routing order and across restarts, and a session takes one
+/// routing shard's messages in that order (one queue per ordered pair of shards), so each
+/// stored session keeps a mark per routing shard, committed with what those messages stored:
+/// after a crash it tells whether the session had a message (see docs/ARCHITECTURE.md,
+/// Persistence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTag {
+    pub shard: u16,
+    pub number: u64,
+}
+
+impl RouteTag {
+    /// A message routed while its publisher's session was not stored: no session's mark is
+    /// below it, so it is never replayed.
+    pub const NOT_REPLAYED: RouteTag = RouteTag { shard: 0, number: 0 };
+
+    pub fn encode(self) -> [u8; 10] {
+        let mut bytes = [0; 10];
+        bytes[..2].copy_from_slice(&self.shard.to_be_bytes());
+        bytes[2..].copy_from_slice(&self.number.to_be_bytes());
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<RouteTag> {
+        let shard = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?);
+        let number = u64::from_be_bytes(bytes.get(2..)?.try_into().ok()?);
+        Some(RouteTag { shard, number })
+    }
+}
 
 /// A persistent session: who, which incarnation, how long it lives offline, what it subscribes.
 #[derive(Debug, Clone, PartialEq)]
