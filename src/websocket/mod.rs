@@ -1,13 +1,16 @@
 //! WebSockets as MQTT uses them (MQTT 5.0 section 6, RFC 6455): what a `protocol websockets`
 //! listener answers to the HTTP request a connection opens with: the upgrade to the `mqtt`
 //! subprotocol, a static file of `http_dir`, or a refusal. Pure: request bytes in, decision
-//! and response bytes out. The frames after the upgrade are tungstenite's
-//! (`runtime::websocket`).
+//! and response bytes out. The frames after the upgrade: `framing`, as pure.
+
+mod framing;
 
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
+
+pub use framing::{Framing, Payload};
 
 /// The subprotocols MQTT clients ask for: `mqtt` (3.1.1 and 5.0) and `mqttv3.1`.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
