@@ -174,7 +174,9 @@ impl Shard {
             }
             self.assign_client_id(&settings.auto_id_prefix)
         } else {
-            connect.client_id.clone()
+            // Its own copy: a slice of the read buffer would keep the whole buffer alive for
+            // the session's life (1 KiB of every idle connection).
+            ByteString::from(&*connect.client_id)
         };
         self.next_conn += 1;
         let conn_id = ConnId::new(self.id.index(), self.next_conn);
@@ -282,19 +284,23 @@ impl Shard {
         // A will the client could not publish itself is dropped when it connects. Its topic
         // is under the listener's mount point, as what the client publishes.
         let will = connect.will.and_then(|mut will| {
-            will.topic = conn.mounted_topic(will.topic).ok()?;
+            // Detached from the read buffer, as the client id: it may wait for a long time.
+            will.topic = conn.mounted_topic(will.topic).ok()?.detached();
+            will.payload = bytes::Bytes::copy_from_slice(&will.payload);
             Some(will)
         });
-        session.will = will.filter(|will| {
-            let allowed = conn
-                .credentials
-                .as_ref()
-                .is_none_or(|c| c.allows(identity, &will.topic, Access::Write));
-            if !allowed {
-                tracing::info!(%client_id, topic = %will.topic, "will denied by the acl file");
-            }
-            allowed
-        });
+        session.will = will
+            .filter(|will| {
+                let allowed = conn
+                    .credentials
+                    .as_ref()
+                    .is_none_or(|c| c.allows(identity, &will.topic, Access::Write));
+                if !allowed {
+                    tracing::info!(%client_id, topic = %will.topic, "will denied by the acl file");
+                }
+                allowed
+            })
+            .map(Box::new);
         session.reader = conn
             .credentials
             .clone()
@@ -413,7 +419,8 @@ impl Shard {
         Some(session)
     }
 
-    fn publish_will(&mut self, client_id: &ByteString, will: crate::protocol::LastWill) {
+    fn publish_will(&mut self, client_id: &ByteString, will: Box<crate::protocol::LastWill>) {
+        let will = *will;
         let mut properties = will.properties;
         // The one will property that is not a PUBLISH property [MQTT-3.1.3.2].
         properties.will_delay_interval = None;
@@ -432,7 +439,7 @@ impl Shard {
     /// Ends offline sessions whose expiry interval has passed [MQTT-3.1.2-23]
     /// and publishes delayed wills that fell due, or whose session ended first.
     pub fn expire_sessions(&mut self, now: Instant) {
-        let due_wills: Vec<(ByteString, crate::protocol::LastWill)> = self
+        let due_wills: Vec<(ByteString, Box<crate::protocol::LastWill>)> = self
             .sessions
             .iter_mut()
             .filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|(_, due)| *due <= now))
@@ -477,11 +484,13 @@ impl Shard {
         tracing::info!(shard = self.id.index(), received, dropped, "shard closing");
     }
 
-    /// Closes connections whose keep alive ran out: 1.5 times the interval without a packet
-    /// [MQTT-3.1.2-24 (3.1.1)].
-    pub fn expire_keep_alives(&mut self, now: Instant) {
+    /// The sweep's round of the connections: those whose keep alive ran out (1.5 times the
+    /// interval without a packet [MQTT-3.1.2-24 (3.1.1)]) are closed, and empty outboxes give
+    /// their memory back (those of connections that write much are kept between turns).
+    pub fn tend_connections(&mut self, now: Instant) {
         for session in self.sessions.values() {
             let Some(conn) = &session.conn else { continue };
+            conn.release_idle_outbox();
             if conn.keep_alive.is_zero() || conn.is_closing() {
                 continue;
             }

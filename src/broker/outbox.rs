@@ -47,6 +47,10 @@ pub const OUTBOX_BYTES_MAX: usize = 4 << 20;
 pub const OUTBOX_HIGH_WATER_BYTES: usize = 64 << 10;
 /// Messages queued for an online subscriber (behind its window) above which publishers wait.
 pub const QUEUE_HIGH_WATER: usize = 64;
+/// What an outbox allocates when a packet goes into an empty one, and the least it grows by
+/// after: a small first allocation made busy connections reallocate on every turn. An idle
+/// connection's outbox holds nothing (`ConnHandle::release_idle_outbox`).
+pub const OUTBOX_FIRST_BYTES: usize = 4 << 10;
 
 /// Why a connection ends. Decides whether the will is published and what a 5.0 client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +185,7 @@ impl ConnHandle {
             topic_aliases_accepted: 0,
             topic_alias_maximum: 0,
             topic_aliases_out: RefCell::new(AHashMap::new()),
-            outbox: RefCell::new(BytesMut::with_capacity(4096)),
+            outbox: RefCell::new(BytesMut::new()),
             wake: Signal::default(),
             close: Cell::new(None),
             drained: Rc::new(Event::default()),
@@ -225,6 +229,9 @@ impl ConnHandle {
     /// Appends a packet to the outbox, counted for `$SYS` unless the outbox is a bridge's
     /// (the bridge counts what it writes to its remote).
     fn encode(&self, packet: &Packet, outbox: &mut BytesMut) {
+        if outbox.capacity() == 0 {
+            *outbox = BytesMut::with_capacity(OUTBOX_FIRST_BYTES);
+        }
         let before = outbox.len();
         packet.encode(self.version, outbox);
         if !self.internal {
@@ -396,6 +403,14 @@ impl ConnHandle {
 
     pub fn has_outbox(&self) -> bool {
         !self.outbox.borrow().is_empty()
+    }
+
+    /// An empty outbox gives its memory back (4 KiB of every idle connection otherwise).
+    pub fn release_idle_outbox(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.is_empty() && outbox.capacity() > 0 {
+            *outbox = BytesMut::new();
+        }
     }
 
     /// Notified when something is queued for the connection or it is asked to close.

@@ -778,22 +778,14 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                         }
                     },
                 };
-                let shard = shard.clone();
-                let Listening { context, tls, websocket, proxy } = endpoint.listening.clone();
-                let max_message_bytes =
-                    usize::try_from(shard.borrow().config().max_packet_size).unwrap_or(usize::MAX);
-                let counters = shard.borrow().counters.clone();
-                glommio::spawn_local(async move {
-                    let layers = transport::Layers {
-                        proxy,
-                        tls: tls.as_deref(),
-                        websocket: websocket.as_deref(),
-                        max_message_bytes,
-                        counters: &counters,
-                    };
-                    connection::serve(shard, stream, peer, context, layers).await;
-                    drop(slot);
-                })
+                let listening = endpoint.listening.clone();
+                glommio::spawn_local(connection::serve(
+                    shard.clone(),
+                    stream,
+                    peer,
+                    listening,
+                    slot,
+                ))
                 .detach();
             }
             Err(error) => {
@@ -831,7 +823,7 @@ async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
         }
         shard.counters.sweeps.add(1);
         let now = Instant::now();
-        shard.expire_keep_alives(now);
+        shard.tend_connections(now);
         shard.expire_sessions(now);
         if samples_levels {
             shard.sample_levels();
