@@ -101,6 +101,11 @@ pub type Batch = Vec<ShardMsg>;
 
 /// Messages waiting for one other shard above which this shard's connections stop reading.
 pub const OUTBOUND_HIGH_WATER: usize = 1024;
+/// The same in payload bytes. The receiving shard delivers a whole batch before it waits for
+/// the subscribers it congested, so a batch must fit in a subscriber's outbox: 1,024 messages of
+/// 16 KiB once overflowed a healthy subscriber's 4 MiB cap (`OUTBOX_BYTES_MAX`) and dropped its
+/// QoS 0 messages (`tests/hostile.rs`).
+pub const OUTBOUND_HIGH_WATER_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -185,9 +190,24 @@ pub enum ShardMsg {
     },
 }
 
+impl ShardMsg {
+    /// The topic and payload bytes it carries, for the bound on batches.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            ShardMsg::Publish(message)
+            | ShardMsg::Retain(message)
+            | ShardMsg::DurablePublish { message, .. }
+            | ShardMsg::SharedPublish { message, .. } => message.size_bytes(),
+            _ => 0,
+        }
+    }
+}
+
 /// Messages waiting to leave this shard, one batch per destination.
 pub struct Outbound {
     batches: Vec<Batch>,
+    /// Payload bytes in each batch.
+    bytes: Vec<usize>,
     ready: Rc<Signal>,
     /// Notified after every round of sends.
     sent: Rc<Event>,
@@ -197,13 +217,17 @@ impl Outbound {
     pub fn new(shard_count: usize) -> Self {
         Outbound {
             batches: (0..shard_count).map(|_| Vec::new()).collect(),
+            bytes: vec![0; shard_count],
             ready: Rc::new(Signal::default()),
             sent: Rc::new(Event::default()),
         }
     }
 
     pub fn push(&mut self, to: ShardId, msg: ShardMsg) {
-        if let Some(batch) = self.batches.get_mut(to.index()) {
+        if let (Some(batch), Some(bytes)) =
+            (self.batches.get_mut(to.index()), self.bytes.get_mut(to.index()))
+        {
+            *bytes += msg.payload_bytes();
             batch.push(msg);
             self.ready.notify();
         }
@@ -217,12 +241,17 @@ impl Outbound {
         self.sent.clone()
     }
 
-    /// Whether some shard has more messages waiting than `OUTBOUND_HIGH_WATER`.
+    /// Whether some shard has more waiting than `OUTBOUND_HIGH_WATER` messages or
+    /// `OUTBOUND_HIGH_WATER_BYTES` bytes.
     pub fn is_congested(&self) -> bool {
-        self.batches.iter().any(|b| b.len() > OUTBOUND_HIGH_WATER)
+        let over = |(batch, bytes): (&Batch, &usize)| {
+            batch.len() > OUTBOUND_HIGH_WATER || *bytes > OUTBOUND_HIGH_WATER_BYTES
+        };
+        self.batches.iter().zip(&self.bytes).any(over)
     }
 
     pub fn take(&mut self) -> Vec<(ShardId, Batch)> {
+        self.bytes.iter_mut().for_each(|bytes| *bytes = 0);
         self.batches
             .iter_mut()
             .enumerate()

@@ -42,6 +42,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// Its topic and payload bytes: what queue and batch bounds count.
+    pub fn size_bytes(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
     fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
@@ -115,7 +120,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     fn size_bytes(&self) -> usize {
-        self.message.topic.len() + self.message.payload.len()
+        self.message.size_bytes()
     }
 }
 
