@@ -187,6 +187,63 @@ fn a_huge_announced_packet_reserves_nothing_up_front() {
     drop(hogs);
 }
 
+/// Two thousand sockets that connect and never send CONNECT: each costs the broker a waiting
+/// task until its CONNECT deadline (20 s), about 6 KiB (12 before the opening boxed its TLS and
+/// WebSocket layers); a bystander's round trips go on.
+#[test]
+fn sockets_that_never_send_connect_cost_little() {
+    const SOCKETS: u64 = 2_000;
+    let broker = Broker::start("");
+    let (mut bystander, _) = RawClient::connect(&broker, "bystander", ConnectOptions::default());
+    bystander.subscribe("still/#", QoS::AtLeastOnce);
+    let before = rss_kib(broker.pid());
+    let silent: Vec<std::net::TcpStream> =
+        (0..SOCKETS).map(|_| std::net::TcpStream::connect(broker.addr()).unwrap()).collect();
+    for round in 0..20 {
+        bystander.publish("still/here", format!("{round}").as_bytes(), QoS::AtLeastOnce, false);
+        assert_eq!(bystander.receive().payload, format!("{round}").into_bytes());
+    }
+    let per_socket_kib = rss_kib(broker.pid()).saturating_sub(before) / SOCKETS;
+    assert!(per_socket_kib < 10, "a silent socket costs {per_socket_kib} KiB");
+    drop(silent);
+}
+
+/// One client id reconnecting in a tight loop, each connection taking the session over from
+/// the one before (which is closed as taken over), 500 times: the broker keeps one session
+/// for it, with its subscription, and a bystander's round trips go on throughout.
+#[test]
+fn a_client_id_reconnecting_in_a_tight_loop_takes_its_session_over_each_time() {
+    const ROUNDS: usize = 500;
+    let broker = Broker::start("");
+    let (mut bystander, _) = RawClient::connect(&broker, "bystander", ConnectOptions::default());
+    bystander.subscribe("still/#", QoS::AtLeastOnce);
+    let churn = {
+        let addr = broker.addr();
+        std::thread::spawn(move || {
+            let options = || ConnectOptions { clean_start: false, ..Default::default() };
+            let (mut first, _) = RawClient::connect_addr(addr, "flapping", options());
+            first.subscribe("flapping/#", QoS::AtLeastOnce);
+            let mut previous = first;
+            for round in 0..ROUNDS {
+                let (next, present) = RawClient::connect_addr(addr, "flapping", options());
+                assert!(present, "round {round}: the session was not resumed");
+                drop(previous);
+                previous = next;
+            }
+            previous
+        })
+    };
+    let mut round = 0;
+    while !churn.is_finished() {
+        bystander.publish("still/here", format!("{round}").as_bytes(), QoS::AtLeastOnce, false);
+        assert_eq!(bystander.receive().payload, format!("{round}").into_bytes());
+        round += 1;
+    }
+    let mut last = churn.join().unwrap();
+    bystander.publish("flapping/1", b"to the last one", QoS::AtLeastOnce, false);
+    assert_eq!(&last.receive().payload[..], b"to the last one");
+}
+
 /// Garbage as the first bytes of a connection, on every kind of listener (TLS, PROXY versions 1
 /// and 2, WebSocket, plain MQTT): each garbage connection is closed, and a subscriber connected
 /// before goes on receiving. Bytes from a fixed xorshift sequence, some shaped like the start of

@@ -106,12 +106,14 @@ async fn read_proxy_header(
 impl Transport {
     /// The transport an accepted socket gives: TLS once its handshake is done, with the name
     /// its client certificate gives when the listener takes user names from certificates; a
-    /// WebSocket once its upgrade is done.
+    /// WebSocket once its upgrade is done. Each layer's state is boxed while it runs: inline,
+    /// a plain TCP connection waiting for its CONNECT kept room for a TLS handshake and a
+    /// WebSocket upgrade (12 KiB per silent socket, `tests/hostile.rs`).
     pub async fn open(stream: Transport, layers: Layers<'_>) -> Result<Opened, OpenError> {
         let (stream, proxied_peer, proxied_name) = match layers.proxy {
             None => (stream, None, None),
             Some(policy) => {
-                let (header, stream) = read_proxy_header(stream, policy.version).await?;
+                let (header, stream) = Box::pin(read_proxy_header(stream, policy.version)).await?;
                 let name = policy.admit(&header).map_err(|why| {
                     OpenError::Proxy(format!("{why} (PROXY header from {})", header.source))
                 })?;
@@ -122,7 +124,7 @@ impl Transport {
             None => (stream, proxied_name),
             Some(tls) => {
                 let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
-                let stream = acceptor.accept(stream).await.map_err(|error| {
+                let stream = Box::pin(acceptor.accept(stream)).await.map_err(|error| {
                     layers.counters.tls_handshake_failures.add(1);
                     OpenError::Handshake(error)
                 })?;
@@ -137,10 +139,9 @@ impl Transport {
         let transport = match layers.websocket {
             None => transport,
             Some(settings) => {
-                let upgraded =
-                    super::websocket::accept(transport, settings, layers.max_message_bytes)
-                        .await
-                        .map_err(OpenError::NotUpgraded)?;
+                let upgrading =
+                    super::websocket::accept(transport, settings, layers.max_message_bytes);
+                let upgraded = Box::pin(upgrading).await.map_err(OpenError::NotUpgraded)?;
                 Transport::WebSocket(Box::new(upgraded))
             }
         };
