@@ -615,6 +615,49 @@ fn link_state_notifications_mosquitto_master_culex_leaf() {
     link_state_notifications(Mosquitto, Culex);
 }
 
+/// Prometheus sees each bridge: its link (`culex_bridge_up`), the links it made, and what its
+/// local session holds for the remote while the link is down; `promtool` accepts the text.
+#[test]
+fn a_bridge_shows_its_link_and_what_it_holds_to_prometheus() {
+    let Some(mut leaf) = Node::start(Culex, "127.0.0.88", "") else { return };
+    let metrics = common::free_port();
+    let bridge = format!(
+        "metrics_listener {metrics}\nconnection watched\naddress {}\n\
+         topic room1/# out 1 sensor/ myhouse/\nrestart_timeout 1\nremote_clientid watched\n",
+        leaf.address()
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &bridge) else { return };
+    let mut on_leaf = subscriber(&leaf, "watched-sub", "myhouse/room1/#");
+    await_route(&master, "sensor/room1/probe", &mut on_leaf, &[&master, &leaf]);
+    let sample = |name: &str| {
+        let text = common::scrape_metrics(metrics);
+        common::metric_sum(&text, name, r#"bridge="watched""#)
+    };
+    let await_samples = |what: &str, expected: [u64; 3]| {
+        let names = ["culex_bridge_up", "culex_bridge_links_total", "culex_bridge_held_messages"];
+        let deadline = Instant::now() + LINK_WAIT;
+        loop {
+            let samples = names.map(sample);
+            if samples == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {samples:?}\n{}", master.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    await_samples("link up", [1, 1, 0]);
+    leaf.stop();
+    await_samples("link down", [0, 1, 0]);
+    for n in 0..5 {
+        publish(&master, "sensor/room1/t", &n.to_string(), QoS::AtLeastOnce, false);
+    }
+    // Sampled on the sweep (500 ms).
+    await_samples("messages held for the leaf", [0, 1, 5]);
+    leaf.spawn();
+    await_samples("link up again, queue delivered", [1, 2, 0]);
+    common::promtool_accepts(&common::scrape_metrics(metrics));
+}
+
 #[test]
 fn lazy_bridge_connects_at_the_threshold_and_leaves_when_idle() {
     let Some(leaf) = Node::start(Culex, "127.0.0.88", "") else { return };

@@ -26,7 +26,7 @@ use bytestring::ByteString;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::broker::counters::ShardCounters;
+use crate::broker::counters::{BridgeCounters, ShardCounters};
 use crate::broker::outbox::{Close, ConnHandle};
 use crate::broker::session::Message;
 use crate::broker::{Origin, Shard};
@@ -39,9 +39,10 @@ use crate::protocol::{
 use crate::runtime::{claim_answered, claim_connected, flow, write_out, PacketReader, Transport};
 
 /// Starts `bridge`'s task on `shard` (a bridge shard: `crate::runtime` calls this for each of
-/// its bridges).
-pub fn spawn(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
-    glommio::spawn_local(run(shard, bridge)).detach();
+/// its bridges), reporting its state in `counters`.
+pub fn spawn(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, counters: Arc<BridgeCounters>) {
+    shard.borrow_mut().add_bridge(bridge.local_clientid().into(), counters.clone());
+    glommio::spawn_local(run(shard, bridge, counters)).detach();
 }
 
 /// How long the TCP connect, and then the CONNACK, may take.
@@ -62,7 +63,7 @@ const UNSUBSCRIBE_ID: u16 = 2;
 const NOTIFICATION_ID: u16 = 1;
 
 /// Runs one bridge until the broker shuts down (or, with `start_type once`, the link ends).
-async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
+async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, state: Arc<BridgeCounters>) {
     let local_id: ByteString = bridge.local_clientid().into();
     // The session exists from the start, so what is published for the remote while the link
     // is down waits in it. Unless it is to start clean, it resumes what the store kept.
@@ -95,7 +96,7 @@ async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>) {
                     if stable.is_none() {
                         backoff.reset();
                     }
-                    let end = run_link(&shard, &bridge, &local_id, remote).await;
+                    let end = run_link(&shard, &bridge, &local_id, remote, &state).await;
                     if stable.is_some_and(|stable| began.elapsed() >= stable) {
                         backoff.reset();
                     }
@@ -485,6 +486,7 @@ async fn run_link(
     bridge: &Rc<Bridge>,
     local_id: &ByteString,
     remote: Remote,
+    state: &BridgeCounters,
 ) -> LinkEnd {
     let receive_maximum = remote.connack.receive_maximum;
     let Some(local) = connect_local(shard, bridge, local_id, false, receive_maximum).await else {
@@ -496,7 +498,10 @@ async fn run_link(
     let mut link = Link::new(shard.clone(), bridge.clone(), local, remote);
     link.start();
     notify_local(shard, bridge, local_id, true);
+    state.up.set(1);
+    state.links.add(1);
     let end = link.pump().await;
+    state.up.set(0);
     tracing::info!(bridge = %bridge.name, reason = ?end, "bridge link down");
     link.finish(&end).await;
     disconnect_local(shard, &link.local);

@@ -113,6 +113,32 @@ counters! {
     sweeps,
 }
 
+/// One bridge's state, written by the shard that runs it and read by the metrics listener,
+/// as shard counters are.
+#[derive(Debug)]
+pub struct BridgeCounters {
+    /// Its `connection` name.
+    pub name: String,
+    /// 1 while its link to the remote broker is up.
+    pub up: Counter,
+    /// Links it has established.
+    pub links: Counter,
+    /// Messages its local session holds for the remote (queued and in flight), sampled on the
+    /// sweep.
+    pub held_messages: Counter,
+}
+
+impl BridgeCounters {
+    pub fn new(name: &str) -> Self {
+        BridgeCounters {
+            name: name.to_string(),
+            up: Counter::default(),
+            links: Counter::default(),
+            held_messages: Counter::default(),
+        }
+    }
+}
+
 /// Why a message was not delivered to a subscriber (or, for the memory limit, not taken from
 /// its publisher).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -117,6 +117,8 @@ pub struct Shard {
     /// Acknowledgements held until their message is durable everywhere it was stored: the
     /// publisher's connection, which holds the acknowledgement under the same token.
     durable: Latches<Rc<ConnHandle>>,
+    /// The bridges this shard runs: each one's local session, and its counters.
+    bridges: Vec<(ByteString, Arc<counters::BridgeCounters>)>,
 }
 
 impl Shard {
@@ -148,6 +150,7 @@ impl Shard {
             counters,
             journal,
             durable: Latches::default(),
+            bridges: Vec::new(),
         }
     }
 
@@ -255,9 +258,19 @@ impl Shard {
         }
     }
 
+    /// A bridge this shard runs, whose local session's held messages the sweep samples.
+    pub fn add_bridge(&mut self, local_id: ByteString, counters: Arc<counters::BridgeCounters>) {
+        self.bridges.push((local_id, counters));
+    }
+
     /// Writes this shard's levels into its `$SYS` counters: clients, subscriptions and stored
-    /// messages. Walks every session, so it runs on the sweep, not per event.
+    /// messages, and its bridges' held messages. Walks every session, so it runs on the sweep,
+    /// not per event.
     pub fn sample_levels(&self) {
+        for (local_id, counters) in &self.bridges {
+            let held = self.sessions.get(local_id).map_or(0, |s| s.state.held_messages().0);
+            counters.held_messages.set(held);
+        }
         let (mut connected, mut subscriptions, mut shared, mut messages, mut bytes) =
             (0, 0, 0, 0, 0);
         for session in self.sessions.values() {

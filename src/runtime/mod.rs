@@ -27,7 +27,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use thiserror::Error;
 
 use crate::auth::Credentials;
-use crate::broker::counters::{self, ShardCounters};
+use crate::broker::counters::{self, BridgeCounters, ShardCounters};
 use crate::broker::journal::{Journal, SharedJournal};
 use crate::broker::messages::{Batch, ShardId, BATCHES_IN_FLIGHT_MAX, SHARDS_MAX};
 use crate::broker::outbox::{Close, ListenerContext};
@@ -221,7 +221,7 @@ enum Role {
     Worker(Vec<(Endpoint, Socket)>),
     /// Runs these bridges (`bridge_shards`): no listener, so their traffic does not compete
     /// with clients' on a worker's core.
-    Bridges(Vec<crate::config::Bridge>),
+    Bridges(Vec<(crate::config::Bridge, Arc<BridgeCounters>)>),
 }
 
 /// glommio refuses to create an executor below this memlock limit (its `MIN_MEMLOCK_LIMIT`).
@@ -229,7 +229,7 @@ const MEMLOCK_NEEDED_BYTES: u64 = 512 << 10;
 
 /// What starts one bridge's task on the shard given (`crate::bridge::spawn`): the runtime runs
 /// bridge shards without knowing what a bridge is.
-pub type SpawnBridge = fn(Rc<RefCell<Shard>>, Rc<crate::config::Bridge>);
+pub type SpawnBridge = fn(Rc<RefCell<Shard>>, Rc<crate::config::Bridge>, Arc<BridgeCounters>);
 
 /// Starts every shard and blocks until they stop (they stop only with the process).
 pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> {
@@ -314,6 +314,8 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
     }
     let mut sockets = sockets.into_iter();
     let counters: Arc<[Arc<ShardCounters>]> = (0..shard_count).map(|_| Arc::default()).collect();
+    let bridge_counters: Vec<Arc<BridgeCounters>> =
+        config.bridges.iter().map(|b| Arc::new(BridgeCounters::new(&b.name))).collect();
     let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -326,8 +328,9 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
             Role::Worker(sockets.next().unwrap_or_default())
         } else {
             let nth = index - worker_count;
-            let bridges = config.bridges.iter().skip(nth).step_by(bridge_shard_count);
-            Role::Bridges(bridges.cloned().collect())
+            let bridges = config.bridges.iter().zip(&bridge_counters);
+            let bridges = bridges.skip(nth).step_by(bridge_shard_count);
+            Role::Bridges(bridges.map(|(b, c)| (b.clone(), c.clone())).collect())
         };
         let config = config.clone();
         let mesh = mesh.clone();
@@ -348,8 +351,13 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         handles.push(handle);
     }
     if let Some(listener) = metrics {
-        crate::sys::metrics::serve(listener, counters.clone(), notify::all_serving)
-            .map_err(|e| StartError::Executor(format!("metrics listener: {e}")))?;
+        crate::sys::metrics::serve(
+            listener,
+            counters.clone(),
+            bridge_counters,
+            notify::all_serving,
+        )
+        .map_err(|e| StartError::Executor(format!("metrics listener: {e}")))?;
     }
     notify::supervise(counters);
     // An executor that fails leaves the others waiting for it in the mesh, so wait for the
@@ -461,8 +469,8 @@ async fn run_shard(
     let endpoints = match role {
         Role::Worker(endpoints) => endpoints,
         Role::Bridges(bridges) => {
-            for bridge in bridges {
-                spawn_bridge(shard.clone(), Rc::new(bridge));
+            for (bridge, counters) in bridges {
+                spawn_bridge(shard.clone(), Rc::new(bridge), counters);
             }
             notify::shard_serving();
             // The shard stays in the mesh for the process's life, whatever its bridges do.

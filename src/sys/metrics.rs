@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::counters::{heap_usage, DropReason, ShardCounters};
+use crate::broker::counters::{heap_usage, BridgeCounters, DropReason, ShardCounters};
 
 /// How long one scrape may take to send its request: a client that trickles it loses the
 /// connection, and the endpoint goes on with the next.
@@ -17,29 +17,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request line and headers read, in bytes.
 const REQUEST_BYTES_MAX: u64 = 8 << 10;
 
-/// What one metric is: its name, Prometheus type, help text, and where a shard keeps it.
-struct Metric {
+/// What one metric is: its name, Prometheus type, help text, and where a shard (or a bridge,
+/// `C`) keeps it.
+struct Metric<C> {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    value: fn(&ShardCounters) -> u64,
+    value: fn(&C) -> u64,
 }
 
-const fn counter(
-    name: &'static str,
-    help: &'static str,
-    value: fn(&ShardCounters) -> u64,
-) -> Metric {
+const fn counter<C>(name: &'static str, help: &'static str, value: fn(&C) -> u64) -> Metric<C> {
     Metric { name, kind: "counter", help, value }
 }
 
-const fn gauge(name: &'static str, help: &'static str, value: fn(&ShardCounters) -> u64) -> Metric {
+const fn gauge<C>(name: &'static str, help: &'static str, value: fn(&C) -> u64) -> Metric<C> {
     Metric { name, kind: "gauge", help, value }
 }
 
 /// The shard counters as Prometheus names them: `culex_` prefix, `_total` for counters, base
 /// units in the name.
-const METRICS: &[Metric] = &[
+const METRICS: &[Metric<ShardCounters>] = &[
     counter("culex_packets_received_total", "MQTT packets received.", |c| c.packets_received.get()),
     counter("culex_packets_sent_total", "MQTT packets sent.", |c| c.packets_sent.get()),
     counter("culex_received_bytes_total", "Bytes read from client and bridge sockets.", |c| {
@@ -108,13 +105,14 @@ const METRICS: &[Metric] = &[
 pub fn serve(
     listener: TcpListener,
     counters: Arc<[Arc<ShardCounters>]>,
+    bridges: Vec<Arc<BridgeCounters>>,
     ready: fn(usize) -> bool,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("culex-metrics".into()).spawn(move || {
         tracing::info!(%addr, "metrics listener serving /metrics, /healthz, /readyz");
         for stream in listener.incoming().flatten() {
-            if let Err(error) = answer(stream, &counters, ready) {
+            if let Err(error) = answer(stream, &counters, &bridges, ready) {
                 tracing::debug!(%error, "metrics request failed");
             }
         }
@@ -130,6 +128,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn answer(
     stream: TcpStream,
     counters: &[Arc<ShardCounters>],
+    bridges: &[Arc<BridgeCounters>],
     ready: fn(usize) -> bool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
@@ -147,7 +146,7 @@ fn answer(
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => {
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(counters))
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(counters, bridges))
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") if ready(counters.len()) => ("200 OK", "text/plain", "ready\n".into()),
@@ -165,7 +164,7 @@ fn answer(
 }
 
 /// The text format: each metric once with its HELP and TYPE, a sample per shard.
-pub fn render(counters: &[Arc<ShardCounters>]) -> String {
+pub fn render(counters: &[Arc<ShardCounters>], bridges: &[Arc<BridgeCounters>]) -> String {
     let mut out = String::new();
     for metric in METRICS {
         let _ = writeln!(out, "# HELP {} {}", metric.name, metric.help);
@@ -187,11 +186,46 @@ pub fn render(counters: &[Arc<ShardCounters>]) -> String {
             let _ = writeln!(out, "{dropped}{{shard=\"{shard}\",reason=\"{label}\"}} {value}");
         }
     }
+    bridge_metrics(&mut out, bridges);
     let (heap, _) = heap_usage();
     let _ = writeln!(out, "# HELP culex_heap_bytes Heap memory the allocator has committed.");
     let _ = writeln!(out, "# TYPE culex_heap_bytes gauge\nculex_heap_bytes {heap}");
     process_metrics(&mut out);
     out
+}
+
+/// Each bridge's link state, links made and messages held for its remote, labelled with its
+/// `connection` name.
+const BRIDGE_METRICS: &[Metric<BridgeCounters>] = &[
+    gauge("culex_bridge_up", "1 while the bridge's link to its remote broker is up.", |b| {
+        b.up.get()
+    }),
+    counter("culex_bridge_links_total", "Links the bridge has established.", |b| b.links.get()),
+    gauge(
+        "culex_bridge_held_messages",
+        "Messages the bridge's local session holds for its remote, queued or in flight.",
+        |b| b.held_messages.get(),
+    ),
+];
+
+fn bridge_metrics(out: &mut String, bridges: &[Arc<BridgeCounters>]) {
+    if bridges.is_empty() {
+        return;
+    }
+    for metric in BRIDGE_METRICS {
+        let _ = writeln!(out, "# HELP {} {}", metric.name, metric.help);
+        let _ = writeln!(out, "# TYPE {} {}", metric.name, metric.kind);
+        for bridge in bridges {
+            let label = label_value(&bridge.name);
+            let _ =
+                writeln!(out, "{}{{bridge=\"{label}\"}} {}", metric.name, (metric.value)(bridge));
+        }
+    }
+}
+
+/// A label value as the text format writes it: backslash, double quote and line feed escaped.
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Prometheus's standard process metrics, from /proc/self.
@@ -222,5 +256,20 @@ fn process_metrics(out: &mut String) {
         let _ = writeln!(out, "# HELP process_open_fds Open file descriptors.");
         let _ = writeln!(out, "# TYPE process_open_fds gauge");
         let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridges_are_labelled_by_name_escaped_as_the_text_format_wants() {
+        let bridge = Arc::new(BridgeCounters::new("site \"b\"\\2\n"));
+        bridge.up.set(1);
+        let mut out = String::new();
+        bridge_metrics(&mut out, &[bridge]);
+        assert!(out.contains("culex_bridge_up{bridge=\"site \\\"b\\\"\\\\2\\n\"} 1\n"), "{out}");
+        assert!(out.contains("# TYPE culex_bridge_links_total counter\n"), "{out}");
     }
 }

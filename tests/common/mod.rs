@@ -541,9 +541,28 @@ pub fn paho_available() -> bool {
 pub fn scrape_metrics(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split_once("\r\n\r\n").map_or(answer.clone(), |(_, body)| body.to_string())
+}
+
+/// `promtool check metrics` on `text` (names, types, units, help): panics with what it said
+/// unless it accepts the text silently. Without promtool: a loud skip locally, a failure
+/// under CI.
+pub fn promtool_accepts(text: &str) {
+    let Some(promtool) = tool("promtool", "prometheus") else { return };
+    let mut check = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
 }
 
 /// The sum of a metric's samples over its labels (shards), of those whose labels contain
