@@ -26,11 +26,18 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
 fn metrics_are_prometheus_text_that_the_real_server_scrapes() {
     let Some(prometheus) = tool("prometheus", "prometheus") else { return };
     let metrics_port = free_port();
-    let broker = Broker::start(&format!("metrics_listener {metrics_port}"));
+    let store = TempDir::new();
+    let broker = Broker::start(&format!(
+        "metrics_listener {metrics_port}\npersistence true\npersistence_location {}/",
+        store.0.display()
+    ));
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
-    let (mut client, _) = RawClient::connect(&broker, "scraped", ConnectOptions::default());
+    // A persistent session: its subscription and message go through the store.
+    let options = ConnectOptions { clean_start: false, ..Default::default() };
+    let (mut client, _) = RawClient::connect(&broker, "scraped", options);
     client.subscribe("m/#", QoS::AtLeastOnce);
-    client.publish("m/1", b"x", QoS::AtLeastOnce, false);
+    let (mut publisher, _) = RawClient::connect(&broker, "scraper", ConnectOptions::default());
+    publisher.publish("m/1", b"x", QoS::AtLeastOnce, false);
     client.receive();
 
     assert_eq!(get(metrics, "/healthz").0, "HTTP/1.1 200 OK");
@@ -38,16 +45,16 @@ fn metrics_are_prometheus_text_that_the_real_server_scrapes() {
     assert_eq!(get(metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
     let (status, body) = get(metrics, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let total = |name: &str| -> u64 {
-        body.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    assert_eq!(total("culex_connections_accepted_total"), 2, "{body}"); // and Broker's probe
+    let total = |name: &str| common::metric_sum(&body, name, "");
+    assert_eq!(total("culex_connections_accepted_total"), 3, "{body}"); // and Broker's probe
     assert_eq!(total("culex_publish_received_total"), 1, "{body}");
     assert!(body.contains("culex_publish_received_total{shard=\"1\"}"), "one sample per shard");
     assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
+    // The store's commits, as histograms: the session, the subscription, the message.
+    assert!(total("culex_store_commit_seconds_count") > 0, "{body}");
+    assert!(total("culex_store_commit_changes_sum") > 0, "{body}");
+    assert!(body.contains("culex_store_commit_seconds_bucket{shard=\"0\",le=\"+Inf\"}"));
+    assert!(body.contains("\nculex_mesh_batches_total{shard=\"0\"} "), "{body}");
     common::promtool_accepts(&body);
 
     // The real server scrapes it, and answers a query through its HTTP API.

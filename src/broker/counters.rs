@@ -27,14 +27,84 @@ impl Counter {
     }
 }
 
+/// A distribution written by one shard and read by any: how many observations fell at or
+/// under each bound (and above the last), their sum and count. `N` bounds, `N + 1` buckets.
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: &'static [u64; N],
+    buckets: [Counter; N],
+    above: Counter,
+    sum: Counter,
+}
+
+impl<const N: usize> Histogram<N> {
+    pub const fn new(bounds: &'static [u64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: [const { Counter(AtomicU64::new(0)) }; N],
+            above: Counter(AtomicU64::new(0)),
+            sum: Counter(AtomicU64::new(0)),
+        }
+    }
+
+    /// Only the owning shard's thread may call this, as `Counter::add`.
+    pub fn observe(&self, value: u64) {
+        match self.bounds.iter().position(|bound| value <= *bound) {
+            Some(i) => self.buckets[i].add(1),
+            None => self.above.add(1),
+        }
+        self.sum.add(value);
+    }
+
+    /// Each bound with the observations at or under it (cumulative, as Prometheus has them),
+    /// then the count of all.
+    pub fn cumulative(&self) -> ([(u64, u64); N], u64) {
+        let mut total = 0;
+        let counts = std::array::from_fn(|i| {
+            total += self.buckets[i].get();
+            (self.bounds[i], total)
+        });
+        (counts, total + self.above.get())
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.sum.get()
+    }
+}
+
+/// Bounds of `commit_micros`: 100 µs to 1 s.
+pub const COMMIT_MICROS_BUCKETS: usize = 13;
+const COMMIT_MICROS_BOUNDS: [u64; COMMIT_MICROS_BUCKETS] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+/// Bounds of `commit_changes`: 1 to 4,096 changes.
+pub const COMMIT_CHANGES_BUCKETS: usize = 13;
+const COMMIT_CHANGES_BOUNDS: [u64; COMMIT_CHANGES_BUCKETS] =
+    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 2_048, 4_096];
+
 /// Declares the per-shard counters and their plain snapshot together, so they cannot drift.
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// One shard's counters. Aligned apart so that shards never write the same cache line.
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         #[repr(align(128))]
         pub struct ShardCounters {
             $($(#[$doc])* pub $name: Counter,)*
+            /// Store commits (`persistence true`): how long each took, in microseconds.
+            pub commit_micros: Histogram<COMMIT_MICROS_BUCKETS>,
+            /// Store commits: how many changes each wrote (its group commit's size).
+            pub commit_changes: Histogram<COMMIT_CHANGES_BUCKETS>,
+        }
+
+        impl Default for ShardCounters {
+            fn default() -> Self {
+                ShardCounters {
+                    $($name: Counter::default(),)*
+                    commit_micros: Histogram::new(&COMMIT_MICROS_BOUNDS),
+                    commit_changes: Histogram::new(&COMMIT_CHANGES_BOUNDS),
+                }
+            }
         }
 
         /// The counters of every shard, summed.
@@ -111,6 +181,11 @@ counters! {
     /// Sweeps the shard's executor has run (every 500 ms): systemd's watchdog is fed only
     /// while every shard's count moves.
     sweeps,
+    /// Batches this shard sent to other shards, and the messages in them.
+    mesh_batches,
+    mesh_messages,
+    /// Messages waiting for other shards, not yet sent (sampled on the sweep).
+    mesh_pending,
 }
 
 /// One bridge's state, written by the shard that runs it and read by the metrics listener,

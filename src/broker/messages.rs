@@ -250,6 +250,11 @@ impl Outbound {
         self.batches.iter().zip(&self.bytes).any(over)
     }
 
+    /// Messages waiting, for every shard.
+    pub fn pending(&self) -> usize {
+        self.batches.iter().map(Vec::len).sum()
+    }
+
     pub fn take(&mut self) -> Vec<(ShardId, Batch)> {
         self.bytes.iter_mut().for_each(|bytes| *bytes = 0);
         self.batches

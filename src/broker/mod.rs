@@ -299,6 +299,7 @@ impl Shard {
         }
         counters.stored_messages.set(messages);
         counters.stored_bytes.set(bytes);
+        counters.mesh_pending.set(self.outbound.pending() as u64);
     }
 
     pub fn handle_shard_msg(&mut self, msg: ShardMsg) {

@@ -13,14 +13,16 @@ use crate::broker::Shard;
 
 /// Sends pending batches whenever there are some, waiting on a full queue.
 pub async fn run_flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
-    let (ready, sent) = {
+    let (ready, sent, counters) = {
         let shard = shard.borrow();
-        (shard.outbound.ready(), shard.outbound.sent())
+        (shard.outbound.ready(), shard.outbound.sent(), shard.counters.clone())
     };
     loop {
         ready.wait().await;
         let batches = shard.borrow_mut().outbound.take();
         for (to, batch) in batches {
+            counters.mesh_batches.add(1);
+            counters.mesh_messages.add(batch.len() as u64);
             let result = match senders.try_send_to(to.index(), batch) {
                 Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
                     senders.send_to(to.index(), batch).await

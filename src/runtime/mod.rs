@@ -526,8 +526,13 @@ async fn persist(
         };
         if !ops.is_empty() || (durable && unsynced_since.is_some()) {
             let store = store.clone();
+            let changes = ops.len() as u64;
+            let began = Instant::now();
             let written =
                 glommio::executor().spawn_blocking(move || store.apply(ops, durable)).await;
+            let counters = &shard.borrow().counters;
+            counters.commit_micros.observe(began.elapsed().as_micros() as u64);
+            counters.commit_changes.observe(changes);
             if let Err(error) = written {
                 tracing::error!("{error}: stopping, since nothing unstored may be acknowledged");
                 std::process::exit(1);

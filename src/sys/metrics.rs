@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::counters::{heap_usage, BridgeCounters, DropReason, ShardCounters};
+use crate::broker::counters::{heap_usage, BridgeCounters, DropReason, Histogram, ShardCounters};
 
 /// How long one scrape may take to send its request: a client that trickles it loses the
 /// connection, and the endpoint goes on with the next.
@@ -74,6 +74,13 @@ const METRICS: &[Metric<ShardCounters>] = &[
         "Times a connection waited for the batches to another shard.",
         |c| c.outbound_waits.get(),
     ),
+    counter("culex_mesh_batches_total", "Batches sent to other shards.", |c| c.mesh_batches.get()),
+    counter("culex_mesh_messages_total", "Messages sent to other shards, in those batches.", |c| {
+        c.mesh_messages.get()
+    }),
+    gauge("culex_mesh_pending_messages", "Messages waiting to be sent to other shards.", |c| {
+        c.mesh_pending.get()
+    }),
     counter("culex_sockets_accepted_total", "TCP connections accepted.", |c| c.sockets.get()),
     counter("culex_tls_handshakes_total", "TLS handshakes completed.", |c| c.tls_handshakes.get()),
     counter("culex_tls_handshake_failures_total", "TLS handshakes that failed.", |c| {
@@ -186,12 +193,54 @@ pub fn render(counters: &[Arc<ShardCounters>], bridges: &[Arc<BridgeCounters>]) 
             let _ = writeln!(out, "{dropped}{{shard=\"{shard}\",reason=\"{label}\"}} {value}");
         }
     }
+    histogram(
+        &mut out,
+        "culex_store_commit_seconds",
+        "How long each store commit took (persistence).",
+        1e6,
+        counters,
+        |c| &c.commit_micros,
+    );
+    histogram(
+        &mut out,
+        "culex_store_commit_changes",
+        "Changes each store commit wrote: its group commit's size (persistence).",
+        1.0,
+        counters,
+        |c| &c.commit_changes,
+    );
     bridge_metrics(&mut out, bridges);
     let (heap, _) = heap_usage();
     let _ = writeln!(out, "# HELP culex_heap_bytes Heap memory the allocator has committed.");
     let _ = writeln!(out, "# TYPE culex_heap_bytes gauge\nculex_heap_bytes {heap}");
     process_metrics(&mut out);
     out
+}
+
+/// A histogram per shard; its stored units divided by `per_unit` are the metric's (microseconds
+/// by a million: seconds).
+fn histogram<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    per_unit: f64,
+    counters: &[Arc<ShardCounters>],
+    pick: fn(&ShardCounters) -> &Histogram<N>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (shard, counters) in counters.iter().enumerate() {
+        let histogram = pick(counters);
+        let (buckets, count) = histogram.cumulative();
+        for (bound, at_or_under) in buckets {
+            let le = bound as f64 / per_unit;
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {at_or_under}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {count}");
+        let _ =
+            writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {}", histogram.sum() as f64 / per_unit);
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {count}");
+    }
 }
 
 /// Each bridge's link state, links made and messages held for its remote, labelled with its
