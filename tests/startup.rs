@@ -51,6 +51,27 @@ fn a_low_soft_memlock_limit_is_raised() {
     assert!(stderr.contains("raised the soft memlock limit to the hard limit"), "{stderr}");
 }
 
+/// io_uring rings are deep (4096 entries) where memlock is no object and shallow (128) where an
+/// unprivileged user's limit is shared by every process of the user: two brokers of `nobody`
+/// with four shards each both start, and say why their rings are small; a root one does not.
+#[test]
+fn ring_depth_follows_what_memlock_allows() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("\n!!!!!! SKIPPED: not root, cannot become another user !!!!!!\n");
+        return;
+    }
+    let limited = "memlock limit keeps io_uring rings small";
+    let brokers = [Broker::start("user nobody\nshards 4"), Broker::start("user nobody\nshards 4")];
+    for broker in &brokers {
+        let (client, _) = RawClient::connect(broker, "shallow", Default::default());
+        client.disconnect();
+        assert!(broker.log_text().contains(limited), "{}", broker.log_text());
+    }
+    let root = Broker::start("");
+    assert!(!root.log_text().contains(limited), "{}", root.log_text());
+}
+
 /// `systemctl reload` sends SIGHUP: the broker logs it and keeps serving.
 #[test]
 fn sighup_does_not_stop_the_broker() {

@@ -26,7 +26,7 @@ pub fn executor(name: &str) -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(Placement::Unbound)
         .name(name)
         .io_memory(super::IO_MEMORY_BYTES)
-        .ring_depth(super::RING_DEPTH)
+        .ring_depth(super::ring_depth())
 }
 
 /// One publisher and `subscribers` clients subscribed to its topic, on a single shard (which

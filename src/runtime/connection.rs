@@ -419,7 +419,7 @@ mod tests {
     ) {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(super::super::IO_MEMORY_BYTES)
-            .ring_depth(super::super::RING_DEPTH)
+            .ring_depth(super::super::ring_depth())
             .spawn(move || async move {
                 let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let addr = listener.local_addr().unwrap();
