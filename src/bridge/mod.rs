@@ -666,6 +666,8 @@ impl Link {
     async fn pump(&mut self) -> LinkEnd {
         let mut congested = Vec::new();
         let mut published = false;
+        // Whether the remote sent bytes since the link last wrote.
+        let mut read = false;
         loop {
             let local_out = self.local.take_outbox();
             let took_local = !local_out.is_empty();
@@ -683,7 +685,10 @@ impl Link {
                 })
                 .await
                 {
-                    Ok(Ok(())) => self.last_sent = Instant::now(),
+                    Ok(Ok(())) => {
+                        self.last_sent = Instant::now();
+                        read = false;
+                    }
                     Ok(Err(_)) => return LinkEnd::RemoteClosed,
                     Err(_) => return LinkEnd::KeepAliveTimeout,
                 }
@@ -722,6 +727,11 @@ impl Link {
             if self.local.has_outbox() || !self.out.is_empty() || self.local.is_closing() {
                 continue;
             }
+            // As a client connection does: an unanswered read is acknowledged at once, or a
+            // peer with Nagle's algorithm on (Mosquitto's default) holds its next packet.
+            if std::mem::take(&mut read) {
+                self.stream.acknowledge_now();
+            }
             let deadline = self.next_deadline();
             let wake = {
                 let Link { reader, stream, local, .. } = self;
@@ -737,7 +747,8 @@ impl Link {
                 futures_lite::future::or(readable, futures_lite::future::or(woken, timer)).await
             };
             match wake {
-                Wake::Readable(Ok(true)) | Wake::Local => {}
+                Wake::Readable(Ok(true)) => read = true,
+                Wake::Local => {}
                 Wake::Readable(Ok(false)) | Wake::Readable(Err(_)) => return LinkEnd::RemoteClosed,
                 Wake::Timer => {
                     if let Some(end) = self.tick() {

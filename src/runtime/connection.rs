@@ -306,10 +306,15 @@ async fn run(
     // What the packets of the last turn congested; only a turn that published waits.
     let mut congested = Vec::new();
     let mut published = false;
+    // Whether the socket gave bytes since the connection last wrote.
+    let mut read = false;
     loop {
         let out = conn.take_outbox();
-        if !out.is_empty() && write_out(conn, stream, &out).await.is_err() {
-            return Close::ConnectionLost;
+        if !out.is_empty() {
+            if write_out(conn, stream, &out).await.is_err() {
+                return Close::ConnectionLost;
+            }
+            read = false;
         }
         if let Some(close) = conn.close_reason() {
             return close;
@@ -356,13 +361,18 @@ async fn run(
         if out.len() < OUTBOX_FIRST_BYTES {
             conn.release_idle_outbox();
         }
+        // What was read gets no answer to carry its TCP acknowledgement.
+        if std::mem::take(&mut read) {
+            stream.acknowledge_now();
+        }
         let readable = async { Some(reader.fill(stream).await) };
         let woken = async {
             conn.wake().wait().await;
             None
         };
         match futures_lite::future::or(readable, woken).await {
-            Some(Ok(true)) | None => {}
+            Some(Ok(true)) => read = true,
+            None => {}
             Some(Ok(false)) | Some(Err(_)) => return Close::ConnectionLost,
         }
     }

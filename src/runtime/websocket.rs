@@ -83,6 +83,11 @@ pub async fn accept(
 }
 
 impl WebSocketStream {
+    /// The transport the frames travel on.
+    pub fn inner(&self) -> &Transport {
+        &self.inner
+    }
+
     /// Moves what the framing wrote into the socket; `Ready` once all of it is taken.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.framing.outgoing().is_empty() {

@@ -4,6 +4,8 @@ Run by tests/paho.rs, which starts the broker and sets CULEX_PORT.
 """
 import os
 import queue
+import statistics
+import time
 import unittest
 import uuid
 
@@ -141,6 +143,22 @@ class PahoV311(unittest.TestCase):
         self.assertEqual(sub.receive().payload, b"old")
         sub.close()
         pub.close()
+
+    def test_round_trips_to_itself_with_nagle_on(self):
+        # paho leaves Nagle's algorithm on: its next PUBLISH waits for the TCP acknowledgement
+        # of the PUBACK it just sent, which the broker must not delay (Linux delays 40 ms).
+        # The bound is half that delay; round trips take well under a millisecond.
+        client = Client()
+        for qos in (1, 2):
+            client.subscribe(f"paho/rtt/{qos}", qos)
+            took = []
+            for _ in range(21):
+                start = time.perf_counter()
+                client.mqtt.publish(f"paho/rtt/{qos}", "ping", qos)
+                client.receive()
+                took.append(time.perf_counter() - start)
+            self.assertLess(statistics.median(took), 0.020, f"QoS {qos}: {took}")
+        client.close()
 
 
 if __name__ == "__main__":
