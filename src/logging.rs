@@ -13,6 +13,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::{Level, Metadata};
@@ -44,6 +45,8 @@ pub struct TopicLine {
 }
 
 static TOPIC_LINES: OnceLock<crossbeam_channel::Receiver<TopicLine>> = OnceLock::new();
+/// The other end of `TOPIC_LINES`, for the layers a reload builds.
+static TOPIC_SENDER: OnceLock<crossbeam_channel::Sender<TopicLine>> = OnceLock::new();
 
 /// The lines waiting for `$SYS/broker/log/...` (`log_dest topic`), if that is configured.
 pub fn topic_lines() -> Option<&'static crossbeam_channel::Receiver<TopicLine>> {
@@ -51,11 +54,21 @@ pub fn topic_lines() -> Option<&'static crossbeam_channel::Receiver<TopicLine>> 
 }
 
 /// Files that SIGHUP reopens (after logrotate moved them), as Mosquitto does.
-static FILES: OnceLock<Vec<Arc<LogFile>>> = OnceLock::new();
+static FILES: Mutex<Vec<Arc<LogFile>>> = Mutex::new(Vec::new());
+
+/// The types logged (`LogTypes` bits) and `connection_messages`: read by the filter for every
+/// event, changed by a reload.
+static TYPES: AtomicU8 = AtomicU8::new(0);
+static CONNECTION_MESSAGES: AtomicBool = AtomicBool::new(true);
+
+/// Builds the destinations' layers again and puts them in place of the running ones.
+type Rebuild = Box<dyn Fn(&Logging) -> io::Result<()> + Send + Sync>;
+static REBUILD: OnceLock<Rebuild> = OnceLock::new();
 
 /// SIGHUP: reopens every `log_dest file`. Safe from any thread.
 pub fn reopen_files() {
-    for file in FILES.get().into_iter().flatten() {
+    let files = FILES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    for file in files {
         if let Err(error) = file.reopen() {
             tracing::error!(file = %file.path.display(), %error, "cannot reopen log file");
         }
@@ -83,14 +96,61 @@ pub fn allows(types: LogTypes, connection_messages: bool, metadata: &Metadata<'_
 /// `CULEX_LOG` environment variable (tracing's directives, e.g. `culex::broker=debug`), when
 /// set, replaces the type filter, for debugging Culex itself.
 pub fn init(logging: &Logging, verbose: bool) -> io::Result<()> {
-    let types = if verbose { LogTypes::all() } else { logging.types };
-    let connection_messages = logging.connection_messages;
+    set_types(logging, verbose);
     let env_filter = tracing_subscriber::EnvFilter::try_from_env("CULEX_LOG").ok();
     let type_filter = env_filter.is_none().then(|| {
-        tracing_subscriber::filter::filter_fn(move |metadata| {
-            allows(types, connection_messages, metadata)
+        tracing_subscriber::filter::filter_fn(|metadata| {
+            let types = LogTypes::from_bits(TYPES.load(Ordering::Relaxed));
+            allows(types, CONNECTION_MESSAGES.load(Ordering::Relaxed), metadata)
         })
     });
+    if logging.destinations.contains(&LogDest::Topic) {
+        let (sender, receiver) = crossbeam_channel::bounded(TOPIC_BACKLOG_MAX);
+        let _ = TOPIC_LINES.set(receiver);
+        let _ = TOPIC_SENDER.set(sender);
+    }
+    let (layers, handle) = tracing_subscriber::reload::Layer::new(destinations(logging)?);
+    tracing_subscriber::registry()
+        .with(env_filter)
+        .with(type_filter)
+        .with(layers)
+        .try_init()
+        .map_err(io::Error::other)?;
+    let rebuild: Rebuild = Box::new(move |logging: &Logging| {
+        let layers = destinations(logging)?;
+        handle.reload(layers).map_err(io::Error::other)
+    });
+    let _ = REBUILD.set(rebuild);
+    // glommio reports memlock and placement problems through `log`.
+    let _ = tracing_log::LogTracer::init();
+    Ok(())
+}
+
+/// A reload's logging options: the types at once, the destinations and time stamps rebuilt
+/// (a destination that cannot be opened keeps the running ones, logged). `log_dest topic` is
+/// as at start: shard 0's task for it starts with the broker.
+pub fn reconfigure(logging: &Logging, verbose: bool) {
+    set_types(logging, verbose);
+    // The filter's answer is cached per call site: ask again.
+    tracing::callsite::rebuild_interest_cache();
+    let Some(rebuild) = REBUILD.get() else { return };
+    if let Err(error) = rebuild(logging) {
+        tracing::error!("SIGHUP: {error}; the log destinations in force stay");
+    }
+}
+
+fn set_types(logging: &Logging, verbose: bool) {
+    let types = if verbose { LogTypes::all() } else { logging.types };
+    TYPES.store(types.bits(), Ordering::Relaxed);
+    CONNECTION_MESSAGES.store(logging.connection_messages, Ordering::Relaxed);
+}
+
+/// A layer per `log_dest`, each writing lines as `log_timestamp` says; the files opened become
+/// the ones SIGHUP reopens.
+fn destinations<S>(logging: &Logging) -> io::Result<Vec<Box<dyn Layer<S> + Send + Sync>>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let timer = Timestamp::new(logging.timestamp_format.as_deref())?;
     let mut layers = Vec::new();
     let mut files = Vec::new();
@@ -130,10 +190,9 @@ pub fn init(logging: &Logging, verbose: bool) -> io::Result<()> {
                     .boxed()
             }
             LogDest::Topic => {
-                let (sender, receiver) = crossbeam_channel::bounded(TOPIC_BACKLOG_MAX);
-                let _ = TOPIC_LINES.set(receiver);
+                let Some(sender) = TOPIC_SENDER.get() else { continue };
                 tracing_subscriber::fmt::layer()
-                    .with_writer(TopicWriter { sender })
+                    .with_writer(TopicWriter { sender: sender.clone() })
                     .with_ansi(false)
                     .without_time()
                     .with_target(false)
@@ -143,16 +202,8 @@ pub fn init(logging: &Logging, verbose: bool) -> io::Result<()> {
         };
         layers.push(layer);
     }
-    let _ = FILES.set(files);
-    tracing_subscriber::registry()
-        .with(env_filter)
-        .with(type_filter)
-        .with(layers)
-        .try_init()
-        .map_err(io::Error::other)?;
-    // glommio reports memlock and placement problems through `log`.
-    let _ = tracing_log::LogTracer::init();
-    Ok(())
+    *FILES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = files;
+    Ok(layers)
 }
 
 /// `log_timestamp`: Mosquitto's seconds since the epoch, or `log_timestamp_format` through

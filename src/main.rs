@@ -10,7 +10,7 @@ use culex::config::{Config, Listener};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// An MQTT broker, drop-in for Mosquitto 2.x, one shard per core.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "culex", version)]
 struct Args {
     /// Read the configuration from FILE (mosquitto.conf syntax).
@@ -32,25 +32,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (mut config, warnings) = match &args.config_file {
-        Some(path) => match Config::from_file(path) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                eprintln!("Error: {error}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => (Config::default(), Vec::new()),
-    };
-    config.verbose |= args.verbose;
-    if let Some(port) = args.port {
-        if config.local_only {
-            // Like Mosquitto 2.0: `-p` without a config changes the port, still loopback only.
-            config.listeners = vec![Listener::new(port, Vec::new())];
-        } else {
-            config.listeners.push(Listener::new(port, Vec::new()));
+    let (config, warnings) = match configure(&args) {
+        Ok(configured) => configured,
+        Err(error) => {
+            eprintln!("Error: {error}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
     if args.test_config {
         for warning in &warnings {
             println!("warning: {warning}");
@@ -125,7 +113,7 @@ fn main() -> ExitCode {
         }
     }
     let pid_file = config.pid_file.clone();
-    exit_on_signals(pid_file.clone());
+    exit_on_signals(args, pid_file.clone());
     let result = culex::runtime::run(config, culex::bridge::spawn);
     remove_pid_file(pid_file.as_deref());
     match result {
@@ -136,6 +124,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration file (or Mosquitto's defaults without one) with the flags applied: at
+/// start, and again at each SIGHUP.
+fn configure(args: &Args) -> Result<(Config, Vec<String>), String> {
+    let (mut config, warnings) = match &args.config_file {
+        Some(path) => Config::from_file(path).map_err(|error| error.to_string())?,
+        None => (Config::default(), Vec::new()),
+    };
+    config.verbose |= args.verbose;
+    if let Some(port) = args.port {
+        if config.local_only {
+            // Like Mosquitto 2.0: `-p` without a config changes the port, still loopback only.
+            config.listeners = vec![Listener::new(port, Vec::new())];
+        } else {
+            config.listeners.push(Listener::new(port, Vec::new()));
+        }
+    }
+    Ok((config, warnings))
 }
 
 fn remove_pid_file(path: Option<&std::path::Path>) {
@@ -193,9 +200,10 @@ fn describe(config: &Config) -> String {
 }
 
 /// SIGINT and SIGTERM tell clients the server is shutting down (5.0: DISCONNECT 0x8B), then end
-/// the process. SIGHUP reloads the password and ACL files and reopens log files, as Mosquitto
-/// does (connected clients stay); `systemctl reload` sends it.
-fn exit_on_signals(pid_file: Option<PathBuf>) {
+/// the process. SIGHUP reopens log files and reads the configuration file again, with the
+/// TLS, password and ACL files, applying what needs no restart (`culex::runtime::reload`;
+/// connected clients stay); `systemctl reload` sends it.
+fn exit_on_signals(args: Args, pid_file: Option<PathBuf>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
@@ -208,7 +216,8 @@ fn exit_on_signals(pid_file: Option<PathBuf>) {
         for signal in signals.forever() {
             if signal == SIGHUP {
                 culex::logging::reopen_files();
-                culex::runtime::reload();
+                let read = args.config_file.is_some().then(|| configure(&args));
+                culex::runtime::reload::reload(read);
                 continue;
             }
             tracing::info!(signal, "shutting down");

@@ -8,7 +8,7 @@ mod password;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use acl::{Access, AclFile, AclFileError, Identity};
 pub use password::{PasswordFile, PasswordFileError};
@@ -47,10 +47,11 @@ impl Default for AuthConfig {
     }
 }
 
-/// The broker's credentials and access rules, as last loaded.
+/// The broker's credentials and access rules, as last loaded, and the settings they were
+/// loaded by (a SIGHUP may change those too).
 #[derive(Debug)]
 pub struct Credentials {
-    config: AuthConfig,
+    config: ArcSwap<AuthConfig>,
     passwords: ArcSwapOption<PasswordFile>,
     acl: ArcSwapOption<AclFile>,
 }
@@ -69,31 +70,37 @@ pub struct Reloaded {
 impl Credentials {
     /// Loads the configured files; warnings are for the log.
     pub fn load(config: AuthConfig) -> Result<(Arc<Credentials>, Vec<String>), AuthFileError> {
-        let credentials =
-            Credentials { config, passwords: ArcSwapOption::empty(), acl: ArcSwapOption::empty() };
-        let (_, warnings) = credentials.read_files()?;
+        let credentials = Credentials {
+            config: ArcSwap::from_pointee(config.clone()),
+            passwords: ArcSwapOption::empty(),
+            acl: ArcSwapOption::empty(),
+        };
+        let (_, warnings) = credentials.read_files(config)?;
         Ok((Arc::new(credentials), warnings))
     }
 
-    /// Reads the files again (SIGHUP). On error the previous ones stay in force.
-    pub fn reload(&self) -> Result<Reloaded, AuthFileError> {
-        let (reloaded, warnings) = self.read_files()?;
+    /// Reads the files again (SIGHUP), under `config` when the settings changed too. On error
+    /// the previous files and settings stay in force.
+    pub fn reload(&self, config: Option<AuthConfig>) -> Result<Reloaded, AuthFileError> {
+        let config = config.unwrap_or_else(|| AuthConfig::clone(&self.config()));
+        let (reloaded, warnings) = self.read_files(config)?;
         for warning in warnings {
             tracing::warn!("{warning}");
         }
         Ok(reloaded)
     }
 
-    /// Reads both files, then installs both: a bad ACL file leaves the old passwords too.
-    fn read_files(&self) -> Result<(Reloaded, Vec<String>), AuthFileError> {
-        let (passwords, warnings) = match &self.config.password_file {
+    /// Reads both files, then installs both with their settings: a bad ACL file leaves the old
+    /// passwords too.
+    fn read_files(&self, config: AuthConfig) -> Result<(Reloaded, Vec<String>), AuthFileError> {
+        let (passwords, warnings) = match &config.password_file {
             Some(path) => {
                 let (file, warnings) = PasswordFile::load(path)?;
                 (Some(Arc::new(file)), warnings)
             }
             None => (None, Vec::new()),
         };
-        let acl = self.config.acl_file.as_deref().map(AclFile::load).transpose()?;
+        let acl = config.acl_file.as_deref().map(AclFile::load).transpose()?;
         let empty = PasswordFile::default();
         let before = self.passwords.load();
         let (before, now) = (before.as_deref().unwrap_or(&empty), passwords.as_deref());
@@ -107,6 +114,7 @@ impl Credentials {
         };
         self.passwords.store(passwords);
         self.acl.store(acl.map(Arc::new));
+        self.config.store(Arc::new(config));
         Ok((reloaded, warnings))
     }
 
@@ -117,7 +125,7 @@ impl Credentials {
         match (username, self.passwords.load().as_deref()) {
             (Some(username), Some(passwords)) => passwords.verify(username, password),
             (Some(_), None) => true,
-            (None, _) => self.config.allow_anonymous,
+            (None, _) => self.config.load().allow_anonymous,
         }
     }
 
@@ -126,8 +134,8 @@ impl Credentials {
         self.acl.load().as_deref().is_none_or(|acl| acl.allows(who, topic, access))
     }
 
-    pub fn config(&self) -> &AuthConfig {
-        &self.config
+    pub fn config(&self) -> arc_swap::Guard<Arc<AuthConfig>> {
+        self.config.load()
     }
 }
 
@@ -158,12 +166,26 @@ mod tests {
         let config = AuthConfig { password_file: Some(path.clone()), ..AuthConfig::default() };
         let (credentials, _) = Credentials::load(config).unwrap();
         std::fs::write(&path, "bob:$6$ftwpGp6DSVmywvQk$nnxabfxcH5CDWfrb5nqvIVe+EaDeyaHIoPb1qHRsmznubFOZ/iGwBtlmwufw1j9sDhfkDs1hZFjXlQISlsVyEA==\n").unwrap();
-        let reloaded = credentials.reload().unwrap();
+        let reloaded = credentials.reload(None).unwrap();
         let expected = Reloaded { users_removed: vec!["alice".into()], ..Reloaded::default() };
         assert_eq!(reloaded, expected);
         assert!(!credentials.admits(Some("alice"), Some(b"secret1")));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(credentials.reload().is_err(), "an unreadable file is an error");
+        assert!(credentials.reload(None).is_err(), "an unreadable file is an error");
         assert!(credentials.admits(Some("bob"), Some(b"secret2")), "the old file stays");
+    }
+
+    #[test]
+    fn a_reload_may_change_the_settings_and_a_bad_one_keeps_them() {
+        let (credentials, _) = Credentials::load(AuthConfig::default()).unwrap();
+        assert!(!credentials.admits(None, None));
+        let open = AuthConfig { allow_anonymous: true, ..AuthConfig::default() };
+        credentials.reload(Some(open.clone())).unwrap();
+        assert!(credentials.admits(None, None));
+        let missing = Some(PathBuf::from("/nonexistent/culex/passwords"));
+        let broken = AuthConfig { password_file: missing, ..AuthConfig::default() };
+        assert!(credentials.reload(Some(broken)).is_err());
+        assert!(credentials.admits(None, None), "the settings in force stay");
+        assert_eq!(credentials.config().password_file, None);
     }
 }

@@ -29,7 +29,7 @@ use glommio::net::TcpStream;
 use crate::broker::counters::{BridgeCounters, ShardCounters};
 use crate::broker::outbox::{Close, ConnHandle};
 use crate::broker::session::Message;
-use crate::broker::{Origin, Shard};
+use crate::broker::{BridgeStop, Origin, Shard};
 use crate::config::{Address, Bridge, StartType};
 use crate::protocol::{
     Ack, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion,
@@ -38,11 +38,23 @@ use crate::protocol::{
 };
 use crate::runtime::{claim_answered, claim_connected, flow, write_out, PacketReader, Transport};
 
-/// Starts `bridge`'s task on `shard` (a bridge shard: `crate::runtime` calls this for each of
-/// its bridges), reporting its state in `counters`.
+/// Starts `bridge`'s task on `shard` (`crate::runtime` calls this for each bridge a bridge
+/// shard runs, and for those a reload adds), reporting its state in `counters`. It runs until
+/// the broker shuts down or the shard stops it (`Shard::stop_bridge`).
 pub fn spawn(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, counters: Arc<BridgeCounters>) {
-    shard.borrow_mut().add_bridge(bridge.local_clientid().into(), counters.clone());
-    glommio::spawn_local(run(shard, bridge, counters)).detach();
+    let stop = shard.borrow_mut().add_bridge(bridge.local_clientid().into(), counters.clone());
+    glommio::spawn_local(async move {
+        run(&shard, &bridge, counters, &stop).await;
+        if stop.get() == BridgeStop::Removed {
+            discard_local(&shard, &bridge).await;
+        }
+    })
+    .detach();
+}
+
+/// Whether the bridge task should end: the broker is shutting down, or a reload stopped it.
+fn stopping(stop: &Cell<BridgeStop>) -> bool {
+    crate::runtime::is_shutting_down() || stop.get() != BridgeStop::Running
 }
 
 /// How long the TCP connect, and then the CONNACK, may take.
@@ -62,8 +74,14 @@ const SUBSCRIBE_ID: u16 = 1;
 const UNSUBSCRIBE_ID: u16 = 2;
 const NOTIFICATION_ID: u16 = 1;
 
-/// Runs one bridge until the broker shuts down (or, with `start_type once`, the link ends).
-async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, state: Arc<BridgeCounters>) {
+/// Runs one bridge until it is stopped (or, with `start_type once`, the link ends).
+async fn run(
+    shard: &Rc<RefCell<Shard>>,
+    bridge: &Rc<Bridge>,
+    state: Arc<BridgeCounters>,
+    stop: &Cell<BridgeStop>,
+) {
+    let (shard, bridge) = (shard.clone(), bridge.clone());
     let local_id: ByteString = bridge.local_clientid().into();
     // The session exists from the start, so what is published for the remote while the link
     // is down waits in it. Unless it is to start clean, it resumes what the store kept.
@@ -80,11 +98,11 @@ async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, state: Arc<BridgeCou
     let counters = shard.borrow().counters.clone();
     loop {
         if bridge.start_type == StartType::Lazy
-            && !wait_for_threshold(&shard, &local_id, bridge.threshold).await
+            && !wait_for_threshold(&shard, &local_id, bridge.threshold, stop).await
         {
             return;
         }
-        if crate::runtime::is_shutting_down() {
+        if stopping(stop) {
             return;
         }
         report_dropped(&shard, &bridge, &local_id);
@@ -96,7 +114,7 @@ async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, state: Arc<BridgeCou
                     if stable.is_none() {
                         backoff.reset();
                     }
-                    let end = run_link(&shard, &bridge, &local_id, remote, &state).await;
+                    let end = run_link(&shard, &bridge, &local_id, remote, &state, stop).await;
                     if stable.is_some_and(|stable| began.elapsed() >= stable) {
                         backoff.reset();
                     }
@@ -113,7 +131,7 @@ async fn run(shard: Rc<RefCell<Shard>>, bridge: Rc<Bridge>, state: Arc<BridgeCou
             // Back to the primary at once; an idle lazy bridge waits for its threshold.
             LinkEnd::PrimaryBack | LinkEnd::Idle => {}
             _ => {
-                if !sleep_unless_shutdown(backoff.next()).await {
+                if !sleep_unless_stopped(backoff.next(), stop).await {
                     return;
                 }
             }
@@ -154,7 +172,17 @@ async fn connect_local(
         receive_maximum,
         ..Properties::default()
     };
-    let connect = Connect {
+    join_local(shard, bridge, local_connect(bridge, local_id, clean_start, properties)).await
+}
+
+/// The CONNECT of the bridge's local session (5.0).
+fn local_connect(
+    bridge: &Bridge,
+    local_id: &ByteString,
+    clean_start: bool,
+    properties: Properties,
+) -> Connect {
+    Connect {
         protocol: ProtocolVersion::V5,
         bridge: false,
         clean_start,
@@ -164,7 +192,15 @@ async fn connect_local(
         will: None,
         username: bridge.local_username.as_deref().map(ByteString::from),
         password: bridge.local_password.clone().map(Bytes::from),
-    };
+    }
+}
+
+/// Connects the local session as a client's CONNECT would be.
+async fn join_local(
+    shard: &Rc<RefCell<Shard>>,
+    bridge: &Bridge,
+    connect: Connect,
+) -> Option<Rc<ConnHandle>> {
     let begun = shard.borrow_mut().begin_connect(&connect, Origin::Bridge(&bridge.name));
     let Ok((conn, claim)) = begun else {
         tracing::error!(bridge = %bridge.name, "the local session was refused");
@@ -177,7 +213,9 @@ async fn connect_local(
 }
 
 /// Subscribes the local session to the `out` patterns. Done on every connect, as Mosquitto
-/// does, so retained messages are sent to the remote again each time the link comes up.
+/// does, so retained messages are sent to the remote again each time the link comes up. A
+/// resumed session drops the filters of `out` patterns the configuration no longer has (a
+/// reload or a restart changed the `topic` lines).
 fn subscribe_local(shard: &Rc<RefCell<Shard>>, local: &Rc<ConnHandle>, bridge: &Bridge) {
     let filters: Vec<_> = bridge
         .topics
@@ -185,6 +223,20 @@ fn subscribe_local(shard: &Rc<RefCell<Shard>>, local: &Rc<ConnHandle>, bridge: &
         .filter(|t| t.direction.is_out())
         .map(|t| (t.local_filter.clone(), bridge_options(t.qos)))
         .collect();
+    let mut stale = shard.borrow().subscriptions_of(&local.client_id);
+    stale.retain(|filter| !filters.iter().any(|(f, _)| f == filter));
+    if !stale.is_empty() {
+        let unsubscribe = Unsubscribe {
+            packet_id: packet_id(UNSUBSCRIBE_ID),
+            properties: Properties::default(),
+            filters: stale,
+        };
+        let unsubscribed =
+            shard.borrow_mut().handle_packet(local, Packet::Unsubscribe(unsubscribe));
+        if let Err(close) = unsubscribed {
+            tracing::error!(bridge = %bridge.name, ?close, "local unsubscription refused");
+        }
+    }
     if filters.is_empty() {
         return;
     }
@@ -209,26 +261,43 @@ fn bridge_options(qos: QoS) -> SubscriptionOptions {
     }
 }
 
+/// Ends the local session of a bridge a reload removed, with its subscriptions and what waits
+/// in it for the remote: a 5.0 connect with Clean Start and no expiry, then a disconnect.
+async fn discard_local(shard: &Rc<RefCell<Shard>>, bridge: &Bridge) {
+    let local_id: ByteString = bridge.local_clientid().into();
+    let held = shard.borrow().queued_messages(&local_id);
+    let connect = local_connect(bridge, &local_id, true, Properties::default());
+    if let Some(conn) = join_local(shard, bridge, connect).await {
+        disconnect_local(shard, &conn);
+        tracing::info!(bridge = %bridge.name, discarded = held, "bridge removed: its session ended");
+    }
+}
+
 /// Takes the local session offline: it keeps its subscriptions, in-flight messages and queue.
 fn disconnect_local(shard: &Rc<RefCell<Shard>>, local: &ConnHandle) {
     shard.borrow_mut().connection_closed(local, Close::ClientDisconnect { publish_will: false });
 }
 
-/// Waits until `threshold` messages wait for a lazy bridge. False at shutdown.
-async fn wait_for_threshold(shard: &Rc<RefCell<Shard>>, local_id: &str, threshold: usize) -> bool {
+/// Waits until `threshold` messages wait for a lazy bridge. False once it is stopped.
+async fn wait_for_threshold(
+    shard: &Rc<RefCell<Shard>>,
+    local_id: &str,
+    threshold: usize,
+    stop: &Cell<BridgeStop>,
+) -> bool {
     while shard.borrow().queued_messages(local_id) < threshold {
-        if !sleep_unless_shutdown(POLL_INTERVAL).await {
+        if !sleep_unless_stopped(POLL_INTERVAL, stop).await {
             return false;
         }
     }
     true
 }
 
-/// Sleeps; false if the broker started shutting down meanwhile.
-async fn sleep_unless_shutdown(duration: Duration) -> bool {
+/// Sleeps; false if the bridge was stopped meanwhile.
+async fn sleep_unless_stopped(duration: Duration, stop: &Cell<BridgeStop>) -> bool {
     let until = Instant::now() + duration;
     loop {
-        if crate::runtime::is_shutting_down() {
+        if stopping(stop) {
             return false;
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -487,7 +556,12 @@ async fn run_link(
     local_id: &ByteString,
     remote: Remote,
     state: &BridgeCounters,
+    stop: &Cell<BridgeStop>,
 ) -> LinkEnd {
+    // Stopped while it dialled: the remote takes the closed socket as the link's end.
+    if stopping(stop) {
+        return LinkEnd::Shutdown;
+    }
     let receive_maximum = remote.connack.receive_maximum;
     let Some(local) = connect_local(shard, bridge, local_id, false, receive_maximum).await else {
         return LinkEnd::LocalClosed(Close::TakenOver);
@@ -503,9 +577,13 @@ async fn run_link(
     let end = link.pump().await;
     state.up.set(0);
     tracing::info!(bridge = %bridge.name, reason = ?end, "bridge link down");
-    link.finish(&end).await;
+    // A bridge a reload changed goes on as a new task: the link is not down for anyone.
+    let announce = stop.get() != BridgeStop::Replaced;
+    link.finish(&end, announce).await;
     disconnect_local(shard, &link.local);
-    notify_local(shard, bridge, local_id, false);
+    if announce {
+        notify_local(shard, bridge, local_id, false);
+    }
     report_dropped(shard, bridge, local_id);
     end
 }
@@ -842,7 +920,7 @@ impl Link {
         self.last_traffic = Instant::now();
         let Some((_, remote_topic)) = self.bridge.outgoing(&publish.topic) else {
             // Not one of the `out` patterns (cannot happen: the session subscribes to those
-            // alone); finish it so it does not hold the window.
+            // alone, `subscribe_local`); finish it so it does not hold the window.
             self.drop_outgoing(&publish, "no out pattern matches");
             return;
         };
@@ -959,12 +1037,12 @@ impl Link {
 
     /// A link that ends by this broker's choice says goodbye: the `0` state (a clean
     /// DISCONNECT does not publish the will that would say it) and DISCONNECT.
-    async fn finish(&mut self, end: &LinkEnd) {
+    async fn finish(&mut self, end: &LinkEnd, announce: bool) {
         if !matches!(end, LinkEnd::Shutdown | LinkEnd::Idle | LinkEnd::PrimaryBack) {
             return;
         }
         let bridge = self.bridge.clone();
-        if bridge.notifications && !bridge.notifications_local_only {
+        if announce && bridge.notifications && !bridge.notifications_local_only {
             if let Some(topic) = notification_topic(&bridge) {
                 self.send(&state_publish(topic, false, None));
             }

@@ -117,8 +117,28 @@ pub struct Shard {
     /// Acknowledgements held until their message is durable everywhere it was stored: the
     /// publisher's connection, which holds the acknowledgement under the same token.
     durable: Latches<Rc<ConnHandle>>,
-    /// The bridges this shard runs: each one's local session, and its counters.
-    bridges: Vec<(ByteString, Arc<counters::BridgeCounters>)>,
+    /// The bridges this shard runs: each one's local session, its counters, and the flag
+    /// that tells its task to stop.
+    bridges: Vec<RunningBridge>,
+    /// Notified when a reload replaced the configuration.
+    reconfigured: Rc<signal::Event>,
+}
+
+/// A bridge task of this shard, as the shard knows it.
+struct RunningBridge {
+    local_id: ByteString,
+    counters: Arc<counters::BridgeCounters>,
+    stop: Rc<Cell<BridgeStop>>,
+}
+
+/// Whether a bridge task should go on: a reload stops the bridges it removes or changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeStop {
+    Running,
+    /// Changed: a new task takes the local session over, with its queue.
+    Replaced,
+    /// Removed: the local session and what waits in it for the remote go too.
+    Removed,
 }
 
 impl Shard {
@@ -151,7 +171,22 @@ impl Shard {
             journal,
             durable: Latches::default(),
             bridges: Vec::new(),
+            reconfigured: Rc::default(),
         }
+    }
+
+    /// Puts a configuration read again (SIGHUP) in force: limits, checks and refusals apply
+    /// from the next packet on; a session's window and queue from its next delivery.
+    pub fn reconfigure(&mut self, config: Rc<Config>) {
+        self.checks_reads = config.has_acl_file();
+        self.limits = Limits::from_config(&config);
+        self.config = config;
+        self.reconfigured.notify_all();
+    }
+
+    /// Notified whenever `reconfigure` ran.
+    pub fn reconfigured(&self) -> Rc<signal::Event> {
+        self.reconfigured.clone()
     }
 
     /// Installs what start-up recovered for this shard, before any client connects.
@@ -259,17 +294,34 @@ impl Shard {
     }
 
     /// A bridge this shard runs, whose local session's held messages the sweep samples.
-    pub fn add_bridge(&mut self, local_id: ByteString, counters: Arc<counters::BridgeCounters>) {
-        self.bridges.push((local_id, counters));
+    /// Registers a bridge task of this shard; what it returns says when the task must stop.
+    pub fn add_bridge(
+        &mut self,
+        local_id: ByteString,
+        counters: Arc<counters::BridgeCounters>,
+    ) -> Rc<Cell<BridgeStop>> {
+        let stop = Rc::new(Cell::new(BridgeStop::Running));
+        self.bridges.push(RunningBridge { local_id, counters, stop: stop.clone() });
+        stop
+    }
+
+    /// Tells the bridge task of this local session to stop (`how`): a link that is up is
+    /// closed as at shutdown, so the remote gets its DISCONNECT.
+    pub fn stop_bridge(&mut self, local_id: &str, how: BridgeStop) {
+        let Some(at) = self.bridges.iter().position(|b| *b.local_id == *local_id) else { return };
+        self.bridges.remove(at).stop.set(how);
+        if let Some(conn) = self.sessions.get(local_id).and_then(|s| s.conn.as_ref()) {
+            conn.close(Close::ServerShuttingDown);
+        }
     }
 
     /// Writes this shard's levels into its `$SYS` counters: clients, subscriptions and stored
     /// messages, and its bridges' held messages. Walks every session, so it runs on the sweep,
     /// not per event.
     pub fn sample_levels(&self) {
-        for (local_id, counters) in &self.bridges {
-            let held = self.sessions.get(local_id).map_or(0, |s| s.state.held_messages().0);
-            counters.held_messages.set(held);
+        for bridge in &self.bridges {
+            let session = self.sessions.get(&bridge.local_id);
+            bridge.counters.held_messages.set(session.map_or(0, |s| s.state.held_messages().0));
         }
         let (mut connected, mut subscriptions, mut shared, mut messages, mut bytes) =
             (0, 0, 0, 0, 0);
@@ -409,6 +461,12 @@ impl Shard {
     }
 
     /// Messages waiting in an offline session's queue (a lazy bridge connects at a threshold).
+    /// The filters a session of this shard subscribes to.
+    pub fn subscriptions_of(&self, client_id: &str) -> Vec<crate::protocol::TopicFilter> {
+        let session = self.sessions.get(client_id);
+        session.map_or_else(Vec::new, |s| s.state.subscriptions.keys().cloned().collect())
+    }
+
     pub fn queued_messages(&self, client_id: &str) -> usize {
         self.sessions.get(client_id).map_or(0, |s| s.state.queued_len())
     }

@@ -3,6 +3,7 @@
 //! Mosquitto option Culex does not implement yet is a warning naming file and line.
 
 mod bridge;
+mod reload;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use bridge::{Address, Bridge, BridgeTopic, Direction, RestartTimeout, StartType};
+pub use reload::Changes;
 
 /// One `listener` (or the default one from `port`, `-p`, or no configuration at all), with
 /// the options that belong to it.
@@ -334,6 +336,15 @@ impl LogTypes {
 
     pub const fn all() -> LogTypes {
         LogTypes(0x7f)
+    }
+
+    /// The set as bits, for an atomic.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub const fn from_bits(bits: u8) -> LogTypes {
+        LogTypes(bits & 0x7f)
     }
 
     pub fn contains(self, other: LogTypes) -> bool {

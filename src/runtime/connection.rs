@@ -147,7 +147,7 @@ pub fn serve(
     socket: Transport,
     peer: String,
     listening: super::Listening,
-    slot: Option<super::ConnectionSlot>,
+    slot: super::ConnectionSlot,
 ) -> impl Future<Output = ()> {
     let (max_packet_size, counters) = {
         let shard = shard.borrow();

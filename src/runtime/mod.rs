@@ -10,6 +10,7 @@ pub mod flow;
 mod mesh;
 pub mod notify;
 mod recovery;
+pub mod reload;
 mod transport;
 mod websocket;
 
@@ -122,45 +123,11 @@ pub enum StartError {
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 
-/// The credentials the shards check (one set, or one per listener with
-/// `per_listener_settings true`), for SIGHUP to reload.
-static CREDENTIALS: std::sync::OnceLock<Vec<Arc<Credentials>>> = std::sync::OnceLock::new();
-
-/// Every TLS listener's certificates and keys, for SIGHUP to reload.
-static SERVER_TLS: std::sync::OnceLock<Vec<Arc<ServerTls>>> = std::sync::OnceLock::new();
-
-/// SIGHUP: reads the password and ACL files again, as Mosquitto does, and every TLS listener's
-/// certificate, key, CAs and CRL; connected clients stay, and a file that fails to load leaves
-/// what was in force. Safe from any thread.
-pub fn reload() {
-    for tls in SERVER_TLS.get().into_iter().flatten() {
-        let certfile = tls.settings().certfile.clone().unwrap_or_default();
-        match tls.reload() {
-            Ok(()) => tracing::info!(certfile = %certfile.display(), "SIGHUP: TLS files reloaded"),
-            Err(error) => tracing::error!(
-                "SIGHUP: {error}; new connections keep the certificate in force ({})",
-                certfile.display()
-            ),
-        }
-    }
-    for credentials in CREDENTIALS.get().into_iter().flatten() {
-        match credentials.reload() {
-            Ok(reloaded) => tracing::info!(
-                users_added = ?reloaded.users_added,
-                users_removed = ?reloaded.users_removed,
-                passwords_changed = ?reloaded.passwords_changed,
-                acl_changed = reloaded.acl_changed,
-                "SIGHUP: password and acl files reloaded"
-            ),
-            Err(error) => tracing::error!("{error}; the previous files stay in force"),
-        }
-    }
-}
-
 /// What each listener applies to its clients, in `config.listeners` order: its mount point, its
 /// access rules (one set shared by all unless `per_listener_settings true`) and its TLS, its
-/// files read now so that a bad one stops the start.
-fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
+/// files read now so that a bad one stops the start. With them, for SIGHUP to reload, each set
+/// of credentials and each TLS configuration.
+fn listener_contexts(config: &Config) -> Result<ListenerContexts, StartError> {
     let mut server_tls = Vec::new();
     let mut everyones = None;
     let mut all = Vec::new();
@@ -209,9 +176,13 @@ fn listener_contexts(config: &Config) -> Result<Vec<Listening>, StartError> {
         });
         contexts.push(Listening { context, tls, websocket, proxy: listener.proxy_policy() });
     }
-    let _ = CREDENTIALS.set(all);
-    let _ = SERVER_TLS.set(server_tls);
-    Ok(contexts)
+    Ok(ListenerContexts { contexts, credentials: all, server_tls })
+}
+
+struct ListenerContexts {
+    contexts: Vec<Listening>,
+    credentials: Vec<Arc<Credentials>>,
+    server_tls: Vec<Arc<ServerTls>>,
 }
 
 /// What one listener gives the connections it accepts.
@@ -268,9 +239,14 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
     if shard_count > SHARDS_MAX {
         return Err(StartError::TooManyShards(shard_count));
     }
-    let contexts = listener_contexts(&config)?;
-    let endpoints = endpoints(&config, &contexts);
-    let unix_endpoints = unix_endpoints(&config, &contexts);
+    let ListenerContexts { contexts, credentials, server_tls } = listener_contexts(&config)?;
+    let limits: Vec<Arc<ConnectionLimit>> = config
+        .listeners
+        .iter()
+        .map(|l| Arc::new(ConnectionLimit::new(l.max_connections)))
+        .collect();
+    let endpoints = endpoints(&config, &contexts, &limits);
+    let unix_endpoints = unix_endpoints(&config, &contexts, &limits);
     // A bridge reads its TLS files again at each connection (a renewed certificate is used
     // at the next reconnect); a file that cannot be used stops the start.
     for bridge in &config.bridges {
@@ -347,10 +323,20 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         );
     }
     let counters: Arc<[Arc<ShardCounters>]> = (0..shard_count).map(|_| Arc::default()).collect();
-    let bridge_counters: Vec<Arc<BridgeCounters>> =
-        config.bridges.iter().map(|b| Arc::new(BridgeCounters::new(&b.name))).collect();
+    let mut bridge_homes: Vec<reload::BridgeHome> = config
+        .bridges
+        .iter()
+        .enumerate()
+        .map(|(nth, b)| reload::BridgeHome {
+            name: b.name.clone(),
+            shard: worker_count + nth % bridge_shard_count.max(1),
+            counters: Arc::new(BridgeCounters::new(&b.name)),
+        })
+        .collect();
+    let (senders, inboxes) = reload::inboxes(shard_count);
     let mesh = MeshBuilder::<Batch, _>::full(shard_count, BATCHES_IN_FLIGHT_MAX);
     let mut handles = Vec::with_capacity(shard_count);
+    let mut inboxes = inboxes.into_iter();
     for index in 0..shard_count {
         // Bridge shards get CPUs the workers left free, else run where the kernel puts them.
         let placement = match cpus.get(index) {
@@ -360,11 +346,11 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         let role = if index < worker_count {
             Role::Worker(sockets.next().unwrap_or_default())
         } else {
-            let nth = index - worker_count;
-            let bridges = config.bridges.iter().zip(&bridge_counters);
-            let bridges = bridges.skip(nth).step_by(bridge_shard_count);
-            Role::Bridges(bridges.map(|(b, c)| (b.clone(), c.clone())).collect())
+            let bridges = config.bridges.iter().zip(&bridge_homes);
+            let here = bridges.filter(|(_, home)| home.shard == index);
+            Role::Bridges(here.map(|(b, home)| (b.clone(), home.counters.clone())).collect())
         };
+        let inbox = inboxes.next().unwrap_or_else(|| crossbeam_channel::unbounded().1);
         let config = config.clone();
         let mesh = mesh.clone();
         let recoveries = recoveries.clone();
@@ -378,16 +364,26 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(depth)
             .spawn(move || {
-                run_shard(config, role, mesh, shard_count, recoveries, counters, spawn_bridge)
+                let started = Started { inbox, spawn_bridge };
+                run_shard(config, role, mesh, shard_count, recoveries, counters, started)
             })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
     }
+    reload::install(reload::Running {
+        config,
+        worker_count,
+        inboxes: senders,
+        bridges: std::mem::take(&mut bridge_homes),
+        credentials,
+        server_tls,
+        connection_limits: limits,
+    });
     if let Some(listener) = metrics {
         crate::sys::metrics::serve(
             listener,
             counters.clone(),
-            bridge_counters,
+            reload::bridge_counters,
             notify::all_serving,
         )
         .map_err(|e| StartError::Executor(format!("metrics listener: {e}")))?;
@@ -457,6 +453,13 @@ fn ensure_memlock() -> Result<(), StartError> {
     Ok(())
 }
 
+/// What a shard gets besides its configuration and role: its inbox of reload orders, and how
+/// to start a bridge.
+struct Started {
+    inbox: crossbeam_channel::Receiver<reload::Order>,
+    spawn_bridge: SpawnBridge,
+}
+
 async fn run_shard(
     config: Config,
     role: Role,
@@ -464,7 +467,7 @@ async fn run_shard(
     shard_count: usize,
     recoveries: Arc<Mutex<Vec<Option<ShardRecovery>>>>,
     counters: Arc<[Arc<ShardCounters>]>,
-    spawn_bridge: SpawnBridge,
+    started: Started,
 ) -> Result<(), StartError> {
     let (senders, receivers) =
         mesh.join().await.map_err(|_| StartError::Executor("mesh join failed".into()))?;
@@ -475,10 +478,9 @@ async fn run_shard(
     let journal = recovery.as_ref().map(|r| Journal::new(r.journal, holds));
     // `persistence_sync interval`: a durable commit at least this often, the others not synced.
     let sync_every = (!holds).then_some(config.autosave_interval);
-    let sys_every = crate::sys::interval(config.sys_interval);
-    let samples_levels = sys_every.is_some()
-        || config.metrics_listener.is_some()
-        || notify::Notifier::from_env().is_some();
+    // The sweep samples levels for whoever reads them: `$SYS` (while `sys_interval` is not
+    // 0), the metrics listener, systemd's STATUS lines.
+    let levels_read = config.metrics_listener.is_some() || notify::Notifier::from_env().is_some();
     let shard =
         Shard::new(id, shard_count, Rc::new(config), journal.clone(), counters[id.index()].clone());
     let shard = Rc::new(RefCell::new(shard));
@@ -489,12 +491,10 @@ async fn run_shard(
     }
     mesh::spawn_receivers(&shard, receivers);
     glommio::spawn_local(mesh::run_flusher(shard.clone(), senders)).detach();
-    glommio::spawn_local(sweep(shard.clone(), samples_levels)).detach();
+    let Started { inbox, spawn_bridge } = started;
+    glommio::spawn_local(sweep(shard.clone(), levels_read, inbox, spawn_bridge)).detach();
     if id.index() == 0 {
-        if let Some(every) = sys_every {
-            glommio::spawn_local(crate::sys::publish_periodically(shard.clone(), counters, every))
-                .detach();
-        }
+        glommio::spawn_local(crate::sys::publish_periodically(shard.clone(), counters)).detach();
         if let Some(lines) = crate::logging::topic_lines() {
             glommio::spawn_local(crate::sys::publish_log_lines(shard.clone(), lines)).detach();
         }
@@ -591,19 +591,22 @@ struct Endpoint {
     /// `bind_interface`.
     interface: Option<String>,
     /// `max_connections`, counted across shards and the listener's addresses.
-    limit: Option<Arc<ConnectionLimit>>,
+    limit: Arc<ConnectionLimit>,
     /// `set_tcp_nodelay`.
     nodelay: bool,
     /// What the listener applies to the clients it accepts, and its TLS.
     listening: Listening,
 }
 
-/// The sockets of every listener.
-fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
+/// The sockets of every listener; `limits` are the listeners' `max_connections`, in order.
+fn endpoints(
+    config: &Config,
+    contexts: &[Listening],
+    limits: &[Arc<ConnectionLimit>],
+) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
-    let listeners = config.listeners.iter().zip(contexts);
-    for (listener, context) in listeners {
-        let limit = listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max)));
+    let listeners = config.listeners.iter().zip(contexts).zip(limits);
+    for ((listener, context), limit) in listeners {
         for bind in listener.bind_addresses(config.local_only) {
             endpoints.push(Endpoint {
                 bind: Bind::Tcp(bind),
@@ -618,13 +621,18 @@ fn endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
 }
 
 /// The Unix socket listeners (`listener 0 PATH`).
-fn unix_endpoints(config: &Config, contexts: &[Listening]) -> Vec<Endpoint> {
-    let listeners = config.listeners.iter().zip(contexts);
-    let unix = listeners.filter_map(|(l, context)| Some((l, l.unix_path.clone()?, context)));
-    unix.map(|(listener, path, context)| Endpoint {
+fn unix_endpoints(
+    config: &Config,
+    contexts: &[Listening],
+    limits: &[Arc<ConnectionLimit>],
+) -> Vec<Endpoint> {
+    let listeners = config.listeners.iter().zip(contexts).zip(limits);
+    let unix =
+        listeners.filter_map(|((l, context), limit)| Some((l.unix_path.clone()?, context, limit)));
+    unix.map(|(path, context, limit)| Endpoint {
         bind: Bind::Unix(path),
         interface: None,
-        limit: listener.max_connections.map(|max| Arc::new(ConnectionLimit::new(max))),
+        limit: limit.clone(),
         nodelay: false,
         listening: context.clone(),
     })
@@ -685,19 +693,32 @@ fn listen_unix(path: &std::path::Path) -> Result<Socket, StartError> {
 }
 
 /// Mosquitto's `max_connections` for one listener.
-struct ConnectionLimit {
-    max: usize,
+pub(crate) struct ConnectionLimit {
+    max: AtomicUsize,
     open: AtomicUsize,
 }
 
 impl ConnectionLimit {
-    fn new(max: usize) -> Self {
-        ConnectionLimit { max, open: AtomicUsize::new(0) }
+    /// `None`: no limit (the connections are counted all the same, so a reload may set one).
+    fn new(max: Option<usize>) -> Self {
+        ConnectionLimit {
+            max: AtomicUsize::new(max.unwrap_or(usize::MAX)),
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// A reload's new limit: connections beyond it stay, new ones wait for room.
+    pub(crate) fn set_max(&self, max: Option<usize>) {
+        self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
     /// A place for one more connection, held until dropped; `None` when the listener is full.
     fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max() {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -813,16 +834,11 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                         }
                     },
                 };
-                let slot = match &endpoint.limit {
-                    None => None,
-                    Some(limit) => match limit.admit() {
-                        Some(slot) => Some(slot),
-                        None => {
-                            // As Mosquitto: closed at once, before any MQTT.
-                            tracing::info!(%peer, max = limit.max, "denied: max_connections exceeded");
-                            continue;
-                        }
-                    },
+                let Some(slot) = endpoint.limit.admit() else {
+                    // As Mosquitto: closed at once, before any MQTT.
+                    let max = endpoint.limit.max();
+                    tracing::info!(%peer, max, "denied: max_connections exceeded");
+                    continue;
                 };
                 let listening = endpoint.listening.clone();
                 glommio::spawn_local(connection::serve(
@@ -859,9 +875,27 @@ fn unix_stream(accepted: glommio::net::TcpStream) -> std::io::Result<glommio::ne
 
 /// The shard's periodic chores: shutdown, keep alives, session expiry, and with `$SYS` its
 /// levels (sampled here so that shard 0's publication is at most a sweep behind).
-async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
+async fn sweep(
+    shard: Rc<RefCell<Shard>>,
+    levels_read: bool,
+    inbox: crossbeam_channel::Receiver<reload::Order>,
+    spawn_bridge: SpawnBridge,
+) {
     loop {
         glommio::timer::sleep(KEEP_ALIVE_SWEEP).await;
+        for order in inbox.try_iter() {
+            match order {
+                reload::Order::Configure(config) => {
+                    shard.borrow_mut().reconfigure(Rc::new(Config::clone(&config)));
+                }
+                reload::Order::StopBridge { local_id, how } => {
+                    shard.borrow_mut().stop_bridge(&local_id, how);
+                }
+                reload::Order::StartBridge(bridge, counters) => {
+                    spawn_bridge(shard.clone(), Rc::new(*bridge), counters);
+                }
+            }
+        }
         let mut shard = shard.borrow_mut();
         if SHUTTING_DOWN.load(Ordering::Relaxed) {
             shard.close_all(Close::ServerShuttingDown);
@@ -871,7 +905,7 @@ async fn sweep(shard: Rc<RefCell<Shard>>, samples_levels: bool) {
         let now = Instant::now();
         shard.tend_connections(now);
         shard.expire_sessions(now);
-        if samples_levels {
+        if levels_read || shard.config().sys_interval > 0 {
             shard.sample_levels();
         }
         if let Some(limit) = shard.config().memory_limit {

@@ -107,19 +107,19 @@ const METRICS: &[Metric<ShardCounters>] = &[
     }),
 ];
 
-/// Serves `addr` on a thread of its own until the process ends. `ready` says whether every
-/// shard serves.
+/// Serves `addr` on a thread of its own until the process ends. `bridges` gives the bridges
+/// running now (a reload adds and removes them); `ready` says whether every shard serves.
 pub fn serve(
     listener: TcpListener,
     counters: Arc<[Arc<ShardCounters>]>,
-    bridges: Vec<Arc<BridgeCounters>>,
+    bridges: fn() -> Vec<Arc<BridgeCounters>>,
     ready: fn(usize) -> bool,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("culex-metrics".into()).spawn(move || {
         tracing::info!(%addr, "metrics listener serving /metrics, /healthz, /readyz");
         for stream in listener.incoming().flatten() {
-            if let Err(error) = answer(stream, &counters, &bridges, ready) {
+            if let Err(error) = answer(stream, &counters, bridges, ready) {
                 tracing::debug!(%error, "metrics request failed");
             }
         }
@@ -135,7 +135,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn answer(
     stream: TcpStream,
     counters: &[Arc<ShardCounters>],
-    bridges: &[Arc<BridgeCounters>],
+    bridges: fn() -> Vec<Arc<BridgeCounters>>,
     ready: fn(usize) -> bool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
@@ -153,7 +153,7 @@ fn answer(
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => {
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(counters, bridges))
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(counters, &bridges()))
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") if ready(counters.len()) => ("200 OK", "text/plain", "ready\n".into()),

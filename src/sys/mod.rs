@@ -140,18 +140,21 @@ pub fn interval(sys_interval_secs: u32) -> Option<Duration> {
     (sys_interval_secs > 0).then(|| Duration::from_secs(u64::from(sys_interval_secs)))
 }
 
-/// Shard 0's task: publishes the tree at start and every `every`, retained at QoS 0, through
-/// the same routing as a client's PUBLISH (so ACLs, retained replicas and `$SYS/#`
-/// subscribers see it as Mosquitto's own).
-pub async fn publish_periodically(
-    shard: Rc<RefCell<Shard>>,
-    all: Arc<[Arc<ShardCounters>]>,
-    every: Duration,
-) {
+/// Shard 0's task: publishes the tree at start and every `sys_interval`, retained at QoS 0,
+/// through the same routing as a client's PUBLISH (so ACLs, retained replicas and `$SYS/#`
+/// subscribers see it as Mosquitto's own). A reload may change the interval, or turn `$SYS`
+/// on or off (0): the task waits for the next reload meanwhile.
+pub async fn publish_periodically(shard: Rc<RefCell<Shard>>, all: Arc<[Arc<ShardCounters>]>) {
     let mut tree = SysTree::new(Instant::now());
+    let reconfigured = shard.borrow().reconfigured();
     loop {
+        let every = interval(shard.borrow().config().sys_interval);
+        let Some(every) = every else {
+            reconfigured.wait().await;
+            continue;
+        };
         publish_changes(&mut shard.borrow_mut(), &mut tree, &all);
-        glommio::timer::sleep(every).await;
+        futures_lite::future::or(glommio::timer::sleep(every), reconfigured.wait()).await;
     }
 }
 
