@@ -39,7 +39,12 @@ fn metrics_are_prometheus_text_that_the_real_server_scrapes() {
     let (mut publisher, _) = RawClient::connect(&broker, "scraper", ConnectOptions::default());
     publisher.publish("m/1", b"x", QoS::AtLeastOnce, false);
     client.receive();
-
+    // Refused: an empty client id with a 3.1.1 persistent session, and protocol level 9.
+    let options = ConnectOptions { clean_start: false, ..Default::default() };
+    assert!(RawClient::open(&broker).try_handshake("", options).is_some());
+    let mut unknown_level = RawClient::open(&broker);
+    unknown_level.write_raw(&[0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 9, 2, 0, 60, 0, 1, b'x']);
+    assert!(matches!(unknown_level.recv(), Some(culex::protocol::Packet::ConnAck(_))));
     assert_eq!(get(metrics, "/healthz").0, "HTTP/1.1 200 OK");
     assert_eq!(get(metrics, "/readyz").0, "HTTP/1.1 200 OK");
     assert_eq!(get(metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
@@ -48,7 +53,15 @@ fn metrics_are_prometheus_text_that_the_real_server_scrapes() {
     let total = |name: &str| common::metric_sum(&body, name, "");
     assert_eq!(total("culex_connections_accepted_total"), 3, "{body}"); // and Broker's probe
     assert_eq!(total("culex_publish_received_total"), 1, "{body}");
-    assert!(body.contains("culex_publish_received_total{shard=\"1\"}"), "one sample per shard");
+    let by_qos = |name: &str, qos: &str| common::metric_sum(&body, name, &format!("qos=\"{qos}\""));
+    assert_eq!(by_qos("culex_publish_received_total", "1"), 1, "{body}");
+    assert_eq!(by_qos("culex_publish_sent_total", "1"), 1, "{body}");
+    assert!(body.contains("culex_publish_received_total{shard=\"1\",qos=\"0\"}"), "per shard");
+    let refused = |reason: &str| {
+        common::metric_sum(&body, "culex_connections_refused_total", &format!("\"{reason}\""))
+    };
+    assert_eq!(refused("client_id"), 1, "{body}");
+    assert_eq!(refused("protocol_version"), 1, "{body}");
     assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
     // The store's commits, as histograms: the session, the subscription, the message.
     assert!(total("culex_store_commit_seconds_count") > 0, "{body}");

@@ -83,7 +83,11 @@ impl Shard {
         let max_packet_size =
             connect.properties.maximum_packet_size.map_or(u32::MAX, |size| size.get());
         let explain = self.config.reason_strings;
-        let refuse = |reason| Err(refusal(version, reason, max_packet_size, explain));
+        let counters = &self.counters;
+        let refuse = |reason| {
+            counters.count_refusal(super::counters::Refusal::of(reason));
+            Err(refusal(version, reason, max_packet_size, explain))
+        };
         let peer = origin;
         let (listener, certificate_name) = match origin {
             Origin::Network { listener, certificate_name, .. } => {

@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::protocol::{QoS, ReasonCode};
+
 /// A number written by one shard and read by any.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -137,6 +139,14 @@ counters! {
     publish_sent,
     publish_bytes_received,
     publish_bytes_sent,
+    /// The same PUBLISH packets by QoS (`count_publish_received`, `count_publish_sent`). Not
+    /// in Mosquitto's `$SYS` tree.
+    publish_received_qos0,
+    publish_received_qos1,
+    publish_received_qos2,
+    publish_sent_qos0,
+    publish_sent_qos1,
+    publish_sent_qos2,
     /// Messages not delivered to a subscriber: queue limits, a full outbox, expiry, a packet
     /// larger than the client takes. The sum of the `dropped_` counters below (`count_drop`).
     publish_dropped,
@@ -165,6 +175,13 @@ counters! {
     sockets,
     /// CONNECTs accepted.
     connections,
+    /// Connections refused, by `Refusal` (`count_refusal`). Not in Mosquitto's `$SYS` tree.
+    refused_protocol_version,
+    refused_client_id,
+    refused_not_authorized,
+    refused_memory_limit,
+    refused_max_connections,
+    refused_other,
     /// Sessions ended by their expiry while offline.
     sessions_expired,
     // Levels, sampled by each shard (`Shard::sample_levels`).
@@ -272,7 +289,102 @@ impl DropReason {
     }
 }
 
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A protocol level the broker, or the listener (`accept_protocol_versions`), refuses.
+    ProtocolVersion,
+    /// An empty client id where none may be assigned, or one `clientid_prefixes` refuses.
+    ClientId,
+    /// Bad credentials, or no name in a client certificate that should give one.
+    NotAuthorized,
+    /// `memory_limit` reached.
+    MemoryLimit,
+    /// The listener's `max_connections` reached: closed before any MQTT.
+    MaxConnections,
+    Other,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::ProtocolVersion,
+        Refusal::ClientId,
+        Refusal::NotAuthorized,
+        Refusal::MemoryLimit,
+        Refusal::MaxConnections,
+        Refusal::Other,
+    ];
+
+    /// The refusal a CONNACK's reason code stands for.
+    pub fn of(reason: ReasonCode) -> Refusal {
+        match reason {
+            ReasonCode::UnsupportedProtocolVersion => Refusal::ProtocolVersion,
+            ReasonCode::ClientIdentifierNotValid => Refusal::ClientId,
+            ReasonCode::NotAuthorized | ReasonCode::BadUserNameOrPassword => Refusal::NotAuthorized,
+            ReasonCode::QuotaExceeded => Refusal::MemoryLimit,
+            _ => Refusal::Other,
+        }
+    }
+
+    /// Its name as a Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::ProtocolVersion => "protocol_version",
+            Refusal::ClientId => "client_id",
+            Refusal::NotAuthorized => "not_authorized",
+            Refusal::MemoryLimit => "memory_limit",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::Other => "other",
+        }
+    }
+
+    pub fn counter(self, counters: &ShardCounters) -> &Counter {
+        match self {
+            Refusal::ProtocolVersion => &counters.refused_protocol_version,
+            Refusal::ClientId => &counters.refused_client_id,
+            Refusal::NotAuthorized => &counters.refused_not_authorized,
+            Refusal::MemoryLimit => &counters.refused_memory_limit,
+            Refusal::MaxConnections => &counters.refused_max_connections,
+            Refusal::Other => &counters.refused_other,
+        }
+    }
+}
+
 impl ShardCounters {
+    /// One PUBLISH received at `qos`, with its payload.
+    pub fn count_publish_received(&self, qos: QoS, payload_bytes: usize) {
+        self.publish_received.add(1);
+        self.publish_bytes_received.add(payload_bytes as u64);
+        self.publish_received_at(qos).add(1);
+    }
+
+    /// One PUBLISH sent at `qos`, with its payload.
+    pub fn count_publish_sent(&self, qos: QoS, payload_bytes: usize) {
+        self.publish_sent.add(1);
+        self.publish_bytes_sent.add(payload_bytes as u64);
+        self.publish_sent_at(qos).add(1);
+    }
+
+    pub fn publish_received_at(&self, qos: QoS) -> &Counter {
+        match qos {
+            QoS::AtMostOnce => &self.publish_received_qos0,
+            QoS::AtLeastOnce => &self.publish_received_qos1,
+            QoS::ExactlyOnce => &self.publish_received_qos2,
+        }
+    }
+
+    pub fn publish_sent_at(&self, qos: QoS) -> &Counter {
+        match qos {
+            QoS::AtMostOnce => &self.publish_sent_qos0,
+            QoS::AtLeastOnce => &self.publish_sent_qos1,
+            QoS::ExactlyOnce => &self.publish_sent_qos2,
+        }
+    }
+
+    pub fn count_refusal(&self, refusal: Refusal) {
+        refusal.counter(self).add(1);
+    }
+
     /// One message dropped, counted once, where the drop was decided.
     pub fn count_drop(&self, reason: DropReason) {
         self.publish_dropped.add(1);

@@ -295,8 +295,7 @@ impl ConnHandle {
             self.topic_aliases_out.borrow_mut().insert(topic, alias);
         }
         if let Packet::Publish(publish) = &packet {
-            self.counters.publish_sent.add(1);
-            self.counters.publish_bytes_sent.add(publish.payload.len() as u64);
+            self.counters.count_publish_sent(publish.qos, publish.payload.len());
         }
         self.encode(&packet, &mut outbox);
         drop(outbox);

@@ -111,8 +111,7 @@ impl Shard {
     }
 
     fn client_publish(&mut self, conn: &Rc<ConnHandle>, publish: Publish) -> Result<(), Close> {
-        self.counters.publish_received.add(1);
-        self.counters.publish_bytes_received.add(publish.payload.len() as u64);
+        self.counters.count_publish_received(publish.qos, publish.payload.len());
         // With `retain_available false` a retained PUBLISH is refused: DISCONNECT 0x9A for 5.0
         // clients, who were told in CONNACK [MQTT-3.3.1-11 (5.0)]; 3.x clients are closed, as
         // Mosquitto 2.0.11 does (checked by hand). A bridge's own session just drops the flag:

@@ -252,6 +252,7 @@ async fn open(
     let connect = match first {
         Ok(Some(Packet::Connect(connect))) => connect,
         Err(ReadError::Malformed(DecodeError::UnsupportedProtocolVersion(level))) => {
+            layers.counters.count_refusal(crate::broker::counters::Refusal::ProtocolVersion);
             // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 format, then close.
             let refused = refusal(
                 ProtocolVersion::V311,

@@ -836,6 +836,8 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                 };
                 let Some(slot) = endpoint.limit.admit() else {
                     // As Mosquitto: closed at once, before any MQTT.
+                    let refusal = crate::broker::counters::Refusal::MaxConnections;
+                    shard.borrow().counters.count_refusal(refusal);
                     let max = endpoint.limit.max();
                     tracing::info!(%peer, max, "denied: max_connections exceeded");
                     continue;

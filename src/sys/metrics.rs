@@ -9,7 +9,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::counters::{heap_usage, BridgeCounters, DropReason, Histogram, ShardCounters};
+use crate::broker::counters::{
+    heap_usage, BridgeCounters, DropReason, Histogram, Refusal, ShardCounters,
+};
+use crate::protocol::QoS;
 
 /// How long one scrape may take to send its request: a client that trickles it loses the
 /// connection, and the endpoint goes on with the next.
@@ -45,10 +48,6 @@ const METRICS: &[Metric<ShardCounters>] = &[
     counter("culex_sent_bytes_total", "Bytes written to client and bridge sockets.", |c| {
         c.bytes_sent.get()
     }),
-    counter("culex_publish_received_total", "PUBLISH packets received.", |c| {
-        c.publish_received.get()
-    }),
-    counter("culex_publish_sent_total", "PUBLISH packets sent.", |c| c.publish_sent.get()),
     counter("culex_publish_received_bytes_total", "Payload bytes of PUBLISH received.", |c| {
         c.publish_bytes_received.get()
     }),
@@ -183,16 +182,45 @@ pub fn render(counters: &[Arc<ShardCounters>], bridges: &[Arc<BridgeCounters>]) 
     }
     // Drops by reason: every shard's sample of each reason; their sum is `$SYS`'s
     // `publish/messages/dropped`.
-    let dropped = "culex_publish_dropped_total";
-    let _ = writeln!(out, "# HELP {dropped} Messages not delivered, by reason.");
-    let _ = writeln!(out, "# TYPE {dropped} counter");
-    for (shard, counters) in counters.iter().enumerate() {
-        for reason in DropReason::ALL {
-            let value = reason.counter(counters).get();
-            let label = reason.label();
-            let _ = writeln!(out, "{dropped}{{shard=\"{shard}\",reason=\"{label}\"}} {value}");
-        }
-    }
+    let drops = DropReason::ALL.map(|reason| (reason.label(), reason));
+    labelled(
+        &mut out,
+        counters,
+        "culex_publish_dropped_total",
+        "Messages not delivered, by reason.",
+        "reason",
+        &drops,
+        |reason, c| reason.counter(c).get(),
+    );
+    let refusals = Refusal::ALL.map(|refusal| (refusal.label(), refusal));
+    labelled(
+        &mut out,
+        counters,
+        "culex_connections_refused_total",
+        "Connections refused, by reason (CONNACK refusals, and listeners at max_connections).",
+        "reason",
+        &refusals,
+        |refusal, c| refusal.counter(c).get(),
+    );
+    let levels = [("0", QoS::AtMostOnce), ("1", QoS::AtLeastOnce), ("2", QoS::ExactlyOnce)];
+    labelled(
+        &mut out,
+        counters,
+        "culex_publish_received_total",
+        "PUBLISH packets received, by QoS.",
+        "qos",
+        &levels,
+        |qos, c| c.publish_received_at(qos).get(),
+    );
+    labelled(
+        &mut out,
+        counters,
+        "culex_publish_sent_total",
+        "PUBLISH packets sent, by QoS.",
+        "qos",
+        &levels,
+        |qos, c| c.publish_sent_at(qos).get(),
+    );
     histogram(
         &mut out,
         "culex_store_commit_seconds",
@@ -256,6 +284,26 @@ const BRIDGE_METRICS: &[Metric<BridgeCounters>] = &[
         |b| b.held_messages.get(),
     ),
 ];
+
+/// A counter with a label besides `shard`: one series per shard and label value.
+fn labelled<T: Copy>(
+    out: &mut String,
+    counters: &[Arc<ShardCounters>],
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, T)],
+    value: fn(T, &ShardCounters) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (shard, counters) in counters.iter().enumerate() {
+        for (text, key) in values {
+            let n = value(*key, counters);
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\",{label}=\"{text}\"}} {n}");
+        }
+    }
+}
 
 fn bridge_metrics(out: &mut String, bridges: &[Arc<BridgeCounters>]) {
     if bridges.is_empty() {
