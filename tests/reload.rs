@@ -246,3 +246,20 @@ fn logging_follows_a_reload() {
     let log = broker.log_text();
     assert!(connecting(&log, "client_id=heard") && !connecting(&log, "client_id=quiet"), "{log}");
 }
+
+/// `sys_interval 0` leaves `$SYS` unpublished until a reload sets an interval.
+#[test]
+fn sys_interval_follows_a_reload() {
+    let broker = Broker::start("sys_interval 0");
+    let (mut watcher, _) = RawClient::connect(&broker, "watcher", Default::default());
+    watcher.subscribe("$SYS/broker/uptime", QoS::AtMostOnce);
+    assert!(watcher.recv_within(Duration::from_millis(1500)).is_none(), "$SYS is off");
+    let config = broker.dir().join("culex.conf");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("sys_interval 0", "sys_interval 1");
+    std::fs::write(&config, text).unwrap();
+    hup(broker.pid());
+    await_log(|| broker.log_text(), "configuration reloaded", 0);
+    let uptime = watcher.receive();
+    assert_eq!(&*uptime.topic, "$SYS/broker/uptime");
+}
