@@ -316,3 +316,45 @@ fn garbage_on_every_kind_of_listener_costs_only_its_connection() {
     }
     bystander.round_trip(0);
 }
+
+/// `max_subscriptions_per_client`: filters past it are refused one by one (3.x 0x80, 5.0
+/// 0x97) while the rest of the SUBACK stands; a filter the session holds may be subscribed
+/// again, and an unsubscription makes room.
+#[test]
+fn subscriptions_past_the_limit_are_refused_filter_by_filter() {
+    use culex::protocol::{Properties, Subscribe, SubscriptionOptions, TopicFilter, Unsubscribe};
+    let broker = Broker::start("max_subscriptions_per_client 3");
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let options = ConnectOptions { version, ..Default::default() };
+        let (mut client, _) = RawClient::connect(&broker, "greedy", options);
+        let filter = |name: &str| {
+            (TopicFilter::new(name.to_string()).unwrap(), SubscriptionOptions::default())
+        };
+        let packet_id = client.packet_id();
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: ["a/#", "b/#", "c/#", "d/#"].map(filter).to_vec(),
+        }));
+        let Some(Packet::SubAck(suback)) = client.recv() else { panic!("no SUBACK") };
+        let refused = match version {
+            ProtocolVersion::V5 => ReasonCode::QuotaExceeded,
+            _ => ReasonCode::UnspecifiedError,
+        };
+        assert_eq!(suback.reasons[..3], [ReasonCode::Success; 3], "{version:?}");
+        assert_eq!(suback.reasons[3], refused, "{version:?}");
+        assert_eq!(client.subscribe("a/#", QoS::AtLeastOnce), [ReasonCode::GrantedQos1]);
+        assert_eq!(client.subscribe("e/#", QoS::AtMostOnce), [refused]);
+        let packet_id = client.packet_id();
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: vec![TopicFilter::new("b/#".to_string()).unwrap()],
+        }));
+        assert!(matches!(client.recv(), Some(Packet::UnsubAck(_))));
+        assert_eq!(client.subscribe("e/#", QoS::AtMostOnce), [ReasonCode::Success]);
+        client.publish("e/1", b"room made", QoS::AtLeastOnce, false);
+        assert_eq!(&client.receive().payload[..], b"room made");
+        client.disconnect();
+    }
+}

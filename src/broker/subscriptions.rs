@@ -43,7 +43,15 @@ impl Shard {
             if shared && options.no_local && conn.version.is_v5() {
                 return Err(Close::ProtocolError(ReasonCode::ProtocolError));
             }
+            let max = self.config.max_subscriptions_per_client;
             let Some(session) = self.session_of(conn) else { return Ok(()) };
+            let holds = &session.state.subscriptions;
+            if max > 0 && !conn.internal && holds.len() >= max && !holds.contains_key(&filter) {
+                // Refused alone: the SUBACK's other filters stand (3.x: 0x80).
+                tracing::info!(%client_id, %filter, max, "subscription refused: max_subscriptions_per_client");
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
             // Mosquitto's subscribe line: client, QoS, filter.
             tracing::info!(target: crate::logging::SUBSCRIBE, "{client_id} {} {filter}", options.qos as u8);
             let subscription = Subscription { options, id };

@@ -489,6 +489,9 @@ pub struct Config {
     /// Culex's `reason_strings`: 5.0 refusals (CONNACK, DISCONNECT, PUBACK, PUBREC) carry a
     /// Reason String. Off by default: Mosquitto 2.0 sends none.
     pub reason_strings: bool,
+    /// Culex's `max_subscriptions_per_client`: filters one session may hold (0: no limit, as
+    /// Mosquitto has none). A SUBSCRIBE past it is refused filter by filter.
+    pub max_subscriptions_per_client: usize,
     /// `websockets_headers_size`: the most bytes a WebSocket listener reads of a request head.
     pub websockets_headers_size: usize,
     pub verbose: bool,
@@ -534,6 +537,7 @@ impl Default for Config {
             bridge_shards: 1,
             metrics_listener: None,
             reason_strings: false,
+            max_subscriptions_per_client: 0,
             websockets_headers_size: crate::websocket::HEADERS_SIZE_DEFAULT,
             verbose: false,
         }
@@ -934,6 +938,10 @@ fn handling(option: &str) -> Option<Handling> {
         }),
         "reason_strings" => Apply(|p, l| {
             p.config.reason_strings = parse_bool(l)?;
+            Ok(())
+        }),
+        "max_subscriptions_per_client" => Apply(|p, l| {
+            p.config.max_subscriptions_per_client = parse_number(l)?;
             Ok(())
         }),
         "bridge_shards" => Apply(|p, l| {

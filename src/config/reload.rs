@@ -67,6 +67,7 @@ impl Config {
             bridge_shards,
             metrics_listener,
             reason_strings,
+            max_subscriptions_per_client,
             websockets_headers_size,
             verbose: _,
         } = new;
@@ -103,6 +104,7 @@ impl Config {
             logging = "log_dest, log_type and the other logging options",
             memory_limit,
             reason_strings,
+            max_subscriptions_per_client,
         );
         compare!(need_restart:
             local_only = "listener",
