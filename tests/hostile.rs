@@ -358,3 +358,52 @@ fn subscriptions_past_the_limit_are_refused_filter_by_filter() {
         client.disconnect();
     }
 }
+
+/// A 3.x client has no Receive Maximum: it may leave every packet id of its QoS 2 messages
+/// unreleased. Each is routed once; a retransmission is acknowledged and not routed again;
+/// what the 65,535 ids hold stays small, and others' round trips go on.
+#[test]
+fn a_3x_client_holding_every_qos2_id_unreleased_costs_little() {
+    use culex::protocol::{PacketId, Properties, Publish, TopicName};
+    let broker = Broker::start("");
+    let mut bystander = Bystander::connect(&broker);
+    let (mut counter, _) = RawClient::connect(&broker, "counter", ConnectOptions::default());
+    counter.subscribe("held/#", QoS::AtMostOnce);
+    let (mut holder, _) = RawClient::connect(&broker, "holder", ConnectOptions::default());
+    let before = rss_kib(broker.pid());
+    let publish = |id: u16, dup: bool| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: TopicName::new("held/x".to_string()).unwrap(),
+            packet_id: PacketId::new(id),
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"once"),
+        })
+    };
+    let ids: Vec<u16> = (1..=u16::MAX).collect();
+    for chunk in ids.chunks(1024) {
+        for id in chunk {
+            holder.send(&publish(*id, false));
+        }
+        for id in chunk {
+            let answer = holder.recv();
+            assert!(matches!(answer, Some(Packet::PubRec(ack)) if ack.packet_id.get() == *id));
+        }
+    }
+    for id in [1, 30_000, u16::MAX] {
+        holder.send(&publish(id, true));
+        assert!(matches!(holder.recv(), Some(Packet::PubRec(_))), "retransmission of {id}");
+    }
+    bystander.round_trip(1);
+    let mut delivered = 0;
+    while let Some(Packet::Publish(_)) = counter.recv_within(std::time::Duration::from_millis(500))
+    {
+        delivered += 1;
+    }
+    assert_eq!(delivered, usize::from(u16::MAX), "each routed once");
+    let grown_kib = rss_kib(broker.pid()).saturating_sub(before);
+    eprintln!("65,535 unreleased QoS 2 ids: {grown_kib} KiB");
+    assert!(grown_kib < 32 << 10, "{grown_kib} KiB");
+}
