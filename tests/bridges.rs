@@ -13,15 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::node::{Kind, Node};
+use common::node::{await_route, Kind, Node, LINK_WAIT};
 use common::{mosquitto_tool, pki, ConnectOptions, RawClient};
 use culex::protocol::{
     ConnAck, Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, PACKET_SIZE_MAX,
 };
 use Kind::{Culex, Mosquitto};
-
-/// Longest wait for a bridge to come up (Mosquitto's first attempt can lag a second).
-const LINK_WAIT: Duration = Duration::from_secs(20);
 
 /// The tutorial's `connection` block, pointing at `leaf`, with extra lines appended.
 fn tutorial_connection(name: &str, leaf: &Node, protocol: &str, extra: &str) -> String {
@@ -53,28 +50,6 @@ fn publish(node: &Node, topic: &str, payload: &str, qos: QoS, retain: bool) {
     let (mut client, _) = RawClient::connect_addr(node.addr(), "", ConnectOptions::default());
     client.publish(topic, payload.as_bytes(), qos, retain);
     client.disconnect();
-}
-
-/// Publishes probes on `from` until `sub` receives one: the link is up and both sides have
-/// subscribed.
-fn await_route(from: &Node, topic: &str, sub: &mut RawClient, logs: &[&Node]) {
-    let deadline = Instant::now() + LINK_WAIT;
-    let (mut prober, _) = RawClient::connect_addr(from.addr(), "", ConnectOptions::default());
-    loop {
-        prober.publish(topic, b"probe", QoS::AtMostOnce, false);
-        if let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(250)) {
-            sub.acknowledge(&p);
-            if &p.payload[..] == b"probe" {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> =
-                logs.iter().map(|n| format!("{:?}:\n{}", n.kind, n.log())).collect();
-            panic!("no route from {:?} for {topic}\n{}", from.kind, logs.join("\n"));
-        }
-    }
-    prober.disconnect();
 }
 
 /// Drops what the subscribers still receive (probes on their way) until they are quiet.

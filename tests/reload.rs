@@ -6,12 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::node::{Kind, Node};
+use common::node::{Kind, Node, LINK_WAIT};
 use common::{Broker, ConnectOptions, RawClient, WAIT};
 use culex::protocol::{Packet, QoS};
-
-/// Longest wait for a bridge to come up (Mosquitto's first attempt can lag a second).
-const LINK_WAIT: Duration = Duration::from_secs(20);
 
 fn hup(pid: u32) {
     // SAFETY: kill(2) with the pid of our own child.
@@ -45,21 +42,10 @@ fn bridge_to(leaf: &Node, topic: &str, clean: bool) -> String {
     )
 }
 
-/// Publishes `topic` on `from` until `sub` gets it (the bridge is up and subscribed).
+/// Publishes `topic` on `from` until `sub` gets it (the bridge is up and subscribed), then
+/// drops what else is on its way.
 fn await_route(from: &Node, topic: &str, sub: &mut RawClient, master: &Node) {
-    let deadline = Instant::now() + LINK_WAIT;
-    let (mut prober, _) = RawClient::connect_addr(from.addr(), "", ConnectOptions::default());
-    loop {
-        prober.publish(topic, b"probe", QoS::AtMostOnce, false);
-        if let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(250)) {
-            sub.acknowledge(&p);
-            if &p.payload[..] == b"probe" {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "no route for {topic}:\n{}", master.log());
-    }
-    prober.disconnect();
+    common::node::await_route(from, topic, sub, &[master]);
     while let Some(packet) = sub.recv_within(Duration::from_millis(400)) {
         if let Packet::Publish(p) = packet {
             sub.acknowledge(&p);

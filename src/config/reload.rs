@@ -25,56 +25,80 @@ impl Changes {
     }
 }
 
+/// The options that apply only when the broker starts, each with the name the log gives it:
+/// `changes_to` names those that differ, `keeping_restart_options_of` keeps their running
+/// values. (Listeners and `log_dest topic` are handled apart: part of them may change.)
+macro_rules! restart_only {
+    ($apply:ident) => {
+        $apply!(
+            local_only = "listener",
+            pid_file,
+            shards,
+            per_listener_settings,
+            persistence,
+            persistence_location,
+            persistence_sync,
+            autosave_interval,
+            persistence_file,
+            user,
+            tcp_nodelay = "set_tcp_nodelay",
+            bridge_shards,
+            metrics_listener,
+            websockets_headers_size,
+        )
+    };
+}
+
 impl Config {
     /// What `new` changes against `self`. Every option is classified here, so a field added
     /// to `Config` does not compile until it is (the destructuring below names each one).
     pub fn changes_to(&self, new: &Config) -> Changes {
         let Config {
             listeners,
-            local_only,
-            allow_anonymous,
-            password_file,
-            acl_file,
-            pid_file,
-            shards,
-            max_inflight_messages,
-            max_queued_messages,
-            max_queued_bytes,
-            queue_qos0_messages,
-            max_packet_size,
-            max_keepalive,
-            allow_zero_length_clientid,
-            auto_id_prefix,
-            per_listener_settings,
-            retain_available,
-            persistence,
-            persistence_location,
-            persistence_sync,
-            autosave_interval,
-            persistence_file,
-            persistent_client_expiration,
-            clientid_prefixes,
-            use_username_as_clientid,
-            upgrade_outgoing_qos,
-            message_size_limit,
-            max_qos,
-            sys_interval,
+            local_only: _,
+            allow_anonymous: _,
+            password_file: _,
+            acl_file: _,
+            pid_file: _,
+            shards: _,
+            max_inflight_messages: _,
+            max_queued_messages: _,
+            max_queued_bytes: _,
+            queue_qos0_messages: _,
+            max_packet_size: _,
+            max_keepalive: _,
+            allow_zero_length_clientid: _,
+            auto_id_prefix: _,
+            per_listener_settings: _,
+            retain_available: _,
+            persistence: _,
+            persistence_location: _,
+            persistence_sync: _,
+            autosave_interval: _,
+            persistence_file: _,
+            persistent_client_expiration: _,
+            clientid_prefixes: _,
+            use_username_as_clientid: _,
+            upgrade_outgoing_qos: _,
+            message_size_limit: _,
+            max_qos: _,
+            sys_interval: _,
             logging,
-            memory_limit,
-            user,
-            tcp_nodelay,
+            memory_limit: _,
+            user: _,
+            tcp_nodelay: _,
             bridges,
-            bridge_shards,
-            metrics_listener,
-            reason_strings,
-            max_subscriptions_per_client,
-            websockets_headers_size,
+            bridge_shards: _,
+            metrics_listener: _,
+            reason_strings: _,
+            max_subscriptions_per_client: _,
+            websockets_headers_size: _,
             verbose: _,
         } = new;
         let mut changes = Changes::default();
         macro_rules! compare {
             ($list:ident: $($field:ident $(= $name:literal)?),+ $(,)?) => {
-                $(if self.$field != *$field {
+                $(if self.$field != new.$field {
                     changes.$list.push(compare!(@name $field $($name)?));
                 })+
             };
@@ -106,22 +130,12 @@ impl Config {
             reason_strings,
             max_subscriptions_per_client,
         );
-        compare!(need_restart:
-            local_only = "listener",
-            pid_file,
-            shards,
-            per_listener_settings,
-            persistence,
-            persistence_location,
-            persistence_sync,
-            autosave_interval,
-            persistence_file,
-            user,
-            tcp_nodelay = "set_tcp_nodelay",
-            bridge_shards,
-            metrics_listener,
-            websockets_headers_size,
-        );
+        macro_rules! need_restart {
+            ($($field:ident $(= $name:literal)?),+ $(,)?) => {
+                compare!(need_restart: $($field $(= $name)?),+)
+            };
+        }
+        restart_only!(need_restart);
         if self.logging.destinations.contains(&super::LogDest::Topic)
             != logging.destinations.contains(&super::LogDest::Topic)
         {
@@ -143,31 +157,16 @@ impl Config {
         changes.need_restart.dedup();
         changes
     }
-}
 
-impl Config {
     /// This configuration with the options that apply only at start (those `changes_to`
     /// calls `need_restart`) as `running` has them: what a reload puts in force.
     pub fn keeping_restart_options_of(mut self, running: &Config) -> Config {
         macro_rules! keep {
-            ($($field:ident),+ $(,)?) => { $(self.$field = running.$field.clone();)+ };
+            ($($field:ident $(= $name:literal)?),+ $(,)?) => {
+                $(self.$field = running.$field.clone();)+
+            };
         }
-        keep!(
-            local_only,
-            pid_file,
-            shards,
-            per_listener_settings,
-            persistence,
-            persistence_location,
-            persistence_sync,
-            autosave_interval,
-            persistence_file,
-            user,
-            tcp_nodelay,
-            bridge_shards,
-            metrics_listener,
-            websockets_headers_size,
-        );
+        restart_only!(keep);
         let topic = super::LogDest::Topic;
         self.logging.destinations.retain(|dest| *dest != topic);
         if running.logging.destinations.contains(&topic) {

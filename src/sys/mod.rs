@@ -143,7 +143,7 @@ pub fn interval(sys_interval_secs: u32) -> Option<Duration> {
 /// Shard 0's task: publishes the tree at start and every `sys_interval`, retained at QoS 0,
 /// through the same routing as a client's PUBLISH (so ACLs, retained replicas and `$SYS/#`
 /// subscribers see it as Mosquitto's own). A reload may change the interval, or turn `$SYS`
-/// on or off (0): the task waits for the next reload meanwhile.
+/// off (0): the task then waits for a reload that turns it on again.
 pub async fn publish_periodically(shard: Rc<RefCell<Shard>>, all: Arc<[Arc<ShardCounters>]>) {
     let mut tree = SysTree::new(Instant::now());
     let reconfigured = shard.borrow().reconfigured();
@@ -154,7 +154,8 @@ pub async fn publish_periodically(shard: Rc<RefCell<Shard>>, all: Arc<[Arc<Shard
             continue;
         };
         publish_changes(&mut shard.borrow_mut(), &mut tree, &all);
-        futures_lite::future::or(glommio::timer::sleep(every), reconfigured.wait()).await;
+        // A new interval takes effect after this one.
+        glommio::timer::sleep(every).await;
     }
 }
 

@@ -8,7 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{answers_mqtt, free_port, mosquitto_tool, TempDir, WAIT};
+use super::{answers_mqtt, free_port, mosquitto_tool, ConnectOptions, RawClient, TempDir, WAIT};
+use culex::protocol::{Packet, QoS};
+
+/// Longest wait for a bridge to come up (Mosquitto's first attempt can lag a second).
+pub const LINK_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -139,4 +143,26 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Publishes probes on `from` until `sub` receives one: the link is up and both sides have
+/// subscribed.
+pub fn await_route(from: &Node, topic: &str, sub: &mut RawClient, logs: &[&Node]) {
+    let deadline = Instant::now() + LINK_WAIT;
+    let (mut prober, _) = RawClient::connect_addr(from.addr(), "", ConnectOptions::default());
+    loop {
+        prober.publish(topic, b"probe", QoS::AtMostOnce, false);
+        if let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(250)) {
+            sub.acknowledge(&p);
+            if &p.payload[..] == b"probe" {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> =
+                logs.iter().map(|n| format!("{:?}:\n{}", n.kind, n.log())).collect();
+            panic!("no route from {:?} for {topic}\n{}", from.kind, logs.join("\n"));
+        }
+    }
+    prober.disconnect();
 }
