@@ -5,6 +5,7 @@
 mod accounting;
 mod broker;
 mod client;
+mod fleet;
 mod lifecycle;
 mod plot;
 mod progress;
@@ -22,6 +23,7 @@ use culex::protocol::{ProtocolVersion, QoS};
 
 use broker::BrokerProcess;
 use client::Target;
+use fleet::FleetShape;
 use scenario::{Outcome, Params, Shape};
 
 #[derive(Parser)]
@@ -134,6 +136,15 @@ struct ScenarioArgs {
     /// sessions persistence stores.
     #[arg(long)]
     persistent_sessions: bool,
+    /// `fleet`: telemetry messages per second per device.
+    #[arg(long, default_value_t = 1.0)]
+    device_rate: f64,
+    /// `fleet`: commands per second the backend sends each device.
+    #[arg(long, default_value_t = 1.0)]
+    command_rate: f64,
+    /// `fleet`: levels of a telemetry topic (at least 3, `fleet/<device>/tele`).
+    #[arg(long, default_value_t = 3)]
+    depth: usize,
     /// Clients connect over WebSockets (`compare`: both brokers' listener is
     /// `protocol websockets`).
     #[arg(long)]
@@ -185,6 +196,11 @@ impl ScenarioArgs {
             rate: self.rate,
             window: self.window.max(1),
             persistent_sessions: self.persistent_sessions,
+            fleet: FleetShape {
+                device_rate: self.device_rate,
+                command_rate: self.command_rate,
+                depth: self.depth,
+            },
         })
     }
 }
@@ -223,6 +239,10 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(
                 !relay || !(bridged || persistence || tls),
                 "--relay has no bridge, persistence or TLS: run it without them"
+            );
+            anyhow::ensure!(
+                !(bridged && scenario.scenario == Shape::Fleet),
+                "--bridged does not apply to the fleet scenario"
             );
             anyhow::ensure!(
                 !(bridged && (tls || scenario.websockets)),
@@ -300,12 +320,18 @@ fn measure(params: &Params, name: &str, broker: Option<&Watched>) -> anyhow::Res
         let millions = outcome.received as f64 / 1e6;
         (millions > 0.0).then(|| cpu_seconds / millions)
     };
+    // A scenario that measured its CPU over a narrower span (`fleet`) keeps its figures.
     if let (Some(before), Some(after)) = (before.0, after.0) {
-        outcome.broker_cpu_s_per_million = per_million(after.cpu_seconds - before.cpu_seconds);
+        if outcome.broker_cpu_s_per_million.is_none() {
+            outcome.broker_cpu_s_per_million = per_million(after.cpu_seconds - before.cpu_seconds);
+        }
         outcome.broker_peak_rss_mb = Some(after.peak_rss_mb);
     }
     if let (Some(before), Some(after)) = (before.1, after.1) {
-        outcome.loadtest_cpu_s_per_million = per_million(after.cpu_seconds - before.cpu_seconds);
+        if outcome.loadtest_cpu_s_per_million.is_none() {
+            outcome.loadtest_cpu_s_per_million =
+                per_million(after.cpu_seconds - before.cpu_seconds);
+        }
     }
     Ok(outcome)
 }
@@ -461,8 +487,10 @@ fn report(outcomes: &[Outcome], json: bool) {
         return;
     }
     let optional = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let (fleets, others): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| o.fleet.is_some());
     let (traffic, lifecycle): (Vec<&Outcome>, Vec<&Outcome>) =
-        outcomes.iter().partition(|o| o.scenario.is_traffic());
+        others.into_iter().partition(|o| o.scenario.is_traffic());
     if !traffic.is_empty() {
         println!(
             "{:<10} {:<8} {:>5} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
@@ -536,6 +564,38 @@ fn report(outcomes: &[Outcome], json: bool) {
             optional(o.broker_peak_rss_mb),
             optional(o.broker_rss_per_connection_kb),
             optional(o.bystander_latency_us.as_ref().map(|p| p.p99)),
+        );
+    }
+    if !fleets.is_empty() {
+        println!(
+            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7}",
+            "broker", "devices", "qos", "tele sent", "tele got", "cmd sent", "cmd got", "dup",
+            "msgs/s", "p50 us", "p99 us", "p99.9 us", "max us", "cpu us/m", "rss MB", "KiB/conn",
+            "connect s", "lt us/m"
+        );
+    }
+    for o in fleets {
+        let Some(fleet) = &o.fleet else { continue };
+        println!(
+            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>7} {:>9} {:>9.2} {:>7}",
+            o.broker,
+            fleet.devices_connected,
+            o.qos,
+            fleet.telemetry_sent,
+            fleet.telemetry_received,
+            fleet.commands_sent,
+            fleet.commands_received,
+            o.duplicates,
+            o.msgs_per_sec,
+            o.latency_us.p50,
+            o.latency_us.p99,
+            o.latency_us.p999,
+            o.latency_us.max,
+            optional(o.broker_cpu_s_per_million),
+            optional(o.broker_peak_rss_mb),
+            optional(o.broker_rss_per_connection_kb),
+            fleet.connect_seconds,
+            optional(o.loadtest_cpu_s_per_million),
         );
     }
 }

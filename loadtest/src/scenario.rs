@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::accounting::{stamp, Tally, HEADER_BYTES};
 use crate::client::{Connection, Target};
-use crate::{lifecycle, progress};
+use crate::fleet::{FleetFigures, FleetShape};
+use crate::{fleet, lifecycle, progress};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +36,10 @@ pub enum Shape {
     /// N clients in a loop of connect (a full TLS handshake with `--tls`), CONNACK,
     /// disconnect, while one client already connected times round trips through the broker.
     Handshakes,
+    /// N devices, each publishing telemetry at `--device-rate` and subscribed to its own
+    /// commands, and one backend taking all the telemetry through a wildcard and sending
+    /// `--command-rate` commands to each device; one event loop drives them all.
+    Fleet,
 }
 
 impl Shape {
@@ -47,6 +52,7 @@ impl Shape {
             Shape::Connections => "connections",
             Shape::Churn => "churn",
             Shape::Handshakes => "handshakes",
+            Shape::Fleet => "fleet",
         }
     }
 
@@ -84,6 +90,8 @@ pub struct Params {
     pub window: usize,
     /// Subscribers keep their sessions (what persistence stores).
     pub persistent_sessions: bool,
+    /// `fleet`: the devices' rates and topic depth.
+    pub fleet: FleetShape,
 }
 
 impl Params {
@@ -131,6 +139,7 @@ pub struct Outcome {
     pub broker_rss_per_connection_kb: Option<f64>,
     /// The load generator's own CPU seconds per million delivered messages.
     pub loadtest_cpu_s_per_million: Option<f64>,
+    pub fleet: Option<FleetFigures>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,6 +209,7 @@ impl Outcome {
             broker_peak_rss_mb: None,
             broker_rss_per_connection_kb: None,
             loadtest_cpu_s_per_million: None,
+            fleet: None,
         }
     }
 }
@@ -266,8 +276,8 @@ impl Plan {
                 receives: |_, _| true,
                 shared: true,
             },
-            Shape::Connections | Shape::Churn | Shape::Handshakes => {
-                unreachable!("{} moves no messages", shape.name())
+            Shape::Connections | Shape::Churn | Shape::Handshakes | Shape::Fleet => {
+                unreachable!("{} runs without a plan of publishers and subscribers", shape.name())
             }
         }
     }
@@ -278,6 +288,7 @@ pub fn run(params: &Params, broker: &str) -> anyhow::Result<Outcome> {
         Shape::Connections => lifecycle::idle_connections(params, broker),
         Shape::Churn => lifecycle::churn(params, broker),
         Shape::Handshakes => lifecycle::handshakes(params, broker),
+        Shape::Fleet => fleet::run(params, broker),
         _ => traffic(params, broker),
     }
 }

@@ -188,3 +188,34 @@ fn tls_carries_traffic_and_handshakes_are_timed_with_a_bystander() {
         }
     }
 }
+
+#[test]
+fn fleet_delivers_telemetry_and_commands_and_reports_its_figures() {
+    // 200 devices, one telemetry message and one command each a second, for 2 s after 0.5 s of
+    // warm-up: about 500 of each (a device's ticks are spread over the first second), all of
+    // them delivered on both brokers.
+    let args = ["--scenario", "fleet", "--clients", "200", "--qos", "1"];
+    let Some(outcomes) = compare(&[&args[..], &["--warmup", "0.5", "--seconds", "2"]].concat())
+    else {
+        return;
+    };
+    for o in &outcomes {
+        let fleet = &o["fleet"];
+        assert_eq!(number(fleet, "devices_connected"), 200.0, "{o}");
+        for (sent, received) in
+            [("telemetry_sent", "telemetry_received"), ("commands_sent", "commands_received")]
+        {
+            assert!((490.0..=510.0).contains(&number(fleet, sent)), "{o}");
+            assert_eq!(number(fleet, received), number(fleet, sent), "{o}");
+        }
+        for field in ["lost", "duplicates", "out_of_order"] {
+            assert_eq!(number(o, field), 0.0, "{field}: {o}");
+        }
+        assert!(number(&fleet["telemetry_latency_us"], "p99") > 0.0, "{o}");
+        assert!(number(&fleet["command_latency_us"], "p99") > 0.0, "{o}");
+        assert!(number(fleet, "connect_seconds") > 0.0, "{o}");
+        assert!(number(o, "broker_cpu_s_per_million") > 0.0, "{o}");
+        assert!(number(o, "broker_rss_per_connection_kb") >= 0.0, "{o}");
+        assert!(o["loadtest_cpu_s_per_million"].is_number(), "{o}");
+    }
+}
