@@ -323,7 +323,7 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         );
     }
     let counters: Arc<[Arc<ShardCounters>]> = (0..shard_count).map(|_| Arc::default()).collect();
-    let mut bridge_homes: Vec<reload::BridgeHome> = config
+    let bridge_homes: Vec<reload::BridgeHome> = config
         .bridges
         .iter()
         .enumerate()
@@ -374,7 +374,7 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         config,
         worker_count,
         inboxes: senders,
-        bridges: std::mem::take(&mut bridge_homes),
+        bridges: bridge_homes,
         credentials,
         server_tls,
         connection_limits: limits,
