@@ -311,12 +311,16 @@ async fn run(
     let mut read = false;
     loop {
         let out = conn.take_outbox();
+        let wrote = out.len();
         if !out.is_empty() {
             if write_out(conn, stream, &out).await.is_err() {
                 return Close::ConnectionLost;
             }
             read = false;
         }
+        // Written: the outbox's allocation must not live on in `out` while the connection
+        // waits (it did: 4 KiB held by every idle connection, found with heaptrack).
+        drop(out);
         if let Some(close) = conn.close_reason() {
             return close;
         }
@@ -359,7 +363,7 @@ async fn run(
         // A connection that writes little gives its outbox back before it waits, so an idle
         // one holds none; one that writes more keeps it for its next turn (regrowing it on
         // every turn cost a fan-in subscriber 15%), until the sweep finds it empty.
-        if out.len() < OUTBOX_FIRST_BYTES {
+        if wrote < OUTBOX_FIRST_BYTES {
             conn.release_idle_outbox();
         }
         // What was read gets no answer to carry its TCP acknowledgement.
