@@ -63,6 +63,31 @@ fn max_connections_closes_what_is_over_the_limit_and_frees_places() {
     assert!(broker.log_text().contains("denied: max_connections exceeded"));
 }
 
+/// Culex's `max_connection_rate`: a second's worth of connections at once, then the rest of a
+/// storm closed before any MQTT, counted by reason; the allowance comes back with time.
+#[test]
+fn max_connection_rate_admits_its_burst_and_refuses_the_rest_of_a_storm() {
+    let port = free_port();
+    let config =
+        format!("listener {port} 127.0.0.1\nmax_connection_rate 5\nallow_anonymous true\n");
+    let broker = Broker::start_with_config(port, &config);
+    // What start-up's probes took comes back.
+    std::thread::sleep(Duration::from_millis(1200));
+    let storm: Vec<RawClient> = (0..20).map(|_| RawClient::open(&broker)).collect();
+    let admitted = storm
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, mut client)| {
+            client.try_handshake(&format!("storm-{i}"), Default::default())
+        })
+        .count();
+    // Five at once; more only as far as the storm took time (one each 200 ms).
+    assert!((5..=12).contains(&admitted), "{admitted} of 20 admitted");
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut later = RawClient::open(&broker);
+    assert!(later.try_handshake("later", Default::default()).is_some(), "the rate came back");
+}
+
 #[test]
 fn bind_interface_binds_to_the_device() {
     let port = free_port();

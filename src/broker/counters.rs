@@ -181,6 +181,7 @@ counters! {
     refused_not_authorized,
     refused_memory_limit,
     refused_max_connections,
+    refused_connection_rate,
     refused_other,
     /// Sessions ended by their expiry while offline.
     sessions_expired,
@@ -302,16 +303,19 @@ pub enum Refusal {
     MemoryLimit,
     /// The listener's `max_connections` reached: closed before any MQTT.
     MaxConnections,
+    /// The listener's `max_connection_rate` exceeded: closed before any MQTT.
+    ConnectionRate,
     Other,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::ProtocolVersion,
         Refusal::ClientId,
         Refusal::NotAuthorized,
         Refusal::MemoryLimit,
         Refusal::MaxConnections,
+        Refusal::ConnectionRate,
         Refusal::Other,
     ];
 
@@ -334,6 +338,7 @@ impl Refusal {
             Refusal::NotAuthorized => "not_authorized",
             Refusal::MemoryLimit => "memory_limit",
             Refusal::MaxConnections => "max_connections",
+            Refusal::ConnectionRate => "connection_rate",
             Refusal::Other => "other",
         }
     }
@@ -345,6 +350,7 @@ impl Refusal {
             Refusal::NotAuthorized => &counters.refused_not_authorized,
             Refusal::MemoryLimit => &counters.refused_memory_limit,
             Refusal::MaxConnections => &counters.refused_max_connections,
+            Refusal::ConnectionRate => &counters.refused_connection_rate,
             Refusal::Other => &counters.refused_other,
         }
     }

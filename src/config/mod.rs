@@ -29,6 +29,9 @@ pub struct Listener {
     pub bind_interface: Option<String>,
     /// `max_connections`: clients connected through this listener at once (`None`: no limit).
     pub max_connections: Option<usize>,
+    /// Culex's `max_connection_rate`: new connections a second this listener accepts, with a
+    /// burst of as many (0: no limit, the default). What a reconnect storm may cost.
+    pub max_connection_rate: u32,
     /// `protocol websockets`: MQTT over WebSockets (over TLS with `certfile`).
     pub websockets: bool,
     /// `http_dir`: with `protocol websockets`, files served to plain HTTP requests.
@@ -115,6 +118,7 @@ impl Listener {
             socket_domain: None,
             bind_interface: None,
             max_connections: None,
+            max_connection_rate: 0,
             websockets: false,
             http_dir: None,
             websockets_origins: Vec::new(),
@@ -773,6 +777,10 @@ fn handling(option: &str) -> Option<Handling> {
                 0.. => Some(usize::try_from(count).unwrap_or(usize::MAX)),
                 _ => return Err(l.invalid("must be -1 (no limit) or a count")),
             };
+            Ok(())
+        }),
+        "max_connection_rate" => Apply(|p, l| {
+            p.current_listener().max_connection_rate = parse_number(l)?;
             Ok(())
         }),
         "protocol" => Apply(|p, l| {
@@ -1639,6 +1647,9 @@ mod tests {
         let only = Listener { socket_domain: Some(SocketDomain::Ipv6), ..second.clone() };
         assert_eq!(only.bind_addresses(false)[0].addr.to_string(), "[::]:1886");
         // Before any listener and without `port`: the default loopback listener.
+        let rated = parse("listener 1883\nmax_connection_rate 50\n").unwrap();
+        assert_eq!(rated.listeners[0].max_connection_rate, 50);
+        assert!(parse("listener 1883\nmax_connection_rate -1\n").is_err());
         let config = parse("max_connections 3\n").unwrap();
         assert!(config.local_only);
         assert_eq!(config.listeners[0].max_connections, Some(3));

@@ -182,11 +182,13 @@ impl Config {
 }
 
 /// Listeners are bound at start: a listener added, removed or changed needs a restart, but for
-/// `max_connections` and, with `per_listener_settings true`, its access settings.
+/// `max_connections`, `max_connection_rate` and, with `per_listener_settings true`, its access
+/// settings.
 fn compare_listeners(old: &[Listener], new: &[Listener], changes: &mut Changes) {
     let sockets_alike = |a: &Listener, b: &Listener| {
         let mut a = a.clone();
         a.max_connections = b.max_connections;
+        a.max_connection_rate = b.max_connection_rate;
         a.security = b.security.clone();
         a == *b
     };
@@ -196,6 +198,9 @@ fn compare_listeners(old: &[Listener], new: &[Listener], changes: &mut Changes) 
     }
     if old.iter().zip(new).any(|(a, b)| a.max_connections != b.max_connections) {
         changes.applied.push("max_connections");
+    }
+    if old.iter().zip(new).any(|(a, b)| a.max_connection_rate != b.max_connection_rate) {
+        changes.applied.push("max_connection_rate");
     }
     if old.iter().zip(new).any(|(a, b)| a.security != b.security) {
         changes.applied.push("listener access settings (per_listener_settings)");
@@ -250,6 +255,14 @@ mod tests {
         let changes = old.changes_to(&kept);
         assert!(changes.need_restart.is_empty(), "{changes:?}");
         assert_eq!(changes.applied, ["max_qos"]);
+    }
+
+    #[test]
+    fn max_connection_rate_applies() {
+        let new = BASE.replace("listener 1883\n", "listener 1883\nmax_connection_rate 100\n");
+        let changes = with_bridges(BASE).changes_to(&with_bridges(&new));
+        assert_eq!(changes.applied, ["max_connection_rate"]);
+        assert!(changes.need_restart.is_empty());
     }
 
     #[test]

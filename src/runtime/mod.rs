@@ -33,12 +33,12 @@ use crate::broker::journal::{Journal, SharedJournal};
 use crate::broker::messages::{Batch, ShardId, BATCHES_IN_FLIGHT_MAX, SHARDS_MAX};
 use crate::broker::outbox::{Close, ListenerContext};
 use crate::broker::Shard;
-use crate::config::{BindAddress, Config, PersistenceSync};
+use crate::config::{BindAddress, Config, Listener, PersistenceSync};
 use crate::store::ShardStore;
 use crate::tls::ServerTls;
 pub use connection::{claim_answered, claim_connected, write_out, PacketReader};
 use recovery::ShardRecovery;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 pub use transport::Transport;
 
@@ -240,11 +240,8 @@ pub fn run(config: Config, spawn_bridge: SpawnBridge) -> Result<(), StartError> 
         return Err(StartError::TooManyShards(shard_count));
     }
     let ListenerContexts { contexts, credentials, server_tls } = listener_contexts(&config)?;
-    let limits: Vec<Arc<ConnectionLimit>> = config
-        .listeners
-        .iter()
-        .map(|l| Arc::new(ConnectionLimit::new(l.max_connections)))
-        .collect();
+    let limits: Vec<Arc<ConnectionLimit>> =
+        config.listeners.iter().map(|l| Arc::new(ConnectionLimit::new(l))).collect();
     let endpoints = endpoints(&config, &contexts, &limits);
     let unix_endpoints = unix_endpoints(&config, &contexts, &limits);
     // A bridge reads its TLS files again at each connection (a renewed certificate is used
@@ -590,7 +587,8 @@ struct Endpoint {
     bind: Bind,
     /// `bind_interface`.
     interface: Option<String>,
-    /// `max_connections`, counted across shards and the listener's addresses.
+    /// `max_connections` and `max_connection_rate`, counted across shards and the listener's
+    /// addresses.
     limit: Arc<ConnectionLimit>,
     /// `set_tcp_nodelay`.
     nodelay: bool,
@@ -692,39 +690,97 @@ fn listen_unix(path: &std::path::Path) -> Result<Socket, StartError> {
     Ok(socket)
 }
 
-/// Mosquitto's `max_connections` for one listener.
+/// Mosquitto's `max_connections` and Culex's `max_connection_rate` for one listener, shared by
+/// every shard that accepts for it (atomics: no lock on the accept path).
 pub(crate) struct ConnectionLimit {
     max: AtomicUsize,
     open: AtomicUsize,
+    /// Nanoseconds between connections at the `max_connection_rate` (0: no rate limit).
+    interval_ns: AtomicU64,
+    /// When the listener's allowance is whole again, in nanoseconds since `epoch`: each
+    /// connection moves it `interval_ns` on (a generic cell rate algorithm), and a connection
+    /// that would move it more than a second ahead of now is refused. So a second's worth of
+    /// connections may come at once, and then one every interval.
+    whole_at_ns: AtomicU64,
+    epoch: Instant,
+}
+
+/// Why a listener turned a connection away.
+enum Denied {
+    /// `max_connections`.
+    Full,
+    /// `max_connection_rate`.
+    TooFast,
 }
 
 impl ConnectionLimit {
-    /// `None`: no limit (the connections are counted all the same, so a reload may set one).
-    fn new(max: Option<usize>) -> Self {
-        ConnectionLimit {
-            max: AtomicUsize::new(max.unwrap_or(usize::MAX)),
+    /// The connections are counted even without a limit, so that a reload may set one.
+    fn new(listener: &Listener) -> Self {
+        let limit = ConnectionLimit {
+            max: AtomicUsize::new(usize::MAX),
             open: AtomicUsize::new(0),
-        }
+            interval_ns: AtomicU64::new(0),
+            whole_at_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        limit.set(listener);
+        limit
     }
 
     fn max(&self) -> usize {
         self.max.load(Ordering::Relaxed)
     }
 
-    /// A reload's new limit: connections beyond it stay, new ones wait for room.
-    pub(crate) fn set_max(&self, max: Option<usize>) {
-        self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+    /// A reload's new limits: connections beyond `max_connections` stay, new ones wait for
+    /// room.
+    pub(crate) fn set(&self, listener: &Listener) {
+        self.max.store(listener.max_connections.unwrap_or(usize::MAX), Ordering::Relaxed);
+        let interval = match listener.max_connection_rate {
+            0 => 0,
+            rate => (NANOS_PER_SECOND / u64::from(rate)).max(1),
+        };
+        self.interval_ns.store(interval, Ordering::Relaxed);
     }
 
-    /// A place for one more connection, held until dropped; `None` when the listener is full.
-    fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    /// A place for one more connection, held until dropped.
+    fn admit(self: &Arc<Self>) -> Result<ConnectionSlot, Denied> {
+        if !self.within_rate() {
+            return Err(Denied::TooFast);
+        }
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.max() {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            return None;
+            return Err(Denied::Full);
         }
-        Some(ConnectionSlot(self.clone()))
+        Ok(ConnectionSlot(self.clone()))
+    }
+
+    /// Takes one connection's share of the rate, if the last second's burst left one.
+    fn within_rate(&self) -> bool {
+        let interval = self.interval_ns.load(Ordering::Relaxed);
+        if interval == 0 {
+            return true;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut whole_at = self.whole_at_ns.load(Ordering::Relaxed);
+        loop {
+            let next = whole_at.max(now).saturating_add(interval);
+            if next - now > NANOS_PER_SECOND {
+                return false;
+            }
+            match self.whole_at_ns.compare_exchange_weak(
+                whole_at,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => whole_at = current,
+            }
+        }
     }
 }
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 struct ConnectionSlot(Arc<ConnectionLimit>);
 
@@ -834,13 +890,24 @@ async fn accept(shard: Rc<RefCell<Shard>>, listener: TcpListener, endpoint: Endp
                         }
                     },
                 };
-                let Some(slot) = endpoint.limit.admit() else {
+                let slot = match endpoint.limit.admit() {
+                    Ok(slot) => slot,
                     // As Mosquitto: closed at once, before any MQTT.
-                    let refusal = crate::broker::counters::Refusal::MaxConnections;
-                    shard.borrow().counters.count_refusal(refusal);
-                    let max = endpoint.limit.max();
-                    tracing::info!(%peer, max, "denied: max_connections exceeded");
-                    continue;
+                    Err(Denied::Full) => {
+                        let refusal = crate::broker::counters::Refusal::MaxConnections;
+                        shard.borrow().counters.count_refusal(refusal);
+                        let max = endpoint.limit.max();
+                        tracing::info!(%peer, max, "denied: max_connections exceeded");
+                        continue;
+                    }
+                    // A storm is refused as cheaply as it can be: no log line each (the
+                    // refusals are counted, `culex_connections_refused_total`).
+                    Err(Denied::TooFast) => {
+                        let refusal = crate::broker::counters::Refusal::ConnectionRate;
+                        shard.borrow().counters.count_refusal(refusal);
+                        tracing::debug!(%peer, "denied: max_connection_rate exceeded");
+                        continue;
+                    }
                 };
                 let listening = endpoint.listening.clone();
                 glommio::spawn_local(connection::serve(

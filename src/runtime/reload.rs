@@ -43,7 +43,7 @@ pub(super) struct Running {
     pub credentials: Vec<Arc<Credentials>>,
     /// Every TLS listener's certificates and keys.
     pub server_tls: Vec<Arc<ServerTls>>,
-    /// Each listener's `max_connections`, in order.
+    /// Each listener's `max_connections` and `max_connection_rate`, in order.
     pub connection_limits: Vec<Arc<ConnectionLimit>>,
 }
 
@@ -110,7 +110,7 @@ pub fn reload(read: Option<Result<(Config, Vec<String>), String>>) {
         let _ = inbox.send(Order::Configure(new.clone()));
     }
     for (limit, listener) in running.connection_limits.iter().zip(&new.listeners) {
-        limit.set_max(listener.max_connections);
+        limit.set(listener);
     }
     if running.config.logging != new.logging {
         crate::logging::reconfigure(&new.logging, new.verbose);
