@@ -66,13 +66,9 @@ const PRIMARY_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a waiting bridge looks at its queue (`start_type lazy`) and at shutdown.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Packet ids of the bridge's own packets to the remote. SUBSCRIBE and UNSUBSCRIBE ids are
-/// not shared with PUBLISH state on the broker side. The QoS 1 notification may share its id
-/// with a message of the local session: acknowledgements come back in order [MQTT-4.6.0-2],
-/// and the notification is sent before anything else, so the first PUBACK for it is its own.
+/// Packet ids of the local session's SUBSCRIBE and UNSUBSCRIBE (answered at once, in the shard).
 const SUBSCRIBE_ID: u16 = 1;
 const UNSUBSCRIBE_ID: u16 = 2;
-const NOTIFICATION_ID: u16 = 1;
 
 /// Runs one bridge until it is stopped (or, with `start_type once`, the link ends).
 async fn run(
@@ -684,43 +680,44 @@ impl Link {
         }
     }
 
-    /// What follows CONNACK: the `1` notification on the remote, the remote subscriptions
-    /// (and unsubscriptions from `out`-only patterns), and the local ones, which send the
-    /// retained messages again.
+    /// What follows CONNACK, as Mosquitto sends it: the `1` notification on the remote, then
+    /// for each `topic` line in order a SUBSCRIBE of its remote filter (`in`, `both`) or an
+    /// UNSUBSCRIBE (`out`, with `bridge_attempt_unsubscribe`); then the local subscriptions,
+    /// which send the retained messages again.
+    ///
+    /// Their packet ids count from 1 on every connection, as Mosquitto's do. The local
+    /// session's messages number themselves and may meet these ids: a SUBACK is told from a
+    /// PUBACK by its type, and the notification's PUBACK comes first, since acknowledgements
+    /// come back in order [MQTT-4.6.0-2] and the notification is sent before anything else.
     fn start(&mut self) {
         let bridge = self.bridge.clone();
+        let mut last_id = 0u16;
+        let mut next_id = || {
+            last_id = last_id.wrapping_add(1);
+            packet_id(last_id)
+        };
         if bridge.notifications && !bridge.notifications_local_only {
             if let Some(topic) = notification_topic(&bridge) {
-                let id = packet_id(NOTIFICATION_ID);
+                let id = next_id();
                 self.send(&state_publish(topic, true, Some(id)));
                 self.notification_ack = Some(id);
             }
         }
-        let incoming: Vec<_> = bridge
-            .topics
-            .iter()
-            .filter(|t| t.direction.is_in())
-            .map(|t| (t.remote_filter.clone(), bridge_options(t.qos)))
-            .collect();
-        if !incoming.is_empty() {
-            self.send(&Packet::Subscribe(Subscribe {
-                packet_id: packet_id(SUBSCRIBE_ID),
-                properties: Properties::default(),
-                filters: incoming,
-            }));
-        }
-        let outgoing_only: Vec<_> = bridge
-            .topics
-            .iter()
-            .filter(|t| !t.direction.is_in())
-            .map(|t| t.remote_filter.clone())
-            .collect();
-        if bridge.attempt_unsubscribe && !outgoing_only.is_empty() {
-            self.send(&Packet::Unsubscribe(Unsubscribe {
-                packet_id: packet_id(UNSUBSCRIBE_ID),
-                properties: Properties::default(),
-                filters: outgoing_only,
-            }));
+        for topic in &bridge.topics {
+            let filter = topic.remote_filter.clone();
+            if topic.direction.is_in() {
+                self.send(&Packet::Subscribe(Subscribe {
+                    packet_id: next_id(),
+                    properties: Properties::default(),
+                    filters: vec![(filter, bridge_options(topic.qos))],
+                }));
+            } else if bridge.attempt_unsubscribe {
+                self.send(&Packet::Unsubscribe(Unsubscribe {
+                    packet_id: next_id(),
+                    properties: Properties::default(),
+                    filters: vec![filter],
+                }));
+            }
         }
         subscribe_local(&self.shard, &self.local, &bridge);
     }

@@ -185,9 +185,11 @@ impl Shard {
         self.next_conn += 1;
         let conn_id = ConnId::new(self.id.index(), self.next_conn);
         // max_keepalive caps 5.0 clients through Server Keep Alive (Mosquitto 2.0: "This only
-        // applies to MQTT v5 clients").
+        // applies to MQTT v5 clients"); a keep alive of 0 (none) is above every cap, and such
+        // a client is told the cap, as Mosquitto tells it.
         let max = self.config.max_keepalive;
-        let capped = version.is_v5() && max > 0 && connect.keep_alive_secs > max;
+        let asked = connect.keep_alive_secs;
+        let capped = version.is_v5() && max > 0 && (asked > max || asked == 0);
         let keep_alive_secs = if capped { max } else { connect.keep_alive_secs };
         let mut conn = ConnHandle::new(
             conn_id,
@@ -251,7 +253,11 @@ impl Shard {
         let random = ahash::RandomState::new();
         let a = random.hash_one(Instant::now());
         let b = random.hash_one(self.next_conn);
-        format!("{prefix}{a:016x}{b:016x}").into()
+        // Shaped as Mosquitto's (`auto-1A2B3C4D-...`, 36 characters after the prefix): tools
+        // that check an assigned id's length or form against Mosquitto's accept ours.
+        let (a1, a2, a3) = (a >> 32, (a >> 16) & 0xffff, a & 0xffff);
+        let (b1, b2) = (b >> 48, b & 0xffff_ffff_ffff);
+        format!("{prefix}{a1:08X}-{a2:04X}-{a3:04X}-{b1:04X}-{b2:012X}").into()
     }
 
     /// The claim came back: install the session (resumed or new) without its connection yet,
@@ -268,7 +274,10 @@ impl Shard {
     ) {
         self.counters.connections.add(1);
         let previous = claim.state.borrow_mut().take().flatten();
-        let session_present = previous.is_some();
+        // MQTT 3.1's CONNACK has no Session Present flag: that byte is reserved (Mosquitto
+        // sends 0 whatever the session).
+        let session_present =
+            previous.is_some() && connect.protocol != crate::protocol::ProtocolVersion::V31;
         let expiry = if connect.protocol.is_v5() {
             SessionExpiry::from_interval_secs(
                 connect.properties.session_expiry_interval.unwrap_or(0),

@@ -9,6 +9,17 @@ pub(super) fn payload_format_holds(properties: &Properties, payload: &[u8]) -> b
     properties.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok()
 }
 
+/// Whether a client may publish to `topic` whatever the ACL says: `$SYS` is the broker's
+/// (but for the link state a bridge publishes under `$SYS/broker/connection/`), and `$share`
+/// names subscriptions, not topics. Mosquitto denies both the same way, before its ACL.
+fn clients_may_write(topic: &str) -> bool {
+    if topic.starts_with("$SYS") {
+        topic.starts_with("$SYS/broker/connection/")
+    } else {
+        !topic.starts_with("$share")
+    }
+}
+
 /// When a message with these properties expires (5.0 Message Expiry Interval).
 pub(super) fn expiry_deadline(properties: &Properties) -> Option<Instant> {
     let secs = properties.message_expiry_interval?;
@@ -147,8 +158,8 @@ impl Shard {
         } else {
             let who = Identity { client_id: &conn.client_id, username: conn.username.as_deref() };
             // As Mosquitto 2.0.11: dropped, and acknowledged all the same.
-            let denied =
-                conn.credentials.as_ref().is_some_and(|c| !c.allows(who, &topic, Access::Write));
+            let denied = (!conn.internal && !clients_may_write(&topic))
+                || conn.credentials.as_ref().is_some_and(|c| !c.allows(who, &topic, Access::Write));
             denied.then_some(ReasonCode::NotAuthorized)
         };
         if let Some(reason) = refused {
@@ -172,9 +183,10 @@ impl Shard {
             properties,
             publisher: conn.client_id.clone(),
         });
-        // Without persistence the acknowledgement goes out before any delivery, as Mosquitto
-        // orders them: a client subscribed to its own topic sees PUBACK/PUBREC first. With it,
-        // the acknowledgement waits until the message is durable (`acknowledge`).
+        // Without persistence, a client subscribed to its own topic sees what Mosquitto sends
+        // it: a QoS 1 message delivered, then its PUBACK; a QoS 2 one's PUBREC, then the
+        // message. With persistence the acknowledgement waits until the message is durable
+        // (`acknowledge`).
         match (publish.qos, publish.packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => {
                 let mut ack = Ack::new(packet_id);
@@ -225,9 +237,15 @@ impl Shard {
         message: Option<(Arc<Message>, Option<Routing>)>,
     ) {
         let Some(journal) = self.holding_journal() else {
-            conn.send(&ack);
+            let delivered_first = matches!(ack, Packet::PubAck(_));
+            if !delivered_first {
+                conn.send(&ack);
+            }
             if let Some((message, routing)) = message {
                 self.route(message, None, routing);
+            }
+            if delivered_first {
+                conn.send(&ack);
             }
             return;
         };

@@ -789,9 +789,11 @@ fn publish_packet(outgoing: &Outgoing, packet_id: Option<PacketId>, dup: bool) -
     let message = &outgoing.message;
     let mut properties = message.properties.clone();
     if let Some(expires_at) = message.expires_at {
+        // Whole seconds, rounded up: a message passed on at once keeps the interval it came
+        // with, as Mosquitto (which counts in whole seconds) passes it on.
         let left = expires_at.saturating_duration_since(Instant::now());
-        properties.message_expiry_interval =
-            Some(u32::try_from(left.as_secs()).unwrap_or(u32::MAX));
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        properties.message_expiry_interval = Some(u32::try_from(secs).unwrap_or(u32::MAX));
     }
     properties.subscription_identifiers = outgoing.subscription_ids.to_vec();
     Publish {

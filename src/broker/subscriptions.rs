@@ -58,7 +58,8 @@ impl Shard {
             let existed =
                 session.state.subscriptions.insert(filter.clone(), subscription).is_some();
             self.add_local_subscriber(&client_id, &filter, subscription);
-            // Retained messages are not sent to shared subscriptions (as Mosquitto).
+            // Retained messages go to new non-shared subscriptions only (MQTT 5.0 3.3.1.3;
+            // Mosquitto 2.0.11 sends them to shared ones too: tests/differential).
             let send_retained = !shared
                 && match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,

@@ -80,7 +80,8 @@ impl<T> Children<T> {
         match self {
             Children::Few(few) => {
                 let at = few.iter().position(|(name, _)| **name == *level)?;
-                Some(few.swap_remove(at).1)
+                // Not swapped out: the others keep their order (see `matched_by`).
+                Some(few.remove(at).1)
             }
             Children::Many(many) => many.remove(level),
         }
@@ -255,11 +256,16 @@ impl<T> TopicTrie<T> {
         let mut pending: smallvec::SmallVec<[(&Node<T>, Option<usize>); 16]> =
             smallvec::smallvec![(&self.root, Some(0))];
         while let Some((node, depth)) = pending.pop() {
+            // Children go on the stack last first, so that they are visited in the order they
+            // were made, each before its own children: a wildcard subscriber gets retained
+            // messages in the order Mosquitto sends them (its topic tree keeps that order).
+            let above = pending.len();
             let Some(depth) = depth else {
                 if let Some(value) = &node.value {
                     visit(value);
                 }
                 pending.extend(node.children.values().map(|child| (child, None)));
+                pending[above..].reverse();
                 continue;
             };
             // A filter starting with a wildcard does not match a topic starting with `$`
@@ -280,10 +286,12 @@ impl<T> TopicTrie<T> {
                     }
                     let children = node.children.iter().filter(|(name, _)| reachable(name));
                     pending.extend(children.map(|(_, child)| (child, None)));
+                    pending[above..].reverse();
                 }
                 Some("+") => {
                     let children = node.children.iter().filter(|(name, _)| reachable(name));
                     pending.extend(children.map(|(_, child)| (child, Some(depth + 1))));
+                    pending[above..].reverse();
                 }
                 Some(level) => {
                     if let Some(child) = node.children.get(level) {

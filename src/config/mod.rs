@@ -434,7 +434,8 @@ pub struct Config {
     pub max_queued_bytes: usize,
     pub queue_qos0_messages: bool,
     pub max_packet_size: u32,
-    /// 0: no limit on the keep alive a client asks for.
+    /// The longest keep alive a 5.0 client is granted, and what one that asks for none (0) is
+    /// told: 65,535 s by default, as Mosquitto; 0: no cap.
     pub max_keepalive: u16,
     pub allow_zero_length_clientid: bool,
     pub auto_id_prefix: String,
@@ -516,7 +517,7 @@ impl Default for Config {
             max_queued_bytes: 0,
             queue_qos0_messages: false,
             max_packet_size: crate::protocol::PACKET_SIZE_MAX,
-            max_keepalive: 0,
+            max_keepalive: u16::MAX,
             allow_zero_length_clientid: true,
             auto_id_prefix: "auto-".to_string(),
             per_listener_settings: false,

@@ -80,19 +80,23 @@ impl Connect {
             _ => return Err(DecodeError::InvalidProtocolName),
         };
         let flags = reader.u8()?;
-        if flags & flag::RESERVED != 0 {
+        // MQTT 3.1 predates the flag rules 3.1.1 wrote down [MQTT-3.1.2-3, -11, -13]: its
+        // clients' stray reserved and will bits, and a user name or password flagged but not
+        // sent, are ignored, as Mosquitto ignores them.
+        let lenient = protocol == ProtocolVersion::V31;
+        if flags & flag::RESERVED != 0 && !lenient {
             return Err(DecodeError::ConnectReservedFlag);
         }
         let has_will = flags & flag::WILL != 0;
         let will_qos = QoS::from_u8((flags >> flag::WILL_QOS_SHIFT) & 0b11)
             .map_err(|_| DecodeError::InvalidWillFlags)?;
         let will_retain = flags & flag::WILL_RETAIN != 0;
-        if !has_will && (will_qos != QoS::AtMostOnce || will_retain) {
+        if !has_will && (will_qos != QoS::AtMostOnce || will_retain) && !lenient {
             return Err(DecodeError::InvalidWillFlags);
         }
         let has_username = flags & flag::USERNAME != 0;
         let has_password = flags & flag::PASSWORD != 0;
-        if protocol == ProtocolVersion::V311 && has_password && !has_username {
+        if protocol != ProtocolVersion::V5 && has_password && !has_username {
             return Err(DecodeError::PasswordWithoutUsername);
         }
         let keep_alive_secs = reader.u16()?;
@@ -110,8 +114,9 @@ impl Connect {
         } else {
             None
         };
-        let username = has_username.then(|| reader.string()).transpose()?;
-        let password = has_password.then(|| reader.binary()).transpose()?;
+        let sent = |flagged: bool, reader: &Reader| flagged && !(lenient && reader.is_empty());
+        let username = sent(has_username, reader).then(|| reader.string()).transpose()?;
+        let password = sent(has_password, reader).then(|| reader.binary()).transpose()?;
         Ok(Connect {
             protocol,
             bridge: raw_level & BRIDGE_BIT != 0,

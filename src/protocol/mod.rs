@@ -93,8 +93,8 @@ impl QoS {
 /// A packet identifier, never zero where the spec requires one [MQTT-2.2.1-3].
 pub type PacketId = NonZeroU16;
 
-fn read_packet_id(reader: &mut Reader) -> Result<PacketId, DecodeError> {
-    PacketId::new(reader.u16()?).ok_or(DecodeError::ZeroPacketId)
+fn read_packet_id(reader: &mut Reader, packet_type: PacketType) -> Result<PacketId, DecodeError> {
+    PacketId::new(reader.u16()?).ok_or(DecodeError::ZeroPacketId(packet_type))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

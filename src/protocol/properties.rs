@@ -300,36 +300,32 @@ macro_rules! properties_table {
                 len
             }
 
-            /// Writes the property `id` if present (not the repeatable ones).
+            /// Writes the property `id` if present; every one of a repeatable property.
             fn write_one(&self, id: u8, buf: &mut BytesMut) {
                 match id {
                     $( $id => if let Some(value) = &self.$field {
                         buf.put_u8($id);
                         value.write(buf);
                     }, )*
+                    SUBSCRIPTION_IDENTIFIER => for sub_id in &self.subscription_identifiers {
+                        buf.put_u8(SUBSCRIPTION_IDENTIFIER);
+                        sub_id.write(buf);
+                    },
+                    USER_PROPERTY => for (key, value) in &self.user_properties {
+                        buf.put_u8(USER_PROPERTY);
+                        wire::put_string(buf, key);
+                        wire::put_string(buf, value);
+                    },
                     _ => {}
                 }
             }
 
             /// The properties in `first`'s order, then the others by identifier, then the
-            /// repeatable ones.
+            /// repeatable ones not in `first`.
             fn write_body(&self, first: &[u8], buf: &mut BytesMut) {
-                for id in first {
-                    self.write_one(*id, buf);
-                }
-                for id in [$($id),*] {
-                    if !first.contains(&id) {
-                        self.write_one(id, buf);
-                    }
-                }
-                for sub_id in &self.subscription_identifiers {
-                    buf.put_u8(SUBSCRIPTION_IDENTIFIER);
-                    sub_id.write(buf);
-                }
-                for (key, value) in &self.user_properties {
-                    buf.put_u8(USER_PROPERTY);
-                    wire::put_string(buf, key);
-                    wire::put_string(buf, value);
+                let rest = [$($id),*].into_iter().chain([SUBSCRIPTION_IDENTIFIER, USER_PROPERTY]);
+                for id in first.iter().copied().chain(rest.filter(|id| !first.contains(id))) {
+                    self.write_one(id, buf);
                 }
             }
 

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::properties::{properties_len, read_properties, write_properties};
+use super::properties::{properties_len, read_properties, write_properties_in};
 use super::wire::{self, Reader};
 use super::{
     read_packet_id, read_reason_tail, reason_tail_len, write_reason_tail, DecodeError, PacketId,
@@ -40,7 +40,9 @@ impl Publish {
         let topic = TopicName::new(reader.string()?)?;
         let packet_id = match qos {
             QoS::AtMostOnce => None,
-            QoS::AtLeastOnce | QoS::ExactlyOnce => Some(read_packet_id(reader)?),
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                Some(read_packet_id(reader, PacketType::Publish)?)
+            }
         };
         let properties = read_properties(reader, version, PropertyContext::Publish)?;
         if topic.is_empty() && properties.topic_alias.is_none() {
@@ -78,10 +80,16 @@ impl Publish {
         if let Some(packet_id) = self.packet_id {
             buf.put_u16(packet_id.get());
         }
-        write_properties(version.is_v5(), &self.properties, buf);
+        write_properties_in(version.is_v5(), &self.properties, PUBLISH_PROPERTY_ORDER, buf);
         buf.put_slice(&self.payload);
     }
 }
+
+/// The order Mosquitto writes a PUBLISH's properties in: subscription identifiers, the
+/// message's own properties (in the order its publisher sent them; ascending here, as most
+/// clients send them), then Message Expiry Interval, counted down. Culex's outgoing Topic
+/// Alias (Mosquitto sends none) comes last.
+const PUBLISH_PROPERTY_ORDER: &[u8] = &[0x0B, 0x01, 0x03, 0x08, 0x09, 0x26, 0x02, 0x23];
 
 /// Which of the four acknowledgements an [`Ack`] is decoded as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,19 +119,21 @@ impl Ack {
         version: ProtocolVersion,
         kind: AckKind,
     ) -> Result<Self, DecodeError> {
-        let packet_id = read_packet_id(reader)?;
+        let packet_type = match kind {
+            AckKind::PubAck => PacketType::PubAck,
+            AckKind::PubRec => PacketType::PubRec,
+            AckKind::PubRel => PacketType::PubRel,
+            AckKind::PubComp => PacketType::PubComp,
+        };
+        let packet_id = read_packet_id(reader, packet_type)?;
         if !version.is_v5() {
             return Ok(Ack::new(packet_id));
         }
-        let (packet_type, context, allowed) = match kind {
-            AckKind::PubAck => {
-                (PacketType::PubAck, PropertyContext::PubAck, PUBLISH_RESPONSE_REASONS)
-            }
-            AckKind::PubRec => {
-                (PacketType::PubRec, PropertyContext::PubRec, PUBLISH_RESPONSE_REASONS)
-            }
-            AckKind::PubRel => (PacketType::PubRel, PropertyContext::PubRel, RELEASE_REASONS),
-            AckKind::PubComp => (PacketType::PubComp, PropertyContext::PubComp, RELEASE_REASONS),
+        let (context, allowed) = match kind {
+            AckKind::PubAck => (PropertyContext::PubAck, PUBLISH_RESPONSE_REASONS),
+            AckKind::PubRec => (PropertyContext::PubRec, PUBLISH_RESPONSE_REASONS),
+            AckKind::PubRel => (PropertyContext::PubRel, RELEASE_REASONS),
+            AckKind::PubComp => (PropertyContext::PubComp, RELEASE_REASONS),
         };
         let (reason, properties) = read_reason_tail(reader, packet_type, context, allowed)?;
         Ok(Ack { packet_id, reason, properties })

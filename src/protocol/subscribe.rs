@@ -71,7 +71,7 @@ impl Subscribe {
         reader: &mut Reader,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = read_packet_id(reader)?;
+        let packet_id = read_packet_id(reader, PacketType::Subscribe)?;
         let properties = read_properties(reader, version, PropertyContext::Subscribe)?;
         let mut filters = Vec::new();
         while !reader.is_empty() {
@@ -147,7 +147,7 @@ impl SubAck {
         reader: &mut Reader,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = read_packet_id(reader)?;
+        let packet_id = read_packet_id(reader, PacketType::SubAck)?;
         let properties = read_properties(reader, version, PropertyContext::SubAck)?;
         let reasons = read_reasons(reader, PacketType::SubAck, |code| {
             if version.is_v5() {
@@ -199,7 +199,7 @@ impl Unsubscribe {
         reader: &mut Reader,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = read_packet_id(reader)?;
+        let packet_id = read_packet_id(reader, PacketType::Unsubscribe)?;
         let properties = read_properties(reader, version, PropertyContext::Unsubscribe)?;
         let mut filters = Vec::new();
         while !reader.is_empty() {
@@ -238,7 +238,7 @@ impl UnsubAck {
         reader: &mut Reader,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = read_packet_id(reader)?;
+        let packet_id = read_packet_id(reader, PacketType::UnsubAck)?;
         if !version.is_v5() {
             return Ok(UnsubAck {
                 packet_id,

@@ -302,8 +302,8 @@ fn malformed_packets() {
         (V311, b"\xe0\x01\x00", TrailingBytes),
         (V311, b"\x40\x03\x00\x01\x00", TrailingBytes),
         (V311, b"\x40\x01\x00", UnexpectedEnd),
-        (V311, b"\x40\x02\x00\x00", ZeroPacketId),
-        (V311, b"\x32\x05\x00\x01a\x00\x00", ZeroPacketId),
+        (V311, b"\x40\x02\x00\x00", ZeroPacketId(PacketType::PubAck)),
+        (V311, b"\x32\x05\x00\x01a\x00\x00", ZeroPacketId(PacketType::Publish)),
         (V311, b"\x36\x05\x00\x01a\x00\x01", InvalidQos),
         (V311, b"\x38\x03\x00\x01a", InvalidHeaderFlags { packet_type: T::Publish, flags: 8 }),
         (V311, b"\x30\x03\x00\x01+", InvalidTopicName),
@@ -361,6 +361,25 @@ fn malformed_packets() {
     for (version, bytes, expected) in cases {
         assert_eq!(decode_all(bytes, version), Err(expected.clone()), "{bytes:x?} in {version:?}");
     }
+}
+
+/// MQTT 3.1 CONNECTs with what 3.1.1 made errors: stray reserved and will bits, a user name
+/// flagged and not sent. Mosquitto ignores them; so does Culex (tests/differential).
+#[test]
+fn v31_connect_flags_are_read_leniently() {
+    let lenient: [&[u8]; 3] = [
+        b"\x10\x0e\x00\x06MQIsdp\x03\x03\x00\x3c\x00\x00",
+        b"\x10\x0e\x00\x06MQIsdp\x03\x2a\x00\x3c\x00\x00",
+        b"\x10\x0e\x00\x06MQIsdp\x03\x82\x00\x3c\x00\x00",
+    ];
+    for bytes in lenient {
+        let Ok(Some(Packet::Connect(connect))) = decode_all(bytes, V31) else {
+            panic!("{bytes:x?} refused")
+        };
+        assert!(connect.will.is_none() && connect.username.is_none(), "{connect:?}");
+    }
+    let password_alone = b"\x10\x11\x00\x06MQIsdp\x03\x42\x00\x3c\x00\x00\x00\x01p";
+    assert_eq!(decode_all(password_alone, V31), Err(DecodeError::PasswordWithoutUsername));
 }
 
 #[test]
@@ -545,7 +564,7 @@ fn arb_connect(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                 (bridge, clean_start, keep_alive_secs, properties),
                 (client_id, will, username, mut password),
             )| {
-                if version == V311 && username.is_none() {
+                if version != V5 && username.is_none() {
                     password = None;
                 }
                 Packet::Connect(Box::new(Connect {
