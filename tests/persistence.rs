@@ -18,7 +18,7 @@ use culex::protocol::{Ack, Packet, Properties, Publish, QoS, TopicName};
 struct Persistent {
     store: TempDir,
     port: u16,
-    extra: &'static str,
+    extra: String,
 }
 
 impl Persistent {
@@ -26,8 +26,8 @@ impl Persistent {
         Self::with("")
     }
 
-    fn with(extra: &'static str) -> Self {
-        Persistent { store: TempDir::new(), port: free_port(), extra }
+    fn with(extra: impl Into<String>) -> Self {
+        Persistent { store: TempDir::new(), port: free_port(), extra: extra.into() }
     }
 
     fn config(&self) -> String {
@@ -452,6 +452,48 @@ fn the_newest_retained_message_wins_across_shards_after_kill_9() {
     let publish = late.receive();
     assert_eq!((&*publish.topic, &publish.payload[..]), ("r/replaced", &b"second"[..]));
     late.expect_silence();
+}
+
+/// `check_retain_source true` across a restart: a retained message keeps the user name it was
+/// published with in the store, so after `kill -9` it is still sent while that user may write
+/// its topic, and no longer once the ACL (changed while the broker was down) says otherwise.
+#[test]
+fn a_retained_messages_source_survives_kill_9() {
+    let Some(passwd) = common::mosquitto_tool("mosquitto_passwd") else { return };
+    let files = TempDir::new();
+    let (passwords, acl) = (files.0.join("passwd"), files.0.join("acl"));
+    let made =
+        Command::new(passwd).arg("-c").arg("-b").arg(&passwords).args(["writer", "w"]).status();
+    assert!(made.unwrap().success());
+    let extra = format!(
+        "check_retain_source true\npassword_file {}\nacl_file {}\n",
+        passwords.display(),
+        acl.display()
+    );
+    let setup = Persistent::with(extra);
+    let may_write = "topic read r/#\nuser writer\ntopic readwrite r/#\n";
+    std::fs::write(&acl, may_write).unwrap();
+    let broker = setup.start();
+    let writer = ConnectOptions { login: Some(("writer", "w")), ..ConnectOptions::default() };
+    let (mut publisher, _) = RawClient::connect(&broker, "rs-writer", writer);
+    publisher.publish("r/kept", b"kept", QoS::AtLeastOnce, true);
+    drop(broker);
+
+    let late_subscriber = |broker: &Broker| {
+        let mut late = RawClient::connect(broker, "rs-late", ConnectOptions::default()).0;
+        late.subscribe("r/#", QoS::AtLeastOnce);
+        late.recv_within(Duration::from_millis(500))
+    };
+    let broker = setup.start();
+    let Some(Packet::Publish(kept)) = late_subscriber(&broker) else {
+        panic!("the writer's retained message was not sent:\n{}", broker.log_text())
+    };
+    assert_eq!(&kept.payload[..], b"kept");
+    drop(broker);
+
+    std::fs::write(&acl, "topic read r/#\nuser writer\ntopic read r/#\n").unwrap();
+    let broker = setup.start();
+    assert_eq!(late_subscriber(&broker), None, "sent without its source's write access");
 }
 
 /// `persistence_sync interval`: changes are synced every `autosave_interval`; what is older

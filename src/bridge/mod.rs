@@ -28,7 +28,7 @@ use glommio::net::TcpStream;
 
 use crate::broker::counters::{BridgeCounters, ShardCounters};
 use crate::broker::outbox::{Close, ConnHandle};
-use crate::broker::session::Message;
+use crate::broker::session::{Message, Source};
 use crate::broker::{BridgeStop, Origin, Shard};
 use crate::config::{Address, Bridge, StartType};
 use crate::protocol::{
@@ -317,6 +317,7 @@ fn notify_local(shard: &Rc<RefCell<Shard>>, bridge: &Bridge, local_id: &ByteStri
         retain: true,
         properties: Properties::default(),
         publisher: local_id.clone(),
+        source: Source::Unchecked,
         expires_at: None,
     });
 }

@@ -445,6 +445,7 @@ impl Shard {
             retain: will.retain,
             properties,
             publisher: client_id.clone(),
+            source: Source::Unchecked,
         };
         self.route(Arc::new(message), None, None);
     }

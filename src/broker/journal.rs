@@ -15,10 +15,10 @@ use bytestring::ByteString;
 
 use super::messages::ShardId;
 use super::outbox::ConnHandle;
-use super::session::{Message, Outgoing};
+use super::session::{Message, Outgoing, Source};
 use super::signal::Signal;
 use crate::protocol::{LastWill, Packet, PacketId, Publish};
-use crate::store::{RouteTag, Stage, StoreOp, StoredEntry, StoredMessage};
+use crate::store::{RouteTag, Stage, StoreOp, StoredEntry, StoredMessage, StoredSource};
 
 /// Who waits for the pending changes to be durable.
 pub enum Waiter {
@@ -220,6 +220,10 @@ pub fn stored_message(message: &Message) -> StoredMessage {
         },
         publisher: message.publisher.clone(),
         expires_at_ms,
+        source: match &message.source {
+            Source::Client { username } => StoredSource::Client(username.clone()),
+            Source::Unchecked => StoredSource::Unknown,
+        },
     }
 }
 
@@ -237,6 +241,10 @@ pub fn restored_message(stored: StoredMessage) -> Arc<Message> {
         retain: publish.retain,
         properties: publish.properties,
         publisher: stored.publisher,
+        source: match stored.source {
+            StoredSource::Client(username) => Source::Client { username },
+            StoredSource::Unknown => Source::Unchecked,
+        },
         expires_at,
     })
 }
@@ -260,6 +268,7 @@ pub fn stored_will(client_id: &ByteString, will: &LastWill, due: Instant) -> (St
         },
         publisher: client_id.clone(),
         expires_at_ms: None,
+        source: StoredSource::Unknown,
     };
     (message, unix_millis(SystemTime::now() + left))
 }

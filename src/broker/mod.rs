@@ -43,7 +43,7 @@ use self::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext};
 use self::retain::RetainedStore;
 use self::session::{
     Delivery, Limits, Message, Outgoing, Qos2Arrival, Reader, Session, SessionExpiry, SessionState,
-    Subscription,
+    Source, Subscription,
 };
 use self::shared::SharedSubscriptions;
 use self::signal::Signal;

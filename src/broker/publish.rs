@@ -182,6 +182,11 @@ impl Shard {
             retain: publish.retain && self.config.retain_available,
             properties,
             publisher: conn.client_id.clone(),
+            source: if conn.internal {
+                Source::Unchecked
+            } else {
+                Source::Client { username: conn.username.clone() }
+            },
         });
         // Without persistence, a client subscribed to its own topic sees what Mosquitto sends
         // it: a QoS 1 message delivered, then its PUBACK; a QoS 2 one's PUBREC, then the

@@ -64,6 +64,7 @@ mod tests {
             retain: true,
             properties: Properties::default(),
             publisher: ByteString::new(),
+            source: crate::broker::session::Source::Unchecked,
             expires_at: None,
         })
     }

@@ -31,6 +31,16 @@ fn may_read(client_id: &str, session: &Session, topic: &str) -> bool {
     })
 }
 
+/// Whether a retained message's publisher may still write its topic (`check_retain_source`),
+/// asked of the ACL the subscriber's listener uses (one ACL unless `per_listener_settings`).
+pub(super) fn source_may_write(message: &Message, session: &Session) -> bool {
+    let Source::Client { username } = &message.source else { return true };
+    session.reader.as_ref().is_none_or(|reader| {
+        let who = Identity { client_id: &message.publisher, username: username.as_deref() };
+        reader.credentials.allows(who, &message.topic, Access::Write)
+    })
+}
+
 /// What every delivery takes from its shard besides the session: live, shared and retained
 /// deliveries all go through `deliver`, so they check the ACL, count drops and note congestion
 /// alike (three copies of this had drifted apart).

@@ -37,8 +37,23 @@ pub struct Message {
     pub properties: Properties,
     /// Client id of the publisher, for No Local subscriptions.
     pub publisher: ByteString,
+    /// Who may vouch for it when it is retained (`check_retain_source`).
+    pub source: Source,
     /// From the 5.0 Message Expiry Interval: undelivered after this, it is dropped.
     pub expires_at: Option<Instant>,
+}
+
+/// Whose write access a retained message needs when it is sent to a new subscriber
+/// (`check_retain_source`, as Mosquitto: access taken away by an ACL reload takes the client's
+/// retained messages with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A client's PUBLISH: its client id (`Message::publisher`) and user name.
+    Client { username: Option<ByteString> },
+    /// What the broker publishes itself (`$SYS`, bridge state, what a bridge brings in), a will
+    /// (checked when its CONNECT came), or a message restored from a store that did not keep
+    /// its source: not checked again.
+    Unchecked,
 }
 
 impl Message {
@@ -63,6 +78,7 @@ impl Message {
             retain: self.retain,
             properties: self.properties.clone(),
             publisher: self.publisher.clone(),
+            source: self.source.clone(),
             expires_at: self.expires_at,
         }
     }
@@ -821,6 +837,7 @@ mod tests {
             retain: false,
             properties: Properties::default(),
             publisher: "p".into(),
+            source: Source::Unchecked,
             expires_at: None,
         });
         Outgoing {
@@ -897,6 +914,7 @@ mod tests {
             retain: false,
             properties: Properties::default(),
             publisher: "p".into(),
+            source: Source::Unchecked,
             expires_at: None,
         });
         let mut session =

@@ -99,6 +99,7 @@ impl Shard {
         let Shard { sessions, retained, limits, counters, congested, checks_reads, config, .. } =
             self;
         let upgrade = config.upgrade_outgoing_qos;
+        let check_source = *checks_reads && config.check_retain_source;
         let Some(session) = sessions.get_mut(&pending.client_id) else { return };
         let Some(conn) = session.conn.clone().filter(|c| c.id == pending.conn) else { return };
         conn.send(&pending.suback);
@@ -107,6 +108,9 @@ impl Shard {
             Deliveries { limits, counters, congested, checks_reads, routing: None };
         for (filter, subscription) in &pending.retained_for {
             retained.matching(filter, |message| {
+                if check_source && !super::router::source_may_write(message, session) {
+                    return;
+                }
                 let outgoing = Outgoing {
                     message: message.clone(),
                     qos: delivery_qos(message.qos, subscription.options.qos, upgrade),

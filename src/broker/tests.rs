@@ -172,6 +172,7 @@ fn a_message_goes_once_to_each_interested_shard() {
         retain: false,
         properties: Properties::default(),
         publisher: ByteString::from("device-7"),
+        source: Source::Unchecked,
         expires_at: None,
     });
     let sent: Vec<(ShardId, usize)> = one

@@ -466,6 +466,11 @@ pub struct Config {
     /// Deliver at the subscription's QoS, not the lower of it and the publisher's (Mosquitto's
     /// `upgrade_outgoing_qos`).
     pub upgrade_outgoing_qos: bool,
+    /// A retained message goes to a new subscriber only while its publisher may still write
+    /// its topic (Mosquitto's `check_retain_source`; it matters with an ACL). Off by default:
+    /// Mosquitto 2.0.11 checks only when the line says `true`, whatever its manual says
+    /// (`tests/acl.rs` runs both).
+    pub check_retain_source: bool,
     /// The largest PUBLISH payload accepted (Mosquitto's `message_size_limit`; 0: no limit).
     pub message_size_limit: usize,
     /// The highest QoS clients may publish or be granted (Mosquitto's `max_qos`, 0 to 2).
@@ -529,6 +534,7 @@ impl Default for Config {
             clientid_prefixes: None,
             use_username_as_clientid: false,
             upgrade_outgoing_qos: false,
+            check_retain_source: false,
             persistence_sync: PersistenceSync::Ack,
             autosave_interval: std::time::Duration::from_secs(1800),
             persistence_location: PathBuf::new(),
@@ -878,6 +884,10 @@ fn handling(option: &str) -> Option<Handling> {
             p.config.upgrade_outgoing_qos = parse_bool(l)?;
             Ok(())
         }),
+        "check_retain_source" => Apply(|p, l| {
+            p.config.check_retain_source = parse_bool(l)?;
+            Ok(())
+        }),
         "message_size_limit" => Apply(|p, l| {
             p.config.message_size_limit = parse_number(l)?;
             // The largest remaining length MQTT can express.
@@ -973,7 +983,6 @@ fn handling(option: &str) -> Option<Handling> {
         "allow_duplicate_messages"
         | "auth_plugin_deny_special_chars"
         | "auto_id_prefix_listener"
-        | "check_retain_source"
         | "enable_control_api"
         | "max_inflight_bytes"
         // Mosquitto 2.1's new options: recognised, so that a host's 2.1 file starts Culex.
@@ -1510,6 +1519,7 @@ mod tests {
             ("upgrade_outgoing_qos true", |c| c.upgrade_outgoing_qos),
             // Mosquitto takes 1 and 0 for booleans too.
             ("upgrade_outgoing_qos 1", |c| c.upgrade_outgoing_qos),
+            ("check_retain_source true", |c| c.check_retain_source),
             ("retain_available 0", |c| !c.retain_available),
             ("persistence true", |c| c.persistence),
             ("persistence_location /var/lib/culex/", |c| {

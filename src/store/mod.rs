@@ -21,7 +21,7 @@ use record::{
     decode_entry, decode_retained, decode_session, decode_stage, encode_entry, encode_retained,
     encode_session, encode_stage, numbered_key, parse_numbered_key, session_prefix, FORMAT_VERSION,
 };
-pub use record::{RouteTag, Stage, StoredEntry, StoredMessage, StoredSession};
+pub use record::{RouteTag, Stage, StoredEntry, StoredMessage, StoredSession, StoredSource};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Message bodies queued or in flight, by (client, epoch, seq): written once.
@@ -380,6 +380,7 @@ mod tests {
                 },
                 publisher: "p".into(),
                 expires_at_ms: None,
+                source: StoredSource::Unknown,
             },
             qos: QoS::AtLeastOnce,
             retain: false,

@@ -67,6 +67,18 @@ pub struct StoredMessage {
     pub publisher: ByteString,
     /// Unix milliseconds after which it is dropped undelivered (Message Expiry Interval).
     pub expires_at_ms: Option<u64>,
+    /// The user name it was published with: kept for retained messages only, which need their
+    /// source's write access again when they are sent (`check_retain_source`).
+    pub source: StoredSource,
+}
+
+/// A retained message's source as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredSource {
+    /// Not a client's (the broker's own, a will), or written before sources were kept.
+    Unknown,
+    /// A client's, with the user name it had, if any.
+    Client(Option<ByteString>),
 }
 
 /// One message queued or in flight to one session.
@@ -255,7 +267,7 @@ fn decode_message(buf: &mut Bytes, what: &str) -> Result<StoredMessage, RecordEr
     let Packet::Publish(publish) = take_packet(buf, what)? else {
         return Err(damaged(what));
     };
-    Ok(StoredMessage { publish, publisher, expires_at_ms })
+    Ok(StoredMessage { publish, publisher, expires_at_ms, source: StoredSource::Unknown })
 }
 
 pub fn encode_entry(entry: &StoredEntry) -> Vec<u8> {
@@ -316,11 +328,23 @@ pub fn decode_stage(bytes: &[u8]) -> Result<Stage, RecordError> {
 
 /// A retained message, or its deletion (kept as a tombstone until start-up settles which
 /// shard's record of the topic is newest).
+///
+/// A client's message is followed by its source: 0 for no user name, 1 and the user name. A
+/// record without it (the broker's own messages, and every record written before sources were
+/// kept) reads back as `StoredSource::Unknown`.
 pub fn encode_retained(stamp: u64, message: Option<&StoredMessage>) -> Vec<u8> {
     let mut buf = BytesMut::new();
     buf.put_u64(stamp);
     if let Some(message) = message {
         encode_message(message, &mut buf);
+        match &message.source {
+            StoredSource::Unknown => {}
+            StoredSource::Client(None) => buf.put_u8(0),
+            StoredSource::Client(Some(username)) => {
+                buf.put_u8(1);
+                put_string(&mut buf, username);
+            }
+        }
     }
     buf.to_vec()
 }
@@ -332,7 +356,15 @@ pub fn decode_retained(bytes: &[u8]) -> Result<(u64, Option<StoredMessage>), Rec
     if !buf.has_remaining() {
         return Ok((stamp, None));
     }
-    Ok((stamp, Some(decode_message(&mut buf, what)?)))
+    let mut message = decode_message(&mut buf, what)?;
+    if buf.has_remaining() {
+        message.source = match buf.get_u8() {
+            0 => StoredSource::Client(None),
+            1 => StoredSource::Client(Some(take_string(&mut buf, what)?)),
+            _ => return Err(damaged(what)),
+        };
+    }
+    Ok((stamp, Some(message)))
 }
 
 #[cfg(test)]
@@ -358,6 +390,7 @@ mod tests {
             },
             publisher: "pub-1".into(),
             expires_at_ms: Some(1_790_000_000_000),
+            source: StoredSource::Unknown,
         }
     }
 
@@ -394,6 +427,11 @@ mod tests {
 
         let retained = encode_retained(5, Some(&message()));
         assert_eq!(decode_retained(&retained), Ok((5, Some(message()))));
+        for source in [StoredSource::Client(None), StoredSource::Client(Some("u".into()))] {
+            let message = StoredMessage { source, ..message() };
+            let retained = encode_retained(7, Some(&message));
+            assert_eq!(decode_retained(&retained), Ok((7, Some(message))));
+        }
         assert_eq!(decode_retained(&encode_retained(6, None)), Ok((6, None)));
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use crate::broker::counters::{heap_usage, HeapUsage, ShardCounters, Totals};
-use crate::broker::session::Message;
+use crate::broker::session::{Message, Source};
 use crate::broker::Shard;
 use crate::protocol::{Properties, QoS, TopicName};
 
@@ -196,6 +196,7 @@ fn publish(shard: &mut Shard, topic: String, payload: String, retain: bool) {
         retain,
         properties: Properties::default(),
         publisher: ByteString::new(),
+        source: Source::Unchecked,
         expires_at: None,
     });
 }
