@@ -426,20 +426,25 @@ impl RawClient {
 /// first byte of the fixed header, then `body` after its Remaining Length.
 pub fn raw_packet(first_byte: u8, body: &[u8]) -> Vec<u8> {
     let mut packet = vec![first_byte];
-    let mut length = body.len();
-    loop {
-        let mut byte = (length % 128) as u8;
-        length /= 128;
-        if length > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if length == 0 {
-            break;
-        }
-    }
+    packet.extend(varint(body.len()));
     packet.extend_from_slice(body);
     packet
+}
+
+/// A Variable Byte Integer (a Remaining Length, a property length), built by hand.
+pub fn varint(mut value: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if value == 0 {
+            return out;
+        }
+    }
 }
 
 /// An MQTT string (two length bytes, then the bytes), for `raw_packet` bodies.

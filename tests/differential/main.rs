@@ -130,7 +130,7 @@ struct Client {
     buf: Vec<u8>,
 }
 
-enum Read_ {
+enum Got {
     Packet(Vec<u8>),
     Closed,
     Nothing,
@@ -138,25 +138,25 @@ enum Read_ {
 
 impl Client {
     /// The next whole packet within `wait`.
-    fn read(&mut self, wait: Duration) -> Read_ {
+    fn read(&mut self, wait: Duration) -> Got {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(len) = whole_packet(&self.buf) {
-                return Read_::Packet(self.buf.drain(..len).collect());
+                return Got::Packet(self.buf.drain(..len).collect());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Read_::Nothing;
+                return Got::Nothing;
             }
             self.stream.set_read_timeout(Some(left)).unwrap();
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Read_::Closed,
+                Ok(0) => return Got::Closed,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Read_::Nothing
+                    return Got::Nothing
                 }
-                Err(_) => return Read_::Closed,
+                Err(_) => return Got::Closed,
             }
         }
     }
@@ -196,55 +196,49 @@ fn play(addr: SocketAddr, conversation: &Conversation) -> Vec<String> {
             }
             Step::Recv(k, count) => {
                 let client = clients[*k].as_mut().expect("receiving before sending");
-                for _ in 0..*count {
-                    match client.read(EXPECT) {
-                        Read_::Packet(p) => seen.push(format!("{} <- {}", who(*k), show(&p))),
-                        Read_::Closed => {
-                            seen.push(format!("{}: closed", who(*k)));
-                            break;
-                        }
-                        Read_::Nothing => {
-                            seen.push(format!("{}: nothing", who(*k)));
-                            break;
-                        }
-                    }
-                }
+                record(client, who(*k), Some(*count), |_| EXPECT, Some("nothing"), &mut seen);
             }
             Step::Gone(k) => {
                 let client = clients[*k].as_mut().expect("closing before sending");
-                loop {
-                    match client.read(EXPECT) {
-                        Read_::Packet(p) => seen.push(format!("{} <- {}", who(*k), show(&p))),
-                        Read_::Closed => {
-                            seen.push(format!("{}: closed", who(*k)));
-                            break;
-                        }
-                        Read_::Nothing => {
-                            seen.push(format!("{}: still open", who(*k)));
-                            break;
-                        }
-                    }
-                }
+                record(client, who(*k), None, |_| EXPECT, Some("still open"), &mut seen);
             }
             Step::Quiet(k) => {
                 let client = clients[*k].as_mut().expect("listening before sending");
                 let deadline = Instant::now() + QUIET;
-                loop {
-                    match client.read(deadline.saturating_duration_since(Instant::now())) {
-                        Read_::Packet(p) => seen.push(format!("{} <- {}", who(*k), show(&p))),
-                        Read_::Closed => {
-                            seen.push(format!("{}: closed", who(*k)));
-                            break;
-                        }
-                        Read_::Nothing => break,
-                    }
-                }
+                let left = |now: Instant| deadline.saturating_duration_since(now);
+                record(client, who(*k), None, left, None, &mut seen);
             }
             Step::Drop(k) => clients[*k] = None,
             Step::Pause(time) => std::thread::sleep(*time),
         }
     }
     seen
+}
+
+/// Writes into `seen` what `client` (shown as `who`) reads: up to `count` packets (all that
+/// come, if `None`), each read waiting `wait(now)`; then `closed` if the broker closed the
+/// connection, or `silence` if nothing came within the wait.
+fn record(
+    client: &mut Client,
+    who: char,
+    count: Option<usize>,
+    wait: impl Fn(Instant) -> Duration,
+    silence: Option<&str>,
+    seen: &mut Vec<String>,
+) {
+    for _ in 0..count.unwrap_or(usize::MAX) {
+        match client.read(wait(Instant::now())) {
+            Got::Packet(p) => seen.push(format!("{who} <- {}", show(&p))),
+            Got::Closed => {
+                seen.push(format!("{who}: closed"));
+                return;
+            }
+            Got::Nothing => {
+                seen.extend(silence.map(|s| format!("{who}: {s}")));
+                return;
+            }
+        }
+    }
 }
 
 /// A packet as hex after its type's name, with what is random in it masked: the value of an
@@ -434,12 +428,12 @@ fn bridge_says(kind: Kind, bridge: &str) -> Option<Vec<String>> {
     let mut seen = Vec::new();
     loop {
         let packet = match link.read(SETTLED) {
-            Read_::Packet(packet) => packet,
-            Read_::Closed => {
+            Got::Packet(packet) => packet,
+            Got::Closed => {
                 seen.push("closed".to_string());
                 break;
             }
-            Read_::Nothing => break,
+            Got::Nothing => break,
         };
         seen.push(show(&packet));
         let body = &packet[whole_packet_header_len(&packet)..];

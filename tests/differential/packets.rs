@@ -1,7 +1,7 @@
 //! Packets as a client sends them, built byte by byte so that a conversation can say anything,
 //! malformed included: the broker's own encoder is not used on this side of the wire.
 
-use super::common::{mqtt_string, raw_packet};
+use super::common::{mqtt_string, raw_packet, varint};
 
 /// The protocol a client speaks: its CONNECT's name and level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,22 +34,6 @@ impl V {
     }
 }
 
-/// A Variable Byte Integer.
-pub fn varint(mut value: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            return out;
-        }
-    }
-}
-
 /// One 5.0 property: its identifier, then its value as the wire has it.
 pub struct Prop(Vec<u8>);
 
@@ -69,7 +53,7 @@ impl Prop {
     }
     pub fn varint(id: u8, value: u32) -> Prop {
         let mut out = vec![id];
-        out.extend(varint(value));
+        out.extend(varint(value as usize));
         Prop(out)
     }
     pub fn text(id: u8, value: &str) -> Prop {
@@ -91,7 +75,7 @@ pub fn properties(v: V, props: &[Prop]) -> Vec<u8> {
         return Vec::new();
     }
     let body: Vec<u8> = props.iter().flat_map(|p| p.0.iter().copied()).collect();
-    let mut out = varint(body.len() as u32);
+    let mut out = varint(body.len());
     out.extend(body);
     out
 }

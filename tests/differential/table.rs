@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use super::packets::{
-    ack, disconnect, pingreq, properties, publish, subscribe, unsubscribe, varint, Connect, Prop,
-    Will, PUBACK, PUBCOMP, PUBREC, PUBREL, V,
+    ack, disconnect, pingreq, properties, publish, subscribe, unsubscribe, Connect, Prop, Will,
+    PUBACK, PUBCOMP, PUBREC, PUBREL, V,
 };
 use super::{Conversation, Setting, Step};
-use crate::common::{mqtt_string, raw_packet};
+use crate::common::{mqtt_string, raw_packet, varint};
 
 const VERSIONS: [V; 3] = [V::V31, V::V311, V::V5];
 const V311_AND_V5: [V; 2] = [V::V311, V::V5];
