@@ -776,13 +776,12 @@ impl Link {
                 };
             }
             if std::mem::take(&mut published) {
-                flow::wait_for_subscribers(
+                flow::wait_after_publishing(
                     &self.shard,
                     std::mem::take(&mut congested),
-                    Some(self.local.id),
+                    self.local.id,
                 )
                 .await;
-                flow::wait_for_outbound(&self.shard).await;
             }
             glommio::yield_if_needed().await;
             loop {

@@ -319,7 +319,7 @@ impl Shard {
             .clone()
             .map(|credentials| Reader { username: conn.username.clone(), credentials });
         self.store_session(&client_id, &mut session, stored_before);
-        self.sessions.insert(client_id.clone(), session);
+        self.sessions.insert(client_id.clone(), Box::new(session));
         for (filter, subscription) in &filters {
             self.add_local_subscriber(&client_id, filter, *subscription);
         }
@@ -425,7 +425,7 @@ impl Shard {
 
     /// Removes a session and its subscriptions from this shard, returning its state.
     fn end_session(&mut self, client_id: &ByteString) -> Option<Session> {
-        let session = self.sessions.remove(client_id)?;
+        let session = *self.sessions.remove(client_id)?;
         for filter in session.state.subscriptions.keys() {
             self.remove_local_subscriber(client_id, filter);
         }

@@ -119,6 +119,7 @@ impl Shard {
         self.sessions
             .get_mut(&conn.client_id)
             .filter(|s| s.conn.as_ref().is_some_and(|c| c.id == conn.id))
+            .map(Box::as_mut)
     }
 
     fn client_publish(&mut self, conn: &Rc<ConnHandle>, publish: Publish) -> Result<(), Close> {
