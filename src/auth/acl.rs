@@ -10,12 +10,20 @@
 //! side in `tests/acl.rs`): a matching `deny` wins over any grant; otherwise a rule that grants
 //! the access and matches allows it; anything else is denied. Rules with wildcards do not match
 //! `$` topics unless they start with `$` themselves.
+//!
+//! Rules are indexed by filter in a topic trie, so a check (every PUBLISH, and every delivery
+//! while an ACL file is in force) walks only the filters that match its topic: as a list, a
+//! user with 10,000 rules cost 125 µs a check (`cargo bench --bench acl`). Patterns with `%c`
+//! or `%u` differ per client and are matched one by one, as Mosquitto does; the others join
+//! the index.
 
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use ahash::AHashMap;
 use thiserror::Error;
 
+use crate::broker::trie::TopicTrie;
 use crate::protocol::filter_matches;
 use crate::protocol::TopicFilter;
 
@@ -36,7 +44,7 @@ pub enum Access {
     Write,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Grant {
     Read,
     Write,
@@ -44,19 +52,68 @@ enum Grant {
     Deny,
 }
 
-impl Grant {
-    fn allows(self, access: Access) -> bool {
-        matches!(
-            (self, access),
-            (Grant::ReadWrite, _) | (Grant::Read, Access::Read) | (Grant::Write, Access::Write)
-        )
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     grant: Grant,
     filter: TopicFilter,
+}
+
+/// What the rules naming one filter grant, together (a file may name a filter twice).
+#[derive(Debug, Default, Clone, Copy)]
+struct Grants {
+    read: bool,
+    write: bool,
+    deny: bool,
+}
+
+impl Grants {
+    fn add(&mut self, grant: Grant) {
+        match grant {
+            Grant::Read => self.read = true,
+            Grant::Write => self.write = true,
+            Grant::ReadWrite => (self.read, self.write) = (true, true),
+            Grant::Deny => self.deny = true,
+        }
+    }
+
+    fn allows(self, access: Access) -> bool {
+        match access {
+            Access::Read => self.read,
+            Access::Write => self.write,
+        }
+    }
+}
+
+/// What the rules matching one topic say: a matching `deny` wins over any grant.
+#[derive(Debug, Default)]
+struct Verdict {
+    denied: bool,
+    allowed: bool,
+}
+
+impl Verdict {
+    fn add(&mut self, grants: Grants, access: Access) {
+        self.denied |= grants.deny;
+        self.allowed |= grants.allows(access);
+    }
+
+    fn allows(&self) -> bool {
+        self.allowed && !self.denied
+    }
+}
+
+/// Rules indexed by filter.
+#[derive(Debug, Default)]
+struct Rules(TopicTrie<Grants>);
+
+impl Rules {
+    fn add(&mut self, rule: &Rule) {
+        self.0.entry(rule.filter.as_str(), Grants::default).add(rule.grant);
+    }
+
+    fn judge(&self, topic: &str, access: Access, verdict: &mut Verdict) {
+        self.0.matches(topic, |grants| verdict.add(*grants, access));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +130,23 @@ pub struct Identity<'a> {
     pub username: Option<&'a str>,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct AclFile {
-    anonymous: Vec<Rule>,
-    users: AHashMap<String, Vec<Rule>>,
-    patterns: Vec<Pattern>,
+    anonymous: Rules,
+    users: AHashMap<String, Rules>,
+    /// Patterns without `%c` or `%u`: the same rule for every client.
+    every_client: Rules,
+    /// Patterns with `%c` or `%u`.
+    per_client: Vec<Pattern>,
+    /// A hash of every rule in the file's order, so a reload can say whether the rules
+    /// changed (the index cannot be compared).
+    fingerprint: u64,
+}
+
+impl PartialEq for AclFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
 }
 
 impl AclFile {
@@ -93,6 +162,7 @@ impl AclFile {
     pub fn parse(text: &str, path: &Path) -> Result<AclFile, AclFileError> {
         let mut acl = AclFile::default();
         let mut user: Option<String> = None;
+        let mut fingerprint = std::hash::DefaultHasher::new();
         for (index, line) in text.lines().enumerate() {
             let invalid = |reason: String| AclFileError::Invalid {
                 file: path.to_path_buf(),
@@ -115,17 +185,20 @@ impl AclFile {
                     if topic.is_empty() {
                         return Err(invalid(format!("`{keyword}` needs a topic")));
                     }
-                    if keyword == "pattern" {
-                        acl.patterns.push(Pattern { grant, template: topic.to_string() });
+                    (&user, keyword, grant, topic).hash(&mut fingerprint);
+                    let substitutes = topic.contains("%c") || topic.contains("%u");
+                    if keyword == "pattern" && substitutes {
+                        acl.per_client.push(Pattern { grant, template: topic.to_string() });
                         continue;
                     }
                     let filter = TopicFilter::new(topic.to_string())
                         .map_err(|_| invalid(format!("`{topic}` is not a topic filter")))?;
-                    let rule = Rule { grant, filter };
-                    match &user {
-                        Some(user) => acl.users.entry(user.clone()).or_default().push(rule),
-                        None => acl.anonymous.push(rule),
-                    }
+                    let rules = match (keyword, &user) {
+                        ("pattern", _) => &mut acl.every_client,
+                        (_, Some(user)) => acl.users.entry(user.clone()).or_default(),
+                        (_, None) => &mut acl.anonymous,
+                    };
+                    rules.add(&Rule { grant, filter });
                 }
                 _ => {
                     return Err(invalid(format!(
@@ -135,21 +208,29 @@ impl AclFile {
                 }
             }
         }
+        acl.fingerprint = fingerprint.finish();
         Ok(acl)
     }
 
     /// Whether `who` may read or write `topic`.
     pub fn allows(&self, who: Identity<'_>, topic: &str, access: Access) -> bool {
-        let rules = match who.username {
-            Some(username) => self.users.get(username).map_or(&[][..], Vec::as_slice),
-            None => &self.anonymous,
+        let mut verdict = Verdict::default();
+        let own = match who.username {
+            Some(username) => self.users.get(username),
+            None => Some(&self.anonymous),
         };
-        let patterns: Vec<Rule> = self.patterns.iter().filter_map(|p| p.for_client(who)).collect();
-        let all = || rules.iter().chain(&patterns);
-        if all().any(|r| r.grant == Grant::Deny && filter_matches(&r.filter, topic)) {
-            return false;
+        if let Some(rules) = own {
+            rules.judge(topic, access, &mut verdict);
         }
-        all().any(|r| r.grant.allows(access) && filter_matches(&r.filter, topic))
+        self.every_client.judge(topic, access, &mut verdict);
+        for rule in self.per_client.iter().filter_map(|p| p.for_client(who)) {
+            if filter_matches(&rule.filter, topic) {
+                let mut grants = Grants::default();
+                grants.add(rule.grant);
+                verdict.add(grants, access);
+            }
+        }
+        verdict.allows()
     }
 }
 
@@ -236,6 +317,29 @@ mod tests {
         assert!(acl.allows(who("c", None), "a/b", Access::Write));
         assert!(!acl.allows(who("c", None), "$SYS/broker/uptime", Access::Write));
         assert!(acl.allows(who("c", None), "$SYS/broker/uptime", Access::Read));
+    }
+
+    #[test]
+    fn rules_for_one_filter_and_from_every_source_add_up() {
+        let text = "user alice\ntopic read a/+\ntopic write a/+\ntopic deny a/secret\n\
+                    pattern readwrite a/#\npattern write site/%c\n";
+        let acl = AclFile::parse(text, Path::new("acl")).unwrap();
+        let (alice, carol) = (who("c1", Some("alice")), who("c3", Some("carol")));
+        assert!(acl.allows(alice, "a/x", Access::Read) && acl.allows(alice, "a/x", Access::Write));
+        assert!(!acl.allows(alice, "a/secret", Access::Read), "her deny beats every grant");
+        assert!(acl.allows(carol, "a/secret", Access::Read), "a plain pattern: every client's");
+        assert!(
+            acl.allows(carol, "site/c3", Access::Write)
+                && !acl.allows(carol, "site/c1", Access::Write)
+        );
+        assert!(!acl.allows(who("x", None), "b", Access::Read), "a user without rules");
+    }
+
+    #[test]
+    fn a_reload_tells_changed_rules_from_the_same() {
+        let parse = |text: &str| AclFile::parse(text, Path::new("acl")).unwrap();
+        assert_eq!(parse(ACL), parse(&format!("# a comment\n{ACL}\n")));
+        assert_ne!(parse(ACL), parse(&ACL.replace("deny", "read")));
     }
 
     #[test]
