@@ -339,7 +339,7 @@ impl Shard {
     ) {
         let Some(journal) = self.journal.clone() else { return };
         if session.is_persistent() {
-            let epoch = journal.borrow_mut().next_epoch();
+            let epoch = journal.borrow_mut().next_epoch(before.map(|(_, epoch)| epoch));
             let client_id = client_id.clone();
             session.store_all(StoredAt { journal: journal.clone(), client_id, epoch });
         }
