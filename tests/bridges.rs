@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::node::{await_route, Kind, Node, LINK_WAIT};
-use common::{mosquitto_tool, pki, ConnectOptions, RawClient};
+use common::{mosquitto_tool, pki, rss_kib, soak_seconds, ConnectOptions, RawClient};
 use culex::protocol::{
     ConnAck, Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, PACKET_SIZE_MAX,
 };
@@ -311,10 +311,22 @@ impl Collector {
         self.client = Some(client);
     }
 
+    /// Handles what has come: waits up to 20 ms for a first packet, then takes every packet
+    /// already there (one packet per call fell behind a soak's streams, and the broker dropped
+    /// what overflowed the collector's queue).
     fn poll(&mut self) {
-        let Some(client) = &mut self.client else { return };
-        match client.recv_within(Duration::from_millis(20)) {
-            Some(Packet::Publish(p)) => {
+        let mut wait = Duration::from_millis(20);
+        while self.take_one(wait) {
+            wait = Duration::from_millis(1);
+        }
+    }
+
+    /// Handles one packet, if one comes within `wait`.
+    fn take_one(&mut self, wait: Duration) -> bool {
+        let Some(client) = &mut self.client else { return false };
+        let Some(packet) = client.recv_within(wait) else { return false };
+        match packet {
+            Packet::Publish(p) => {
                 let fresh = match (p.qos, p.packet_id) {
                     (QoS::ExactlyOnce, Some(id)) => {
                         client.send(&Packet::PubRec(culex::protocol::Ack::new(id)));
@@ -331,12 +343,13 @@ impl Collector {
                     self.received.push((p.topic.to_string(), p.qos, n));
                 }
             }
-            Some(Packet::PubRel(ack)) => {
+            Packet::PubRel(ack) => {
                 self.awaiting_pubrel.remove(&ack.packet_id.get());
                 client.send(&Packet::PubComp(culex::protocol::Ack::new(ack.packet_id)));
             }
             _ => {}
         }
+        true
     }
 
     /// The numbers received on `topic`, in arrival order.
@@ -344,21 +357,22 @@ impl Collector {
         self.received.iter().filter(|(t, _, _)| t == topic).map(|(_, _, n)| *n).collect()
     }
 
-    fn complete(&self, prefix: &str) -> bool {
+    /// Whether messages `0..len` of both streams under `prefix` have all come.
+    fn complete(&self, prefix: &str, len: u32) -> bool {
         let distinct = |topic: &str| {
             self.stream(&format!("{prefix}/{topic}"))
                 .into_iter()
                 .collect::<std::collections::HashSet<_>>()
                 .len()
         };
-        distinct("q1") == STREAM_LEN as usize && distinct("q2") == STREAM_LEN as usize
+        distinct("q1") == len as usize && distinct("q2") == len as usize
     }
 
     /// What `complete` still waits for, and the order things came in, for a failure message.
-    fn missing(&self, prefix: &str) -> String {
+    fn missing(&self, prefix: &str, len: u32) -> String {
         let lacking = |topic: &str| {
             let stream = self.stream(&format!("{prefix}/{topic}"));
-            let absent: Vec<u32> = (0..STREAM_LEN).filter(|n| !stream.contains(n)).collect();
+            let absent: Vec<u32> = (0..len).filter(|n| !stream.contains(n)).collect();
             format!("{topic} lacks {absent:?} (received {stream:?})")
         };
         format!("{}; {}", lacking("q1"), lacking("q2"))
@@ -366,7 +380,7 @@ impl Collector {
 
     /// QoS 1: every message, first arrivals in order (resends after a reconnect may repeat
     /// some). QoS 2: every message exactly once, in order.
-    fn check(&self, prefix: &str, logs: &[&Node]) {
+    fn check(&self, prefix: &str, len: u32, logs: &[&Node]) {
         let logs = || {
             let logs: Vec<String> =
                 logs.iter().map(|n| format!("{:?}:\n{}", n.kind, n.log())).collect();
@@ -375,7 +389,7 @@ impl Collector {
         let q1 = self.stream(&format!("{prefix}/q1"));
         let mut seen = std::collections::HashSet::new();
         let firsts: Vec<u32> = q1.iter().copied().filter(|n| seen.insert(*n)).collect();
-        let all: Vec<u32> = (0..STREAM_LEN).collect();
+        let all: Vec<u32> = (0..len).collect();
         assert!(firsts == all, "QoS 1 on {prefix}: {q1:?}\n{}", logs());
         let q2 = self.stream(&format!("{prefix}/q2"));
         assert!(q2 == all, "QoS 2 on {prefix}: {q2:?}\n{}", logs());
@@ -383,17 +397,32 @@ impl Collector {
 }
 
 /// Publishes `STREAM_LEN` QoS 1 and QoS 2 messages, interleaved and paced, on its own thread.
-fn stream_publisher(node: &Node, prefix: &'static str) -> std::thread::JoinHandle<()> {
+fn stream_publisher(node: &Node, prefix: &'static str) -> std::thread::JoinHandle<u32> {
+    publish_stream(node, prefix, STREAM_LEN, Arc::new(AtomicBool::new(true)))
+}
+
+/// Publishes messages numbered from 0, each at QoS 1 and at QoS 2 (`prefix/q1`, `prefix/q2`),
+/// interleaved and paced, on its own thread, until `len` are sent or `running` turns false.
+/// Returns how many were sent, each acknowledged by the broker.
+fn publish_stream(
+    node: &Node,
+    prefix: &'static str,
+    len: u32,
+    running: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
     let addr = node.addr();
     std::thread::spawn(move || {
         let (mut client, _) = RawClient::connect_addr(addr, "", ConnectOptions::default());
-        for n in 0..STREAM_LEN {
-            let payload = n.to_string();
+        let mut sent = 0;
+        while sent < len && running.load(Ordering::Relaxed) {
+            let payload = sent.to_string();
             client.publish(&format!("{prefix}/q1"), payload.as_bytes(), QoS::AtLeastOnce, false);
             client.publish(&format!("{prefix}/q2"), payload.as_bytes(), QoS::ExactlyOnce, false);
+            sent += 1;
             std::thread::sleep(Duration::from_millis(10));
         }
         client.disconnect();
+        sent
     })
 }
 
@@ -449,14 +478,14 @@ fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
     let start = Instant::now();
     let (mut disrupted, mut restored) = (false, false);
     let deadline = start + Duration::from_secs(60);
-    while !(on_leaf.complete("myhouse/room1/down")
-        && (restarts_leaf || on_master.complete("sensor/room1/up")))
+    while !(on_leaf.complete("myhouse/room1/down", STREAM_LEN)
+        && (restarts_leaf || on_master.complete("sensor/room1/up", STREAM_LEN)))
     {
         assert!(
             Instant::now() < deadline,
             "streams incomplete: leaf {}, master {}\n{}\n{}",
-            on_leaf.missing("myhouse/room1/down"),
-            on_master.missing("sensor/room1/up"),
+            on_leaf.missing("myhouse/room1/down", STREAM_LEN),
+            on_master.missing("sensor/room1/up", STREAM_LEN),
             master.log(),
             leaf.log()
         );
@@ -492,9 +521,9 @@ fn streams_survive(master_kind: Kind, leaf_kind: Kind, disruption: Disruption) {
         publisher.join().unwrap();
     }
     assert!(restored, "the streams ended before the disruption was over");
-    on_leaf.check("myhouse/room1/down", &[&master, &leaf]);
+    on_leaf.check("myhouse/room1/down", STREAM_LEN, &[&master, &leaf]);
     if disruption == Disruption::CutLink {
-        on_master.check("sensor/room1/up", &[&master, &leaf]);
+        on_master.check("sensor/room1/up", STREAM_LEN, &[&master, &leaf]);
     }
 }
 
@@ -527,6 +556,166 @@ fn leaf_restart_culex_master_culex_leaf() {
 #[test]
 fn leaf_kill_9_culex_master_culex_leaf() {
     streams_survive(Culex, Culex, Disruption::KillLeaf);
+}
+
+/// The chaos soak through bridges: the tutorial's three servers, Culex in every role, with
+/// persistence. QoS 1 and QoS 2 streams go down from the master to both leaves and up from one
+/// leaf, while, at random, that leaf's link is cut and restored, and a subscriber on the master
+/// to everything never reads. At the end nothing the brokers acknowledged is lost, QoS 2
+/// arrives exactly once and in order, and the master's memory is back near where it started.
+/// `CULEX_SOAK_SECONDS` long (120 under CI, 20 otherwise); the seed of its schedule is
+/// printed, and taken from `CULEX_SOAK_SEED` to replay one.
+///
+/// It finds defects that are open (docs/ARCHITECTURE.md), so it runs only when asked:
+/// `CULEX_BRIDGE_SOAK=cuts` as above, with one shard per leaf (a leaf's collector was sent
+/// some three hundred QoS 2 messages a second time in one 20 s run of five); `=all` with two
+/// shards per leaf, where a persistent session that reconnects onto the other shard (the
+/// bridge's, after a cut) can lose a message published to it while it moves (one run in
+/// three), and the other leaf killed with SIGKILL and started again at random as well (a
+/// replay of two hundred QoS 2 messages in one run of six). It joins CI once they are fixed.
+#[test]
+fn chaos_soak_through_bridges() {
+    let mode = std::env::var("CULEX_BRIDGE_SOAK").unwrap_or_default();
+    let open_defects = match mode.as_str() {
+        "cuts" => false,
+        "all" => true,
+        _ => {
+            eprintln!(
+                "chaos_soak_through_bridges NOT RUN: it fails on open defects \
+                 (docs/ARCHITECTURE.md); CULEX_BRIDGE_SOAK=cuts or =all runs it"
+            );
+            return;
+        }
+    };
+    let seconds = soak_seconds();
+    let persistent = "persistence true\npersistence_location {dir}/\n";
+    // Queues with room for every outage, so that what the soak counts is loss, not the queue
+    // limit's policy.
+    let shards = if open_defects { "" } else { "shards 1\n" };
+    let persistent = format!("{shards}{persistent}max_queued_messages 100000\n");
+    let Some(mut restarted) = Node::start(Culex, "127.0.0.88", &persistent) else { return };
+    let Some(cut) = Node::start(Culex, "127.0.0.89", &persistent) else { return };
+    let proxy = Proxy::start("127.0.0.89", cut.addr());
+    let bridge = |name: &str, address: String| {
+        format!(
+            "connection {name}\naddress {address}\ntopic room1/# both 2 sensor/ myhouse/\n\
+             cleansession false\nrestart_timeout 1\nkeepalive_interval 5\n\
+             remote_clientid {name}-bridge\n"
+        )
+    };
+    let master_config = format!(
+        "{persistent}{}{}",
+        bridge("to-restarted", restarted.address()),
+        bridge("to-cut", proxy.address())
+    );
+    let Some(master) = Node::start(Culex, "127.0.0.53", &master_config) else { return };
+    let (down, up) = ("myhouse/room1/down", "sensor/room1/up");
+    let mut on_restarted =
+        Collector::connect(&restarted, "restarted-collector", &format!("{down}/#"));
+    let mut on_cut = Collector::connect(&cut, "cut-collector", &format!("{down}/#"));
+    let mut on_master = Collector::connect(&master, "master-collector", &format!("{up}/#"));
+    {
+        let logs = [&master, &restarted, &cut];
+        let probe = "sensor/room1/down/probe";
+        await_route(&master, probe, on_restarted.client.as_mut().unwrap(), &logs);
+        await_route(&master, probe, on_cut.client.as_mut().unwrap(), &logs);
+        await_route(&cut, "myhouse/room1/up/probe", on_master.client.as_mut().unwrap(), &logs);
+    }
+    let mut clients = [&mut on_restarted, &mut on_cut, &mut on_master];
+    drain(&mut clients.each_mut().map(|c| c.client.as_mut().unwrap()));
+    let stalled = subscriber(&master, "stalled", "sensor/#");
+    let master_pid = master.child.as_ref().unwrap().id();
+    let rss_start = rss_kib(master_pid);
+
+    let running = Arc::new(AtomicBool::new(true));
+    let downstream = publish_stream(&master, "sensor/room1/down", u32::MAX, running.clone());
+    let upstream = publish_stream(&cut, "myhouse/room1/up", u32::MAX, running.clone());
+    let seed = std::env::var("CULEX_SOAK_SEED").ok().and_then(|s| s.parse().ok());
+    let seed: u64 = seed.unwrap_or_else(|| u64::from(std::process::id()) << 20 ^ 0x9e37_79b9);
+    eprintln!("chaos soak through bridges: {seconds} s, seed {seed} (CULEX_SOAK_SEED)");
+    let mut random = seed | 1;
+    let mut next_random = |below: u64| {
+        // xorshift64*: a schedule that a seed replays.
+        random ^= random >> 12;
+        random ^= random << 25;
+        random ^= random >> 27;
+        random.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
+    };
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    // Each disruption lasts 0.5-2.5 s, with 0.5-3 s of calm after it.
+    let (mut restarts, mut cuts) = (0, 0);
+    let mut next_change = start + Duration::from_millis(500 + next_random(2500));
+    let (mut leaf_down, mut link_down) = (false, false);
+    while Instant::now() < end || leaf_down || link_down {
+        if Instant::now() >= next_change {
+            if leaf_down || link_down {
+                if leaf_down {
+                    restarted.spawn();
+                    on_restarted.reconnect();
+                }
+                if link_down {
+                    proxy.restore();
+                }
+                (leaf_down, link_down) = (false, false);
+                next_change = Instant::now() + Duration::from_millis(500 + next_random(2500));
+            } else {
+                // The leaf, the link, or both at once; the link alone without the open defects.
+                let what = if open_defects { next_random(3) } else { 1 };
+                if what != 1 {
+                    on_restarted.client = None;
+                    restarted.kill();
+                    (leaf_down, restarts) = (true, restarts + 1);
+                }
+                if what != 0 {
+                    proxy.cut();
+                    (link_down, cuts) = (true, cuts + 1);
+                }
+                next_change = Instant::now() + Duration::from_millis(500 + next_random(2000));
+            }
+        }
+        on_restarted.poll();
+        on_cut.poll();
+        on_master.poll();
+    }
+    running.store(false, Ordering::Relaxed);
+    let (sent_down, sent_up) = (downstream.join().unwrap(), upstream.join().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = [&master, &restarted, &cut];
+    while !(on_restarted.complete(down, sent_down)
+        && on_cut.complete(down, sent_down)
+        && on_master.complete(up, sent_up))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "streams incomplete after the soak: restarted leaf {}; cut leaf {}; master {}\n{}",
+            on_restarted.missing(down, sent_down),
+            on_cut.missing(down, sent_down),
+            on_master.missing(up, sent_up),
+            logs.map(|node| format!("{:?} {}:\n{}", node.kind, node.address(), node.log()))
+                .join("\n")
+        );
+        for _ in 0..25 {
+            on_restarted.poll();
+            on_cut.poll();
+            on_master.poll();
+        }
+    }
+    on_restarted.check(down, sent_down, &logs);
+    on_cut.check(down, sent_down, &logs);
+    on_master.check(up, sent_up, &logs);
+    drop(stalled);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_end = rss_kib(master_pid);
+    eprintln!(
+        "chaos soak through bridges: {restarts} leaf restarts, {cuts} link cuts, {sent_down} messages down \
+         and {sent_up} up at QoS 1 and at QoS 2, all delivered; the master's memory {} MiB at \
+         the start, {} MiB at the end",
+        rss_start >> 10,
+        rss_end >> 10
+    );
+    assert!(cuts > 0 && (restarts > 0 || !open_defects), "{seconds} s is too short to disrupt");
+    assert!(rss_end < rss_start + (32 << 10), "{rss_start} KiB -> {rss_end} KiB");
 }
 
 // ---- Notifications, start types, failover, try_private -----------------------------------------

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{raw_subscription, Broker, ConnectOptions, RawClient};
+use common::{raw_subscription, rss_kib, Broker, ConnectOptions, RawClient};
 use culex::protocol::{Packet, ProtocolVersion, QoS, ReasonCode};
 
 /// A filter of 30,000 levels (`+/+/.../+`, 60 KB, valid MQTT) once overflowed a shard's stack in
@@ -171,13 +171,6 @@ impl Bystander {
         self.client.publish("still/here", payload.as_bytes(), QoS::AtLeastOnce, false);
         assert_eq!(self.client.receive().payload, payload.into_bytes());
     }
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// A Remaining Length of 256 MB announced and never sent reserves nothing: the broker buffers

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{Broker, ConnectOptions, RawClient, TempDir};
+use common::{rss_kib, soak_seconds, Broker, ConnectOptions, RawClient, TempDir};
 use culex::protocol::{
     Ack, Connect, Disconnect, LastWill, Packet, PacketId, Properties, ProtocolVersion, Publish,
     QoS, ReasonCode, Subscribe, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe,
@@ -185,17 +185,6 @@ impl Chaos {
     }
 }
 
-fn soak_seconds() -> u64 {
-    let default = if std::env::var_os("CI").is_some() { 120 } else { 20 };
-    std::env::var("CULEX_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
-    line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) >> 10
-}
-
 #[test]
 fn chaos_soak_leaves_a_bystander_served_and_memory_bounded() {
     let store = TempDir::new();
@@ -238,7 +227,7 @@ fn chaos_soak_leaves_a_bystander_served_and_memory_bounded() {
         // Within the usual wait: a shard stalled by the chaos would miss it.
         let echo = bystander.receive();
         assert_eq!(&echo.payload[..], payload.as_bytes(), "round {rounds}");
-        peak_mib = peak_mib.max(rss_mib(broker.pid()));
+        peak_mib = peak_mib.max(rss_kib(broker.pid()) >> 10);
         rounds += 1;
         std::thread::sleep(Duration::from_millis(50));
     }

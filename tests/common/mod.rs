@@ -651,6 +651,19 @@ pub fn broker_side_nodelay(pid: u32, client: SocketAddr) -> bool {
 }
 
 /// Whether a broker on `addr` answers a CONNECT with a CONNACK (whatever its code).
+/// Resident memory of process `pid`, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// How long a soak runs: `CULEX_SOAK_SECONDS`, else 120 s under CI and 20 s otherwise.
+pub fn soak_seconds() -> u64 {
+    let default = if std::env::var_os("CI").is_some() { 120 } else { 20 };
+    std::env::var("CULEX_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 pub fn answers_mqtt(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
