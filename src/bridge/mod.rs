@@ -458,7 +458,11 @@ async fn attempt(
             Err(ConnectFailure::BridgeBit)
         }
         Ok(Some(Packet::ConnAck(connack))) => Err(ConnectFailure::ConnAck(connack.reason)),
-        Ok(None) if private => Err(ConnectFailure::BridgeBit),
+        // A connection closed before CONNACK is no refusal of the bridge bit, as for Mosquitto
+        // (only CONNACK 0x01 is): taken for one, a link cut at that moment turned the bit off
+        // for good, and with it the peer's loop prevention, so every message on a `both`
+        // pattern came back over the bridge (the chaos soak through bridges: hundreds of QoS 2
+        // messages delivered twice).
         Ok(_) | Err(_) => Err(ConnectFailure::NotConnAck),
     }
 }
