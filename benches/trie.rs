@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use culex::broker::trie::TopicTrie;
 use culex::protocol::filter_matches;
+use culex::protocol::trie::TopicTrie;
 
 /// A mix shaped like a device fleet: mostly exact topics, some `+` and `#` filters.
 fn filters(count: usize) -> Vec<String> {

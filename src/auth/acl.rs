@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use ahash::AHashMap;
 use thiserror::Error;
 
-use crate::broker::trie::TopicTrie;
 use crate::protocol::filter_matches;
+use crate::protocol::trie::TopicTrie;
 use crate::protocol::TopicFilter;
 
 #[derive(Debug, Error, PartialEq, Eq)]

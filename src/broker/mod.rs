@@ -23,7 +23,6 @@ pub mod signal;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
-pub mod trie;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -47,9 +46,9 @@ use self::session::{
 };
 use self::shared::SharedSubscriptions;
 use self::signal::Signal;
-use self::trie::TopicTrie;
 use crate::auth::{Access, Identity};
 use crate::config::Config;
+use crate::protocol::trie::TopicTrie;
 use crate::protocol::{
     Ack, ConnAck, Connect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::session::Message;
-use super::trie::TopicTrie;
+use crate::protocol::trie::TopicTrie;
 
 #[derive(Default)]
 pub struct RetainedStore {

@@ -10,7 +10,7 @@ use bytestring::ByteString;
 
 use super::messages::{ShardId, ShardSet};
 use super::session::Subscription;
-use super::trie::TopicTrie;
+use crate::protocol::trie::TopicTrie;
 
 #[derive(Default)]
 struct Group {

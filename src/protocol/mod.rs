@@ -13,6 +13,7 @@ mod reason;
 mod session_end;
 mod subscribe;
 mod topic;
+pub mod trie;
 mod wire;
 
 use std::num::NonZeroU16;

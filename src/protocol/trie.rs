@@ -53,6 +53,7 @@ impl<T> Children<T> {
     }
 
     /// The child at `level`, made empty if there is none.
+    #[expect(clippy::indexing_slicing, reason = "`at` is found in `few`, or the index just pushed")]
     fn get_or_default(&mut self, level: &str) -> &mut Node<T> {
         if let Children::Few(few) = self {
             if few.len() >= SCANNED_MAX && !few.iter().any(|(name, _)| **name == *level) {
@@ -265,7 +266,7 @@ impl<T> TopicTrie<T> {
                     visit(value);
                 }
                 pending.extend(node.children.values().map(|child| (child, None)));
-                pending[above..].reverse();
+                pending.get_mut(above..).unwrap_or_default().reverse();
                 continue;
             };
             // A filter starting with a wildcard does not match a topic starting with `$`
@@ -286,12 +287,12 @@ impl<T> TopicTrie<T> {
                     }
                     let children = node.children.iter().filter(|(name, _)| reachable(name));
                     pending.extend(children.map(|(_, child)| (child, None)));
-                    pending[above..].reverse();
+                    pending.get_mut(above..).unwrap_or_default().reverse();
                 }
                 Some("+") => {
                     let children = node.children.iter().filter(|(name, _)| reachable(name));
                     pending.extend(children.map(|(_, child)| (child, Some(depth + 1))));
-                    pending[above..].reverse();
+                    pending.get_mut(above..).unwrap_or_default().reverse();
                 }
                 Some(level) => {
                     if let Some(child) = node.children.get(level) {
