@@ -57,6 +57,13 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
+/// A new connection (`conn`, on shard `to`) takes a client id over: `Evict`.
+pub(super) struct Takeover {
+    pub(super) to: ShardId,
+    pub(super) conn: ConnId,
+    pub(super) clean_start: bool,
+}
+
 /// A session ends for good: its records go too.
 fn forget_stored(session: &Session) {
     if let Some(stored) = &session.stored {
@@ -218,6 +225,7 @@ impl Shard {
         let conn = Rc::new(conn);
         let claim = Rc::new(PendingClaim::default());
         self.claims.insert(conn_id, claim.clone());
+        self.connecting.insert(conn_id, None);
         tracing::info!(
             target: crate::logging::CONNECTION,
             shard = self.id.index(), %peer, %client_id, ?version, "new client connecting"
@@ -273,6 +281,7 @@ impl Shard {
         claim: Rc<PendingClaim>,
     ) {
         self.counters.connections.add(1);
+        let takeover = self.connecting.remove(&conn.id).flatten();
         let previous = claim.state.borrow_mut().take().flatten();
         // MQTT 3.1's CONNACK has no Session Present flag: that byte is reserved (Mosquitto
         // sends 0 whatever the session).
@@ -289,8 +298,14 @@ impl Shard {
         };
         let mut state = previous.map(|s| *s).unwrap_or_default();
         let stored_before = state.stored_at.take();
-        let filters: Vec<(TopicFilter, Subscription)> =
-            state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
+        let routes_changed = !state.subscriptions.is_empty();
+        // The others are in place since `Handoff` (`moves`).
+        let shared: Vec<(TopicFilter, Subscription)> = state
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| f.shared().is_some())
+            .map(|(f, s)| (f.clone(), *s))
+            .collect();
         let client_id = conn.client_id.clone();
         let mut session = Session::new(expiry, conn.id, state);
         let identity = Identity { client_id: &client_id, username: conn.username.as_deref() };
@@ -320,11 +335,18 @@ impl Shard {
             .map(|credentials| Reader { username: conn.username.clone(), credentials });
         self.store_session(&client_id, &mut session, stored_before);
         self.sessions.insert(client_id.clone(), Box::new(session));
-        for (filter, subscription) in &filters {
+        for (filter, subscription) in &shared {
             self.add_local_subscriber(&client_id, filter, *subscription);
         }
+        let moving = self.moved_in_installed(&client_id);
         let reply = HeldReply::ConnAck { conn: conn.clone(), session_present, claim };
-        self.barrier(reply, !filters.is_empty());
+        let token = self.barrier(reply, routes_changed, usize::from(moving));
+        if moving {
+            self.connack_waits_for_move(&client_id, token);
+        }
+        if let Some(takeover) = takeover {
+            self.take_over(client_id, takeover);
+        }
     }
 
     /// Writes a session just installed here (persistent ones, with `persistence true`) under a
@@ -515,14 +537,25 @@ impl Shard {
         }
     }
 
+    /// `Evict`: the session goes to a new connection, once it is not moving in here.
+    pub(super) fn take_over(&mut self, client_id: ByteString, takeover: Takeover) {
+        let Some(takeover) = self.defer_takeover(&client_id, takeover) else { return };
+        let Takeover { to, conn, clean_start } = takeover;
+        let state = self.evict(&client_id, clean_start, to);
+        self.dispatch(to, ShardMsg::Handoff { client_id, conn, state, from: self.id });
+    }
+
     /// Takes a session away from its current connection (closing it, publishing its will) and
-    /// returns its state if the new connection resumes it.
+    /// returns its state if the new connection, on shard `to`, resumes it.
     pub(super) fn evict(
         &mut self,
         client_id: &ByteString,
         clean_start: bool,
+        to: ShardId,
     ) -> Option<Box<SessionState>> {
-        let mut session = self.end_session(client_id)?;
+        let resumes = !clean_start && self.sessions.get(client_id)?.is_persistent();
+        let mut session =
+            if resumes { self.move_out(client_id, to)? } else { self.end_session(client_id)? };
         if let Some(conn) = session.conn.take() {
             tracing::info!(%client_id, "client already connected, closing old connection");
             conn.close(Close::TakenOver);
@@ -530,7 +563,7 @@ impl Shard {
                 self.publish_will(client_id, will);
             }
         }
-        if !clean_start && session.is_persistent() {
+        if resumes {
             let mut state = session.state;
             state.stored_at = session.stored.map(|stored| (self.id, stored.epoch));
             Some(Box::new(state))

@@ -65,6 +65,16 @@ impl ShardSet {
         self.0 == 0
     }
 
+    pub fn contains(self, shard: ShardId) -> bool {
+        self.0 & shard.bit() != 0
+    }
+
+    /// Shards `0..count`.
+    pub fn first(count: usize) -> ShardSet {
+        debug_assert!(count <= SHARDS_MAX);
+        ShardSet(u64::MAX.checked_shr(64 - count as u32).unwrap_or(0))
+    }
+
     pub fn len(self) -> usize {
         self.0.count_ones() as usize
     }
@@ -152,12 +162,14 @@ pub enum ShardMsg {
         conn: ConnId,
         clean_start: bool,
     },
-    /// To the shard holding the previous session: close it and hand its state to `to`.
+    /// To the shard holding the previous session (`previous`'s): close it and hand its state
+    /// to `to`.
     Evict {
         client_id: ByteString,
         to: ShardId,
         conn: ConnId,
         clean_start: bool,
+        previous: ConnId,
     },
     /// `from` gained its first or lost its last member of a shared subscription group.
     SharedInterest {
@@ -176,11 +188,49 @@ pub enum ShardMsg {
         /// Who waits for it to be stored (see `DurablePublish`).
         durable: Option<(ShardId, u64)>,
     },
-    /// The answer to a claim: the previous session's state, if it is to be resumed.
+    /// The answer to a claim: the previous session's state, if it is to be resumed, from the
+    /// shard that held it (`from`).
     Handoff {
         client_id: ByteString,
         conn: ConnId,
         state: Option<Box<SessionState>>,
+        from: ShardId,
+    },
+    /// From a session's old shard to its new one (`broker::moves`): a message that the old
+    /// shard's subscriptions for the session matched, to deliver to it there.
+    Forward {
+        client_id: ByteString,
+        message: Arc<Message>,
+        routing: Option<Box<Routing>>,
+        /// Who waits for it to be stored (see `DurablePublish`).
+        durable: Option<(ShardId, u64)>,
+    },
+    /// From the new shard to every other one but the old: route the session's messages to
+    /// `to` from now on, and say so to both (`MoveSeen` to `from`, `SwitchedHere` to `to`).
+    MoveStarted {
+        client_id: ByteString,
+        from: ShardId,
+        to: ShardId,
+    },
+    /// To the old shard: what `by` routes from now on goes to the new shard directly.
+    MoveSeen {
+        client_id: ByteString,
+        by: ShardId,
+    },
+    /// To the new shard, from `by`, at the same point of `by`'s routing as its `MoveSeen`.
+    SwitchedHere {
+        client_id: ByteString,
+        by: ShardId,
+    },
+    /// From the old shard to the new: it has forwarded everything `by` routed before its switch.
+    SeenBy {
+        client_id: ByteString,
+        by: ShardId,
+    },
+    /// From the old shard to the new: every shard has switched, and the old one has dropped
+    /// the session's subscriptions.
+    MoveDone {
+        client_id: ByteString,
     },
     /// A connection ended together with its session: forget the registry entry if it is still
     /// that connection's.
@@ -197,7 +247,8 @@ impl ShardMsg {
             ShardMsg::Publish(message)
             | ShardMsg::Retain(message)
             | ShardMsg::DurablePublish { message, .. }
-            | ShardMsg::SharedPublish { message, .. } => message.size_bytes(),
+            | ShardMsg::SharedPublish { message, .. }
+            | ShardMsg::Forward { message, .. } => message.size_bytes(),
             _ => 0,
         }
     }

@@ -13,6 +13,7 @@ pub mod counters;
 pub mod journal;
 mod latch;
 pub mod messages;
+mod moves;
 pub mod outbox;
 mod publish;
 mod retain;
@@ -56,6 +57,7 @@ use crate::protocol::{
 use crate::store::{RecoveredSession, StoreOp};
 
 use clients::*;
+use moves::*;
 use publish::*;
 use router::*;
 use subscriptions::*;
@@ -104,6 +106,9 @@ pub struct Shard {
     retained: RetainedStore,
     registry: AHashMap<ByteString, RegistryEntry>,
     claims: AHashMap<ConnId, Rc<PendingClaim>>,
+    /// Connections between `begin_connect` and `finish_connect`, with the takeover of their
+    /// session that came meanwhile (done once it is installed).
+    connecting: AHashMap<ConnId, Option<Takeover>>,
     /// Replies waiting for barrier acknowledgements (and, with persistence, the commit).
     held: Latches<HeldReply>,
     next_token: u64,
@@ -115,14 +120,25 @@ pub struct Shard {
     pub counters: Arc<ShardCounters>,
     /// This shard's pending store changes (`persistence true`).
     journal: Option<SharedJournal>,
-    /// Acknowledgements held until their message is durable everywhere it was stored: the
-    /// publisher's connection, which holds the acknowledgement under the same token.
-    durable: Latches<Rc<ConnHandle>>,
+    /// Acknowledgements held until their message is durable everywhere it was stored.
+    durable: Latches<DurableWaiter>,
+    /// Sessions moving to another shard, and from another shard (or resumed here): see `moves`.
+    moves_out: AHashMap<ByteString, MoveOut>,
+    moves_in: AHashMap<ByteString, MoveIn>,
     /// The bridges this shard runs: each one's local session, its counters, and the flag
     /// that tells its task to stop.
     bridges: Vec<RunningBridge>,
     /// Notified when a reload replaced the configuration.
     reconfigured: Rc<signal::Event>,
+}
+
+/// Who waits for a message to be durable everywhere it went.
+enum DurableWaiter {
+    /// The publisher's connection, which holds the acknowledgement under the same token.
+    Publisher(Rc<ConnHandle>),
+    /// Another shard's token, confirmed once this shard and the shards it passed the message
+    /// on to (a session moving away) have stored it.
+    Relay { origin: ShardId, token: u64 },
 }
 
 /// A bridge task of this shard, as the shard knows it.
@@ -163,6 +179,7 @@ impl Shard {
             retained: RetainedStore::default(),
             registry: AHashMap::new(),
             claims: AHashMap::new(),
+            connecting: AHashMap::new(),
             held: Latches::default(),
             next_token: 0,
             next_conn: 0,
@@ -171,6 +188,8 @@ impl Shard {
             counters,
             journal,
             durable: Latches::default(),
+            moves_out: AHashMap::new(),
+            moves_in: AHashMap::new(),
             bridges: Vec::new(),
             reconfigured: Rc::default(),
         }
@@ -230,7 +249,7 @@ impl Shard {
     /// Sends to a shard; to this shard, handles it at once.
     fn dispatch(&mut self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
-            self.handle_shard_msg(msg);
+            self.handle_shard_msg(self.id, msg);
         } else {
             self.outbound.push(to, msg);
         }
@@ -242,9 +261,10 @@ impl Shard {
     }
 
     /// Sends a barrier to every other shard when `routes_changed`; `reply` goes out when all
-    /// have answered. With persistence, it also waits for this shard's pending changes (the
-    /// session or subscriptions the reply confirms) to be durable.
-    fn barrier(&mut self, reply: HeldReply, routes_changed: bool) {
+    /// have answered, and `also` other confirmations of the returned token have come. With
+    /// persistence, it also waits for this shard's pending changes (the session or
+    /// subscriptions the reply confirms) to be durable.
+    fn barrier(&mut self, reply: HeldReply, routes_changed: bool, also: usize) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
         let others: SmallVec<[ShardId; 16]> =
@@ -252,7 +272,7 @@ impl Shard {
         for shard in &others {
             self.outbound.push(*shard, ShardMsg::Barrier { from: self.id, token });
         }
-        let mut waiting = others.len();
+        let mut waiting = others.len() + also;
         if let Some(journal) = self.holding_journal() {
             journal.borrow_mut().wait(Waiter::Barrier(token));
             waiting += 1;
@@ -260,6 +280,7 @@ impl Shard {
         if let Some(reply) = self.held.hold(token, waiting, reply) {
             self.release(reply);
         }
+        token
     }
 
     /// One of the acknowledgements a barrier waits for came.
@@ -355,9 +376,10 @@ impl Shard {
         counters.mesh_pending.set(self.outbound.pending() as u64);
     }
 
-    pub fn handle_shard_msg(&mut self, msg: ShardMsg) {
+    /// Applies what shard `from` sent (or this shard itself).
+    pub fn handle_shard_msg(&mut self, from: ShardId, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish(message) => self.deliver_local(&message, None),
+            ShardMsg::Publish(message) => self.deliver_routed(&message, None, from, None),
             ShardMsg::Retain(message) => self.store_retained(&message),
             ShardMsg::Interest { filter, from, added } => {
                 if added {
@@ -373,8 +395,7 @@ impl Shard {
                 self.shared.set_remote(&filter, &group, from, has_members);
             }
             ShardMsg::DurablePublish { message, origin, token, routing } => {
-                self.deliver_local(&message, routing.as_deref());
-                self.confirm_durable(Some((origin, token)));
+                self.deliver_routed(&message, routing.map(|r| *r), from, Some((origin, token)));
             }
             ShardMsg::Durable { token } => self.durable_confirmed(token),
             ShardMsg::Forget { client_id, epoch } => {
@@ -392,18 +413,34 @@ impl Shard {
             ShardMsg::Claim { client_id, from, conn, clean_start } => {
                 let entry = RegistryEntry { shard: from, conn };
                 match self.registry.insert(client_id.clone(), entry) {
-                    Some(previous) => self.dispatch(
-                        previous.shard,
-                        ShardMsg::Evict { client_id, to: from, conn, clean_start },
-                    ),
-                    None => self.dispatch(from, ShardMsg::Handoff { client_id, conn, state: None }),
+                    Some(previous) => {
+                        let evict = ShardMsg::Evict {
+                            client_id,
+                            to: from,
+                            conn,
+                            clean_start,
+                            previous: previous.conn,
+                        };
+                        self.dispatch(previous.shard, evict);
+                    }
+                    None => {
+                        let msg = ShardMsg::Handoff { client_id, conn, state: None, from: self.id };
+                        self.dispatch(from, msg);
+                    }
                 }
             }
-            ShardMsg::Evict { client_id, to, conn, clean_start } => {
-                let state = self.evict(&client_id, clean_start);
-                self.dispatch(to, ShardMsg::Handoff { client_id, conn, state });
+            ShardMsg::Evict { client_id, to, conn, clean_start, previous } => {
+                let takeover = Takeover { to, conn, clean_start };
+                match self.connecting.get_mut(&previous) {
+                    // The connection it takes over has not installed its session yet.
+                    Some(waiting) => *waiting = Some(takeover),
+                    None => self.take_over(client_id, takeover),
+                }
             }
-            ShardMsg::Handoff { client_id, conn, state } => {
+            ShardMsg::Handoff { client_id, conn, state, from } => {
+                if let Some(state) = &state {
+                    self.move_in(&client_id, state, from);
+                }
                 // Invariant: a connection task waits for its claim's answer before anything
                 // else, so the claim is always here.
                 debug_assert!(
@@ -420,6 +457,12 @@ impl Shard {
                     self.registry.remove(&client_id);
                 }
             }
+            msg @ (ShardMsg::Forward { .. }
+            | ShardMsg::MoveStarted { .. }
+            | ShardMsg::MoveSeen { .. }
+            | ShardMsg::SwitchedHere { .. }
+            | ShardMsg::SeenBy { .. }
+            | ShardMsg::MoveDone { .. }) => self.handle_move_msg(msg),
         }
     }
 

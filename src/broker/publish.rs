@@ -261,15 +261,19 @@ impl Shard {
             message.map_or(0, |(message, routing)| self.route(message, Some(token), routing));
         conn.hold_ack(token, ack);
         // Its own shard's commit, and each other shard's it went to.
-        let held = self.durable.hold(token, remote + 1, conn.clone());
+        let held = self.durable.hold(token, remote + 1, DurableWaiter::Publisher(conn.clone()));
         debug_assert!(held.is_none());
         journal.borrow_mut().wait(Waiter::Local(token));
     }
 
     /// One of the shards storing the message behind acknowledgement `token` made it durable.
     pub(super) fn durable_confirmed(&mut self, token: u64) {
-        if let Some(conn) = self.durable.confirm(token) {
-            conn.release_ack(token);
+        match self.durable.confirm(token) {
+            Some(DurableWaiter::Publisher(conn)) => conn.release_ack(token),
+            Some(DurableWaiter::Relay { origin, token }) => {
+                self.dispatch(origin, ShardMsg::Durable { token })
+            }
+            None => {}
         }
     }
 }

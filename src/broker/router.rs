@@ -20,7 +20,11 @@ pub(super) fn delivery_qos(published: QoS, granted: QoS, upgrade: bool) -> QoS {
 }
 
 /// The subscription ids of one delivery; usually none or one.
-type SubscriptionIds = SmallVec<[crate::protocol::SubscriptionId; 1]>;
+pub(super) type SubscriptionIds = SmallVec<[crate::protocol::SubscriptionId; 1]>;
+
+/// Clients whose session is moving between shards, set aside by `deliver_local` for
+/// `Shard::divert` (`moves`); nearly always empty.
+pub(super) type Diverted = Vec<ByteString>;
 
 /// Whether the ACL file of the listener the session last connected through lets it receive a
 /// message on `topic` (a bridge's own session is not restricted).
@@ -107,8 +111,11 @@ impl Shard {
                 self.outbound.push(shard, ShardMsg::Retain(stored.clone()));
             }
         }
-        self.deliver_local(&message, routing.as_ref());
         let origin = durable.map(|token| (self.id, token));
+        let diverted = self.deliver_local(&message, routing.as_ref(), self.id);
+        if !diverted.is_empty() {
+            confirmations += self.divert(diverted, &message, routing, self.id, origin);
+        }
         if !self.shared.is_empty() {
             for pick in self.shared.pick_shards(&message.topic, self.id) {
                 if pick.shard == self.id {
@@ -159,10 +166,26 @@ impl Shard {
     }
 
     /// Delivers to this shard's subscribers: one copy per client at the highest QoS of its
-    /// matching subscriptions (as Mosquitto does for overlapping filters).
-    pub(super) fn deliver_local(&mut self, message: &Arc<Message>, routing: Option<&Routing>) {
+    /// matching subscriptions (as Mosquitto does for overlapping filters). `by`: the shard that
+    /// routed it here. Returns the clients whose sessions are moving (`divert` takes them).
+    #[must_use]
+    pub(super) fn deliver_local(
+        &mut self,
+        message: &Arc<Message>,
+        routing: Option<&Routing>,
+        by: ShardId,
+    ) -> Diverted {
         let Shard {
-            subscribers, sessions, limits, counters, congested, checks_reads, config, ..
+            subscribers,
+            sessions,
+            limits,
+            counters,
+            congested,
+            checks_reads,
+            config,
+            moves_in,
+            id,
+            ..
         } = self;
         let upgrade = config.upgrade_outgoing_qos;
         let checks_reads = *checks_reads;
@@ -206,8 +229,19 @@ impl Shard {
             }
         });
         let mut deliveries = Deliveries { limits, counters, congested, checks_reads, routing };
+        let mut diverted = Diverted::new();
         for (client_id, options, subscription_ids) in targets {
-            let Some(session) = sessions.get_mut(client_id) else { continue };
+            let way = match moves_in.is_empty() {
+                true => Way::Deliver,
+                false => moves_in.get(client_id).map_or(Way::Deliver, |m| m.way(by, *id)),
+            };
+            let session = sessions.get_mut(client_id).filter(|_| way == Way::Deliver);
+            let Some(session) = session else {
+                if way != Way::Skip {
+                    diverted.push(client_id.clone());
+                }
+                continue;
+            };
             let outgoing = Outgoing {
                 message: message.clone(),
                 qos: delivery_qos(message.qos, options.qos, upgrade),
@@ -219,6 +253,7 @@ impl Shard {
             };
             deliveries.deliver(client_id, session, outgoing);
         }
+        diverted
     }
 
     /// The subscribers that the deliveries since the last call took past their high-water

@@ -91,7 +91,7 @@ impl Shard {
             suback,
             retained_for,
         }));
-        self.barrier(reply, true);
+        self.barrier(reply, true, 0);
         Ok(())
     }
 

@@ -152,18 +152,16 @@ fn a_message_goes_once_to_each_interested_shard() {
     let mut one = OneShard::of(3, None);
     for filter in ["fleet/#", "fleet/+/tele"] {
         let filter = ByteString::from(filter);
-        one.shard.handle_shard_msg(ShardMsg::Interest {
-            filter,
-            from: ShardId::new(1),
-            added: true,
-        });
+        one.shard.handle_shard_msg(
+            ShardId::new(1),
+            ShardMsg::Interest { filter, from: ShardId::new(1), added: true },
+        );
     }
     let other = ByteString::from("other/#");
-    one.shard.handle_shard_msg(ShardMsg::Interest {
-        filter: other,
-        from: ShardId::new(2),
-        added: true,
-    });
+    one.shard.handle_shard_msg(
+        ShardId::new(1),
+        ShardMsg::Interest { filter: other, from: ShardId::new(2), added: true },
+    );
     one.shard.outbound.take();
     one.shard.publish_internal(Message {
         topic: TopicName::new("fleet/7/tele").unwrap(),

@@ -9,6 +9,7 @@ use glommio::{GlommioError, ResourceType};
 
 use super::flow;
 use crate::broker::messages::Batch;
+use crate::broker::messages::ShardId;
 use crate::broker::Shard;
 
 /// Sends pending batches whenever there are some, waiting on a full queue.
@@ -40,14 +41,16 @@ pub async fn run_flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
 
 /// Applies every batch a peer sends, in order.
 pub fn spawn_receivers(shard: &Rc<RefCell<Shard>>, mut receivers: Receivers<Batch>) {
-    for (_peer, receiver) in receivers.streams() {
+    for (peer, receiver) in receivers.streams() {
+        // Peers are numbered as shards (`try_send_to` in `run_flusher` relies on it too).
+        let from = ShardId::new(peer);
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(batch) = receiver.recv().await {
                 {
                     let mut shard = shard.borrow_mut();
                     for msg in batch {
-                        shard.handle_shard_msg(msg);
+                        shard.handle_shard_msg(from, msg);
                     }
                 }
                 // Subscribers that could not take this batch slow the sending shard down.

@@ -11,6 +11,8 @@ mod mesh;
 pub mod notify;
 mod recovery;
 pub mod reload;
+#[cfg(test)]
+mod session_moves;
 mod transport;
 mod websocket;
 

@@ -246,7 +246,9 @@ mod tests {
                     for (to, batch) in batches {
                         moved = true;
                         for msg in batch {
-                            self.shards[to.index()].borrow_mut().handle_shard_msg(msg);
+                            self.shards[to.index()]
+                                .borrow_mut()
+                                .handle_shard_msg(ShardId::new(from), msg);
                         }
                     }
                 }
@@ -372,7 +374,7 @@ mod tests {
             for (to, batch) in cluster.shards[0].borrow_mut().outbound.take() {
                 for msg in batch {
                     assert!(matches!(msg, ShardMsg::DurablePublish { .. }));
-                    cluster.shards[to.index()].borrow_mut().handle_shard_msg(msg);
+                    cluster.shards[to.index()].borrow_mut().handle_shard_msg(ShardId::new(0), msg);
                 }
             }
             cluster.commit(1); // its `Durable` answer never leaves: no PUBREC
