@@ -4,9 +4,10 @@
 //! outboxes and the outbound batches, so a unit test can drive it without either.
 //!
 //! `Shard` (here) owns the state; each room below holds the rules of one concern:
-//! `clients` (CONNECT, the client-id registry, takeover, wills, expiry), `publish` (the packet
-//! rules of a connected client), `subscriptions`, and `router` (where a message goes, and the
-//! one path by which it enters a session). Barriers and the dispatch of shard messages are here.
+//! `clients` (CONNECT, the client-id registry, takeover, wills, expiry), `moves` (a session
+//! moving between shards), `publish` (the packet rules of a connected client),
+//! `subscriptions`, and `router` (where a message goes, and the one path by which it enters a
+//! session). Barriers and the dispatch of shard messages are here.
 
 mod clients;
 pub mod counters;
