@@ -337,6 +337,12 @@ async fn run(
         if std::mem::take(&mut published) {
             flow::wait_after_publishing(shard, std::mem::take(&mut congested), conn.id).await;
         }
+        // Acknowledgements waiting for the store past their bound: nothing more is read until
+        // the store releases some (each release wakes the connection to send it).
+        if conn.holds_too_many_acks() {
+            conn.wake().wait().await;
+            continue;
+        }
         // A busy socket never makes `read` wait, so without this a flat-out publisher would
         // keep the shard from its other connections (measured: seconds of tail latency).
         glommio::yield_if_needed().await;

@@ -433,4 +433,40 @@ mod tests {
             Crash { subscriber_stored: true, subscriber_back_on: Some(0), publisher_back_on: 0 };
         crash_between_commits("twice-together", crash);
     }
+
+    /// A store that does not commit: a publisher's acknowledgements wait, up to
+    /// `HELD_ACKS_MAX`, and then its connection says to read no more; a commit releases them
+    /// all, in order.
+    #[test]
+    fn acknowledgements_held_for_the_store_are_bounded() {
+        use crate::broker::outbox::HELD_ACKS_MAX;
+        let cluster = Cluster::start(&config("held-acks"));
+        let publisher = cluster.connect(0, "publisher");
+        cluster.settle();
+        for sequence in 0..HELD_ACKS_MAX {
+            assert!(!publisher.holds_too_many_acks(), "over the bound after {sequence}");
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: TopicName::new("sensor/1").unwrap(),
+                packet_id: PacketId::new(sequence as u16 + 1),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"21.5"),
+            };
+            cluster.send(0, &publisher, Packet::Publish(publish));
+        }
+        assert!(publisher.holds_too_many_acks());
+        assert!(packets(&publisher).is_empty(), "nothing acknowledged before the commit");
+        cluster.settle();
+        let acks: Vec<u16> = packets(&publisher)
+            .into_iter()
+            .map(|packet| match packet {
+                Packet::PubAck(ack) => ack.packet_id.get(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(acks, (1..=HELD_ACKS_MAX as u16).collect::<Vec<_>>());
+        assert!(!publisher.holds_too_many_acks());
+    }
 }
