@@ -406,6 +406,35 @@ fn topic_aliases_toward_the_client_stay_within_its_maximum() {
     );
 }
 
+/// A client that allows every alias (65,535) gets `max_topic_alias_broker` of them (Mosquitto
+/// 2.1's option, default 10): each one holds a topic for the connection's life, so a client
+/// must not choose how many.
+#[test]
+fn topic_aliases_toward_the_client_are_bounded_by_max_topic_alias_broker() {
+    for (config, bound) in [("", 10), ("max_topic_alias_broker 3\n", 3)] {
+        let broker = Broker::start(config);
+        let mut options = v5();
+        options.properties.topic_alias_maximum = Some(u16::MAX);
+        let (mut sub, _) = RawClient::connect(&broker, "greedy", options);
+        sub.subscribe("many/#", QoS::AtMostOnce);
+        let (mut publisher, _) = RawClient::connect(&broker, "many-pub", v5());
+        let topics: Vec<String> = (0..bound + 5).map(|i| format!("many/{i}")).collect();
+        for topic in topics.iter().chain(&topics) {
+            publisher.publish(topic, b"x", QoS::AtMostOnce, false);
+        }
+        let mut aliases = Vec::new();
+        for _ in 0..topics.len() * 2 {
+            aliases.push(sub.receive().properties.topic_alias.map(|a| a.get()));
+        }
+        let mut used: Vec<u16> = aliases.iter().flatten().copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(used, (1..=bound).collect::<Vec<_>>(), "{config:?}");
+        let in_full = aliases.iter().filter(|alias| alias.is_none()).count();
+        assert_eq!(in_full, 2 * 5, "{config:?}: the topics past the bound go in full");
+    }
+}
+
 #[test]
 fn shutdown_tells_v5_clients_0x8b() {
     let broker = Broker::start("");

@@ -220,6 +220,10 @@ impl Shard {
             conn.receive_maximum = usize::from(receive_maximum.get());
         }
         conn.topic_alias_maximum = connect.properties.topic_alias_maximum.unwrap_or(0);
+        if let Some(listener) = listener {
+            conn.topic_alias_maximum =
+                conn.topic_alias_maximum.min(listener.topic_aliases_sent_max);
+        }
         conn.problem_information = connect.properties.request_problem_information.unwrap_or(true);
         conn.reason_strings = self.config.reason_strings;
         let conn = Rc::new(conn);

@@ -495,6 +495,9 @@ pub struct ListenerContext {
     pub credentials: Arc<Credentials>,
     /// Topic aliases its 5.0 clients may set (`max_topic_alias`).
     pub topic_alias_maximum: u16,
+    /// Topic aliases the broker sets toward one of its 5.0 clients at most
+    /// (`max_topic_alias_broker`): each holds a topic for the connection's life.
+    pub topic_aliases_sent_max: u16,
     /// `use_identity_as_username` or `use_subject_as_username`: a client's user name is the
     /// name in its TLS certificate, and its password is not checked.
     pub username_from_certificate: bool,
@@ -509,6 +512,7 @@ impl ListenerContext {
             mount_point: None,
             credentials,
             topic_alias_maximum: crate::config::MAX_TOPIC_ALIAS_DEFAULT,
+            topic_aliases_sent_max: crate::config::MAX_TOPIC_ALIAS_DEFAULT,
             username_from_certificate: false,
             protocol_levels: None,
         }

@@ -45,6 +45,9 @@ pub struct Listener {
     pub security: ListenerSecurity,
     /// `max_topic_alias`: the Topic Alias Maximum announced to its 5.0 clients (0: none).
     pub max_topic_alias: u16,
+    /// `max_topic_alias_broker` (Mosquitto 2.1): the most topic aliases the broker sets toward
+    /// one of its 5.0 clients, whatever larger maximum the client announced.
+    pub max_topic_alias_broker: u16,
     /// `accept_protocol_versions` (Mosquitto 2.1): the protocol levels (3, 4, 5) it takes;
     /// `None`: all.
     pub protocol_levels: Option<Vec<u8>>,
@@ -125,6 +128,7 @@ impl Listener {
             mount_point: None,
             security: ListenerSecurity::default(),
             max_topic_alias: MAX_TOPIC_ALIAS_DEFAULT,
+            max_topic_alias_broker: MAX_TOPIC_ALIAS_DEFAULT,
             protocol_levels: None,
             proxy_protocol: None,
             proxy_require_tls: false,
@@ -641,6 +645,10 @@ fn handling(option: &str) -> Option<Handling> {
             p.current_listener().max_topic_alias = parse_number(l)?;
             Ok(())
         }),
+        "max_topic_alias_broker" => Apply(|p, l| {
+            p.current_listener().max_topic_alias_broker = parse_number(l)?;
+            Ok(())
+        }),
         "port" => Apply(|p, l| {
             p.default_port = Some(parse_port(l.value, l)?);
             Ok(())
@@ -992,7 +1000,6 @@ fn handling(option: &str) -> Option<Handling> {
         | "global_max_clients"
         | "global_max_connections"
         | "listener_auto_id_prefix"
-        | "max_topic_alias_broker"
         | "packet_buffer_size"
         | "retain_expiry_interval" => Warn,
         "accept_protocol_versions" => Apply(|p, l| {
@@ -1176,8 +1183,9 @@ impl Line<'_> {
 /// without configuration.
 const DEFAULT_PORT: u16 = 1883;
 
-/// Topic aliases a 5.0 client may set per connection unless `max_topic_alias` says otherwise
-/// (Mosquitto's default).
+/// Topic aliases a 5.0 client may set per connection unless `max_topic_alias` says otherwise,
+/// and that the broker sets toward one unless `max_topic_alias_broker` does (Mosquitto's
+/// defaults, 2.1's for the second).
 pub const MAX_TOPIC_ALIAS_DEFAULT: u16 = 10;
 
 /// `include_dir` may nest this deep (a directory including itself must not loop).
@@ -1764,11 +1772,14 @@ mod tests {
 
     #[test]
     fn listeners_take_host_names_bind_address_and_max_topic_alias() {
-        let config = parse("listener 1884 localhost\nmax_topic_alias 3\n").unwrap();
+        let config =
+            parse("listener 1884 localhost\nmax_topic_alias 3\nmax_topic_alias_broker 4\n")
+                .unwrap();
         let addresses: Vec<String> =
             config.listeners[0].bind_addresses(false).iter().map(|b| b.addr.to_string()).collect();
         assert!(addresses.contains(&"127.0.0.1:1884".to_string()), "{addresses:?}");
         assert_eq!(config.listeners[0].max_topic_alias, 3);
+        assert_eq!(config.listeners[0].max_topic_alias_broker, 4);
         // The default listener, as older Mosquitto files write it.
         let config = parse("bind_address 127.0.0.53\nport 1885\n").unwrap();
         let addresses: Vec<String> =
@@ -1779,6 +1790,11 @@ mod tests {
         assert_eq!(
             parse("listener 1884\nmax_topic_alias 65536\n").unwrap_err().to_string(),
             "test.conf:2: invalid value for `max_topic_alias`: not a number in the allowed range"
+        );
+        assert_eq!(
+            parse("listener 1884\nmax_topic_alias_broker -1\n").unwrap_err().to_string(),
+            "test.conf:2: invalid value for `max_topic_alias_broker`: not a number in the allowed \
+             range"
         );
     }
 

@@ -163,6 +163,7 @@ fn listener_contexts(config: &Config) -> Result<ListenerContexts, StartError> {
             mount_point,
             credentials,
             topic_alias_maximum: listener.max_topic_alias,
+            topic_aliases_sent_max: listener.max_topic_alias_broker,
             username_from_certificate: listener
                 .tls
                 .as_ref()
