@@ -198,6 +198,33 @@ fn a_huge_announced_packet_reserves_nothing_up_front() {
     drop(hogs);
 }
 
+/// A packet trickled a byte at a time never completes, so it never counts as the client being
+/// alive: the keep alive (1.5 times the interval without a whole packet) ends the connection
+/// however steadily the bytes come, and a bystander's round trips go on meanwhile.
+#[test]
+fn a_packet_trickled_a_byte_at_a_time_ends_with_the_keep_alive() {
+    let broker = Broker::start("");
+    let mut bystander = Bystander::connect(&broker);
+    let options = ConnectOptions { keep_alive_secs: 2, ..Default::default() };
+    let (mut trickler, _) = RawClient::connect(&broker, "trickler", options);
+    let started = std::time::Instant::now();
+    // PUBLISH, Remaining Length 1,000, then a byte every 200 ms.
+    trickler.write_raw(&[0x30, 0xe8, 0x07]);
+    let mut round = 0;
+    let closed_after = loop {
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(10), "still open after {elapsed:?}");
+        if trickler.try_write_raw(b"x").is_err() {
+            break elapsed;
+        }
+        bystander.round_trip(round);
+        round += 1;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // 3 s of keep alive, and up to the sweep's 500 ms, and a write or two to see the close.
+    assert!(closed_after >= std::time::Duration::from_secs(3), "closed after {closed_after:?}");
+}
+
 /// Two thousand sockets that connect and never send CONNECT: each costs the broker a waiting
 /// task until its CONNECT deadline (20 s), about 6 KiB (12 before the opening boxed its TLS and
 /// WebSocket layers); a bystander's round trips go on.

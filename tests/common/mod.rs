@@ -266,6 +266,11 @@ impl RawClient {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// As `write_raw`, telling a closed connection (a reset) as an error.
+    pub fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     /// The next packet, or `None` if the broker closed the connection (or nothing came in time).
     pub fn recv(&mut self) -> Option<Packet> {
         self.recv_within(WAIT)
