@@ -4,7 +4,9 @@
 mod common;
 
 use common::{raw_subscription, rss_kib, Broker, ConnectOptions, RawClient};
-use culex::protocol::{Packet, ProtocolVersion, QoS, ReasonCode};
+use culex::protocol::{
+    Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions, TopicFilter,
+};
 
 /// A filter of 30,000 levels (`+/+/.../+`, 60 KB, valid MQTT) once overflowed a shard's stack in
 /// the topic trie and aborted the whole broker. It is refused before it reaches the trie, and
@@ -223,6 +225,63 @@ fn a_packet_trickled_a_byte_at_a_time_ends_with_the_keep_alive() {
     };
     // 3 s of keep alive, and up to the sweep's 500 ms, and a write or two to see the close.
     assert!(closed_after >= std::time::Duration::from_secs(3), "closed after {closed_after:?}");
+}
+
+/// A SUBSCRIBE is checked against the retained messages through their index, so it costs what
+/// it matches: with 100,000 retained topics, a client subscribing to 2,000 filters (20
+/// SUBSCRIBEs of 100) gets its 2,000 retained messages while a bystander's round trips go on.
+/// (Before the index each filter scanned the whole store: 200 million topic comparisons.)
+#[test]
+fn many_filters_against_many_retained_topics_cost_what_they_match() {
+    const RETAINED: usize = 100_000;
+    const SUBSCRIBES: usize = 20;
+    const FILTERS_EACH: usize = 100;
+    let broker = Broker::start("");
+    let (mut loader, _) = RawClient::connect(&broker, "loader", ConnectOptions::default());
+    for i in 0..RETAINED {
+        loader.publish(&format!("fleet/{i}/last"), b"21.5", QoS::AtMostOnce, true);
+    }
+    loader.publish("fleet/fence", b"", QoS::AtLeastOnce, false);
+    let mut bystander = Bystander::connect(&broker);
+    let greedy = {
+        let addr = broker.addr();
+        std::thread::spawn(move || {
+            let (mut client, _) =
+                RawClient::connect_addr(addr, "greedy", ConnectOptions::default());
+            for batch in 0..SUBSCRIBES {
+                let filters = (0..FILTERS_EACH)
+                    .map(|j| {
+                        let topic = (batch * FILTERS_EACH + j) * (RETAINED / 2_000);
+                        let filter = TopicFilter::new(format!("fleet/{topic}/+")).unwrap();
+                        (filter, SubscriptionOptions::default())
+                    })
+                    .collect();
+                let packet_id = client.packet_id();
+                let properties = Default::default();
+                client.send(&Packet::Subscribe(Subscribe { packet_id, properties, filters }));
+            }
+            let mut retained = 0;
+            while retained < SUBSCRIBES * FILTERS_EACH {
+                match client.recv() {
+                    Some(Packet::Publish(_)) => retained += 1,
+                    Some(Packet::SubAck(_)) => {}
+                    other => panic!("after {retained} retained messages: {other:?}"),
+                }
+            }
+            retained
+        })
+    };
+    let mut slowest = std::time::Duration::ZERO;
+    let mut round = 0;
+    while !greedy.is_finished() {
+        let began = std::time::Instant::now();
+        bystander.round_trip(round);
+        slowest = slowest.max(began.elapsed());
+        round += 1;
+    }
+    assert_eq!(greedy.join().unwrap(), SUBSCRIBES * FILTERS_EACH);
+    eprintln!("2,000 filters against {RETAINED} retained topics: {round} round trips meanwhile, the slowest {slowest:?}");
+    assert!(slowest < std::time::Duration::from_secs(5), "a round trip took {slowest:?}");
 }
 
 /// Two thousand sockets that connect and never send CONNECT: each costs the broker a waiting
