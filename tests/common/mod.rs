@@ -204,18 +204,23 @@ impl RawClient {
     }
 
     pub fn open_addr(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::try_open_addr(addr).unwrap()
+    }
+
+    /// As `open_addr`, or the error while nothing listens at `addr` (a broker restarting).
+    pub fn try_open_addr(addr: SocketAddr) -> std::io::Result<RawClient> {
+        let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(WAIT)).unwrap();
         // A broker that stops reading fails the test instead of hanging it.
         stream.set_write_timeout(Some(WAIT * 6)).unwrap();
         stream.set_nodelay(true).unwrap();
-        RawClient {
+        Ok(RawClient {
             stream,
             buf: BytesMut::new(),
             stash: Default::default(),
             version: ProtocolVersion::V311,
             next_id: 0,
-        }
+        })
     }
 
     /// Opens a connection and completes CONNECT/CONNACK, asserting success.
@@ -257,9 +262,14 @@ impl RawClient {
     }
 
     pub fn send(&mut self, packet: &Packet) {
+        self.try_send(packet).unwrap();
+    }
+
+    /// As `send`, telling a closed connection as an error.
+    pub fn try_send(&mut self, packet: &Packet) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         packet.encode(self.version, &mut out);
-        self.write_raw(&out);
+        self.try_write_raw(&out)
     }
 
     pub fn write_raw(&mut self, bytes: &[u8]) {
