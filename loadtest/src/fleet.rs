@@ -283,6 +283,26 @@ async fn fleet(params: Params, broker: &str) -> anyhow::Result<Outcome> {
     .await
     .context("the backend")?;
 
+    // A client connected before the fleet times round trips to itself while the fleet
+    // connects: what a storm of connections costs the clients a broker already serves.
+    let bystander_topic = TopicName::new(format!("loadtest/bystander/{run_id}"))?;
+    let bystander = connect(
+        addr,
+        format!("lt-{run_id}-bystander"),
+        version,
+        bystander_topic.to_string(),
+        QoS::AtMostOnce,
+    )
+    .await
+    .context("the bystander")?;
+    let storming = Rc::new(Cell::new(true));
+    let probing = tokio::task::spawn_local(probe_round_trips(
+        bystander,
+        bystander_topic,
+        version,
+        storming.clone(),
+    ));
+
     // Connect the fleet, at most CONNECTING_MAX at a time.
     let qos = params.qos;
     let connecting = Rc::new(Semaphore::new(CONNECTING_MAX));
@@ -315,6 +335,8 @@ async fn fleet(params: Params, broker: &str) -> anyhow::Result<Outcome> {
         }
     }
     let connect_seconds = connect_began.elapsed().as_secs_f64();
+    storming.set(false);
+    let bystander_ns = probing.await?.context("the bystander")?;
     let connected = clients.iter().filter(|c| c.is_some()).count();
     if connected == 0 {
         bail!("no device connected: {:#}", first_connect_error.expect("devices > 0"));
@@ -402,6 +424,7 @@ async fn fleet(params: Params, broker: &str) -> anyhow::Result<Outcome> {
     outcome.broker_cpu_s_per_million = per_million(0);
     outcome.loadtest_cpu_s_per_million = per_million(1);
     outcome.broker_rss_per_connection_kb = rss_per_connection_kb;
+    outcome.bystander_latency_us = Some(Percentiles::of(&bystander_ns));
     outcome.fleet = Some(FleetFigures {
         devices,
         devices_connected: connected,
@@ -419,6 +442,41 @@ async fn fleet(params: Params, broker: &str) -> anyhow::Result<Outcome> {
         eprintln!("{broker}: {failures} connections failed or ended early; the first: {error:#}");
     }
     Ok(outcome)
+}
+
+/// How often the bystander sends its probe while the fleet connects.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// The bystander: publishes to the topic it subscribes to every `PROBE_EVERY` and times each
+/// round trip, while `storming` holds.
+async fn probe_round_trips(
+    mut client: Client,
+    topic: TopicName,
+    version: ProtocolVersion,
+    storming: Rc<Cell<bool>>,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut latency_ns = latency_histogram();
+    let mut out = BytesMut::new();
+    while storming.get() {
+        let began = Instant::now();
+        encode(
+            &publish(topic.clone(), Bytes::from_static(b"probe"), QoS::AtMostOnce, None),
+            version,
+            &mut out,
+        );
+        client.write.write_all(&out).await?;
+        out.clear();
+        loop {
+            match client.reader.next().await? {
+                Some(Packet::Publish(_)) => break,
+                Some(_) => continue,
+                None => bail!("the broker closed the bystander"),
+            }
+        }
+        latency_ns.saturating_record(began.elapsed().as_nanos() as u64);
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    Ok(latency_ns)
 }
 
 /// A device: publishes telemetry every period (the fleet spread evenly over the first one),

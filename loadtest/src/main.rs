@@ -568,16 +568,16 @@ fn report(outcomes: &[Outcome], json: bool) {
     }
     if !fleets.is_empty() {
         println!(
-            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7}",
+            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7} {:>9}",
             "broker", "devices", "qos", "tele sent", "tele got", "cmd sent", "cmd got", "dup",
             "msgs/s", "p50 us", "p99 us", "p99.9 us", "max us", "cpu us/m", "rss MB", "KiB/conn",
-            "connect s", "lt us/m"
+            "connect s", "lt us/m", "by p99 us"
         );
     }
     for o in fleets {
         let Some(fleet) = &o.fleet else { continue };
         println!(
-            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>7} {:>9} {:>9.2} {:>7}",
+            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>7} {:>9} {:>9.2} {:>7} {:>9}",
             o.broker,
             fleet.devices_connected,
             o.qos,
@@ -596,6 +596,7 @@ fn report(outcomes: &[Outcome], json: bool) {
             optional(o.broker_rss_per_connection_kb),
             fleet.connect_seconds,
             optional(o.loadtest_cpu_s_per_million),
+            optional(o.bystander_latency_us.as_ref().map(|p| p.p99)),
         );
     }
 }
