@@ -376,34 +376,19 @@ impl Shard {
         let upgrade = self.config.upgrade_outgoing_qos;
         let Shard { sessions, limits, counters, congested, checks_reads, .. } = self;
         let Some(session) = sessions.get_mut(client_id) else { return };
-        let mut best: Option<(SubscriptionOptions, SubscriptionIds)> = None;
+        let mut matched: Option<Matched> = None;
         for (filter, subscription) in &session.state.subscriptions {
-            let options = subscription.options;
             let skipped = filter.shared().is_some()
-                || (options.no_local && *client_id == message.publisher)
+                || (subscription.options.no_local && *client_id == message.publisher)
                 || !crate::protocol::filter_matches(filter, &message.topic);
-            if skipped {
-                continue;
-            }
-            let ids = subscription.id.into_iter();
-            match &mut best {
-                Some((best, all_ids)) => {
-                    best.qos = best.qos.max(options.qos);
-                    best.retain_as_published |= options.retain_as_published;
-                    all_ids.extend(ids);
-                }
-                None => best = Some((options, ids.collect())),
+            match &mut matched {
+                _ if skipped => {}
+                Some(matched) => matched.add(subscription),
+                None => matched = Some(Matched::of(subscription)),
             }
         }
-        let Some((options, subscription_ids)) = best else { return };
-        let outgoing = Outgoing {
-            message: message.clone(),
-            qos: delivery_qos(message.qos, options.qos, upgrade),
-            retain: options.retain_as_published && message.retain,
-            subscription_ids,
-            shared: None,
-            seq: None,
-        };
+        let Some(matched) = matched else { return };
+        let outgoing = matched.outgoing(message, upgrade);
         let checks_reads = *checks_reads;
         Deliveries { limits, counters, congested, checks_reads, routing }
             .deliver(client_id, session, outgoing);

@@ -20,7 +20,39 @@ pub(super) fn delivery_qos(published: QoS, granted: QoS, upgrade: bool) -> QoS {
 }
 
 /// The subscription ids of one delivery; usually none or one.
-pub(super) type SubscriptionIds = SmallVec<[crate::protocol::SubscriptionId; 1]>;
+type SubscriptionIds = SmallVec<[crate::protocol::SubscriptionId; 1]>;
+
+/// What one client's subscriptions matching a message make of it (Mosquitto's rule for
+/// overlapping filters): one copy, at the highest QoS, Retain As Published if any asks for it,
+/// with every subscription identifier.
+pub(super) struct Matched {
+    options: SubscriptionOptions,
+    ids: SubscriptionIds,
+}
+
+impl Matched {
+    pub(super) fn of(subscription: &Subscription) -> Matched {
+        Matched { options: subscription.options, ids: subscription.id.into_iter().collect() }
+    }
+
+    pub(super) fn add(&mut self, subscription: &Subscription) {
+        self.options.qos = self.options.qos.max(subscription.options.qos);
+        self.options.retain_as_published |= subscription.options.retain_as_published;
+        self.ids.extend(subscription.id);
+    }
+
+    pub(super) fn outgoing(self, message: &Arc<Message>, upgrade: bool) -> Outgoing {
+        Outgoing {
+            message: message.clone(),
+            qos: delivery_qos(message.qos, self.options.qos, upgrade),
+            // Retained messages reach existing subscriptions with retain 0 [MQTT-3.3.1-9].
+            retain: self.options.retain_as_published && message.retain,
+            subscription_ids: self.ids,
+            shared: None,
+            seq: None,
+        }
+    }
+}
 
 /// Clients whose session is moving between shards, set aside by `deliver_local` for
 /// `Shard::divert` (`moves`); nearly always empty.
@@ -189,48 +221,39 @@ impl Shard {
         } = self;
         let upgrade = config.upgrade_outgoing_qos;
         let checks_reads = *checks_reads;
-        let mut targets: SmallVec<[(&ByteString, SubscriptionOptions, SubscriptionIds); 8]> =
-            SmallVec::new();
+        let mut targets: SmallVec<[(&ByteString, Matched); 8]> = SmallVec::new();
         // Where each client is in `targets`, once there are too many to search one by one (a
         // linear search made delivery quadratic: 1.6 µs per subscriber at 1,000 subscribers,
         // `cargo bench --bench fanout`).
         let mut index: Option<AHashMap<&ByteString, usize>> = None;
         subscribers.matches(&message.topic, |subs| {
             for (client_id, subscription) in subs {
-                let options = subscription.options;
-                if options.no_local && *client_id == message.publisher {
+                if subscription.options.no_local && *client_id == message.publisher {
                     continue;
                 }
                 if targets.len() == TARGETS_SEARCHED_MAX && index.is_none() {
-                    index =
-                        Some(targets.iter().enumerate().map(|(i, (c, _, _))| (*c, i)).collect());
+                    index = Some(targets.iter().enumerate().map(|(i, (c, _))| (*c, i)).collect());
                 }
                 let found = match &index {
-                    None => targets.iter().position(|(c, _, _)| *c == client_id),
+                    None => targets.iter().position(|(c, _)| *c == client_id),
                     Some(index) => index.get(client_id).copied(),
                 };
-                let ids = subscription.id.into_iter();
                 match found {
-                    Some(i) => {
-                        // Invariant: `i` came from `targets` itself (a search, or the index
-                        // kept in step with every push), and nothing is ever removed from it.
-                        let (_, best, all_ids) = &mut targets[i];
-                        best.qos = best.qos.max(options.qos);
-                        best.retain_as_published |= options.retain_as_published;
-                        all_ids.extend(ids);
-                    }
+                    // Invariant: `i` came from `targets` itself (a search, or the index kept
+                    // in step with every push), and nothing is ever removed from it.
+                    Some(i) => targets[i].1.add(subscription),
                     None => {
                         if let Some(index) = &mut index {
                             index.insert(client_id, targets.len());
                         }
-                        targets.push((client_id, options, ids.collect()));
+                        targets.push((client_id, Matched::of(subscription)));
                     }
                 }
             }
         });
         let mut deliveries = Deliveries { limits, counters, congested, checks_reads, routing };
         let mut diverted = Diverted::new();
-        for (client_id, options, subscription_ids) in targets {
+        for (client_id, matched) in targets {
             let way = match moves_in.is_empty() {
                 true => Way::Deliver,
                 false => moves_in.get(client_id).map_or(Way::Deliver, |m| m.way(by, *id)),
@@ -242,16 +265,7 @@ impl Shard {
                 }
                 continue;
             };
-            let outgoing = Outgoing {
-                message: message.clone(),
-                qos: delivery_qos(message.qos, options.qos, upgrade),
-                // Retained messages reach existing subscriptions with retain 0 [MQTT-3.3.1-9].
-                retain: options.retain_as_published && message.retain,
-                subscription_ids,
-                shared: None,
-                seq: None,
-            };
-            deliveries.deliver(client_id, session, outgoing);
+            deliveries.deliver(client_id, session, matched.outgoing(message, upgrade));
         }
         diverted
     }

@@ -187,6 +187,35 @@ fn place_interest(shards: &mut [Restored]) {
 /// The persistence protocol across shards, driven without executors: shards whose mesh and
 /// store commits the test carries out by hand, so that a crash can fall between two shards'
 /// commits exactly where the test wants it.
+/// Shards started from the stores as start-up starts them, with their journals and stores,
+/// for tests that drive shards in one thread (`persistence_sync ack`).
+#[cfg(test)]
+pub(super) fn restored_shards(
+    config: &Config,
+    shard_count: usize,
+) -> Vec<(
+    std::rc::Rc<std::cell::RefCell<crate::broker::Shard>>,
+    crate::broker::journal::SharedJournal,
+    Arc<ShardStore>,
+)> {
+    let mut started = Vec::new();
+    for recovery in recover(config, shard_count).unwrap() {
+        let journal = crate::broker::journal::Journal::new(recovery.journal, true);
+        let id = recovery.journal.shard;
+        let shard_config = std::rc::Rc::new(config.clone());
+        let mut shard = crate::broker::Shard::new(
+            id,
+            shard_count,
+            shard_config,
+            Some(journal.clone()),
+            Arc::default(),
+        );
+        shard.restore(recovery.restored);
+        started.push((std::rc::Rc::new(std::cell::RefCell::new(shard)), journal, recovery.store));
+    }
+    started
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -196,7 +225,7 @@ mod tests {
 
     use super::*;
     use crate::auth::Credentials;
-    use crate::broker::journal::{Journal, SharedJournal};
+    use crate::broker::journal::SharedJournal;
     use crate::broker::messages::ShardMsg;
     use crate::broker::outbox::{ConnHandle, ListenerContext};
     use crate::broker::{Origin, Shard};
@@ -223,16 +252,10 @@ mod tests {
                 stores: Vec::new(),
                 listener: ListenerContext::new(Credentials::load(config.auth()).unwrap().0),
             };
-            for recovery in recover(config, SHARDS).unwrap() {
-                let journal = Journal::new(recovery.journal, true);
-                let id = recovery.journal.shard;
-                let config = Rc::new(config.clone());
-                let mut shard =
-                    Shard::new(id, SHARDS, config, Some(journal.clone()), Arc::default());
-                shard.restore(recovery.restored);
-                cluster.shards.push(Rc::new(RefCell::new(shard)));
+            for (shard, journal, store) in restored_shards(config, SHARDS) {
+                cluster.shards.push(shard);
                 cluster.journals.push(journal);
-                cluster.stores.push(recovery.store);
+                cluster.stores.push(store);
             }
             cluster
         }

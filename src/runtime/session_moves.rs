@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::recovery::recover;
+use super::recovery::restored_shards;
 use crate::auth::Credentials;
-use crate::broker::journal::{Journal, SharedJournal};
+use crate::broker::journal::SharedJournal;
 use crate::broker::messages::{Batch, ShardId};
 use crate::broker::outbox::{Close, ConnHandle, ListenerContext};
 use crate::broker::{Origin, PendingClaim, Shard};
@@ -67,15 +67,9 @@ impl Cluster {
         let mut shards = Vec::new();
         let mut stores = Vec::new();
         if config.persistence {
-            for recovery in recover(&config, SHARDS).unwrap() {
-                let journal = Journal::new(recovery.journal, true);
-                let id = recovery.journal.shard;
-                let config = Rc::new(config.clone());
-                let mut shard =
-                    Shard::new(id, SHARDS, config, Some(journal.clone()), Arc::default());
-                shard.restore(recovery.restored);
-                shards.push(Rc::new(RefCell::new(shard)));
-                stores.push((journal, recovery.store));
+            for (shard, journal, store) in restored_shards(&config, SHARDS) {
+                shards.push(shard);
+                stores.push((journal, store));
             }
         } else {
             let config = Rc::new(config.clone());
