@@ -34,12 +34,11 @@ fn resolve_topic_alias(conn: &ConnHandle, publish: &Publish) -> Result<TopicName
     if alias.get() > conn.topic_aliases_accepted {
         return Err(Close::ProtocolError(ReasonCode::TopicAliasInvalid));
     }
-    let mut aliases = conn.topic_aliases.borrow_mut();
     if publish.topic.is_empty() {
         // An alias never set on this connection is a protocol error [MQTT-3.3.2-8 context].
-        aliases.get(&alias.get()).cloned().ok_or(Close::ProtocolError(ReasonCode::ProtocolError))
+        conn.aliased_topic(alias.get()).ok_or(Close::ProtocolError(ReasonCode::ProtocolError))
     } else {
-        aliases.insert(alias.get(), publish.topic.clone());
+        conn.set_topic_alias(alias.get(), publish.topic.clone());
         Ok(publish.topic.clone())
     }
 }
