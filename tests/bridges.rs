@@ -423,7 +423,8 @@ fn publish_stream(
             sent += 1;
             std::thread::sleep(Duration::from_millis(10));
         }
-        publisher.client.disconnect();
+        // The broker may be down as the run ends: the session is left as it is then.
+        let _ = publisher.client.try_send(&Packet::Disconnect(Default::default()));
         sent
     })
 }

@@ -302,14 +302,8 @@ impl Shard {
         };
         let mut state = previous.map(|s| *s).unwrap_or_default();
         let stored_before = state.stored_at.take();
+        // Its subscriptions are routed here since `Handoff` (`moves`).
         let routes_changed = !state.subscriptions.is_empty();
-        // The others are in place since `Handoff` (`moves`).
-        let shared: Vec<(TopicFilter, Subscription)> = state
-            .subscriptions
-            .iter()
-            .filter(|(f, _)| f.shared().is_some())
-            .map(|(f, s)| (f.clone(), *s))
-            .collect();
         let client_id = conn.client_id.clone();
         let mut session = Session::new(expiry, conn.id, state);
         let identity = Identity { client_id: &client_id, username: conn.username.as_deref() };
@@ -339,9 +333,6 @@ impl Shard {
             .map(|credentials| Reader { username: conn.username.clone(), credentials });
         self.store_session(&client_id, &mut session, stored_before);
         self.sessions.insert(client_id.clone(), Box::new(session));
-        for (filter, subscription) in &shared {
-            self.add_local_subscriber(&client_id, filter, *subscription);
-        }
         let moving = self.moved_in_installed(&client_id);
         let reply = HeldReply::ConnAck { conn: conn.clone(), session_present, claim };
         let token = self.barrier(reply, routes_changed, usize::from(moving));

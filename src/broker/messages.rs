@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use super::outbox::ConnId;
-use super::session::{Message, SessionState};
+use super::session::{Message, SessionState, Subscription};
 use super::signal::{Event, Signal};
 use crate::store::RouteTag;
 
@@ -204,6 +204,8 @@ pub enum ShardMsg {
         routing: Option<Box<Routing>>,
         /// Who waits for it to be stored (see `DurablePublish`).
         durable: Option<(ShardId, u64)>,
+        /// For a shared subscription: the group's member the old shard picked.
+        shared: Option<Box<SharedPick>>,
     },
     /// From the new shard to every other one but the old: route the session's messages to
     /// `to` from now on, and say so to both (`MoveSeen` to `from`, `SwitchedHere` to `to`).
@@ -238,6 +240,15 @@ pub enum ShardMsg {
         client_id: ByteString,
         conn: ConnId,
     },
+}
+
+/// A member of a shared group picked for a message: the group's filter and name, and the
+/// member's subscription.
+#[derive(Debug)]
+pub struct SharedPick {
+    pub filter: ByteString,
+    pub group: ByteString,
+    pub subscription: Subscription,
 }
 
 impl ShardMsg {

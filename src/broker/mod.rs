@@ -39,7 +39,7 @@ use smallvec::SmallVec;
 use self::counters::ShardCounters;
 use self::journal::{retained_stamp, stored_message, SharedJournal, StoredAt, Waiter};
 use self::latch::Latches;
-use self::messages::{Outbound, Routing, ShardId, ShardMsg, ShardSet};
+use self::messages::{Outbound, Routing, ShardId, ShardMsg, ShardSet, SharedPick};
 use self::outbox::{refusal, Close, ConnHandle, ConnId, ListenerContext};
 use self::retain::RetainedStore;
 use self::session::{

@@ -25,15 +25,16 @@
 //! The CONNACK waits for the move to end, so the session's subscriptions do not change during
 //! it; so does a takeover of the session (`Evict`) that comes meanwhile. A resume on the same
 //! shard keeps the subscriptions in place and only holds deliveries until the session is back.
-//! Shared subscriptions are not moved this way: their messages go to another member, or are
-//! dropped as with no member, while the session has none on either shard.
+//! Shared subscriptions move alike, more simply: each message of a group goes to one shard,
+//! which picks one member, so nothing can come twice; the old shard forwards what it picks the
+//! moving member for, and the new shard holds what comes before the session is installed.
 
 use super::*;
 
 /// The old shard's side of a move.
 pub(super) struct MoveOut {
     to: ShardId,
-    /// The session's subscriptions (not shared), kept in this shard's trie until the end.
+    /// The session's subscriptions, kept in this shard's trie and shared groups until the end.
     filters: Vec<TopicFilter>,
     /// Shards whose `MoveSeen` came: what they route now reaches the new shard directly.
     seen: ShardSet,
@@ -61,11 +62,14 @@ pub(super) struct MoveIn {
 }
 
 struct Held {
-    /// The shard that routed it here directly, or `None`: forwarded by the old shard.
+    /// The shard that routed it here directly, or `None`: forwarded by the old shard (or a
+    /// shared message, which comes once whichever way).
     routed_by: Option<ShardId>,
     message: Arc<Message>,
     routing: Option<Routing>,
     durable: Option<(ShardId, u64)>,
+    /// For a shared subscription: the member picked for it.
+    shared: Option<Box<SharedPick>>,
 }
 
 /// What the new shard does with a delivery to the moving session.
@@ -129,20 +133,17 @@ impl MoveIn {
     }
 }
 
-/// The subscriptions that move with a session: its shared ones do not (see the module).
+/// The subscriptions that move with a session.
 fn moving_filters(state: &SessionState) -> Vec<TopicFilter> {
-    state.subscriptions.keys().filter(|f| f.shared().is_none()).cloned().collect()
+    state.subscriptions.keys().cloned().collect()
 }
 
 impl Shard {
-    /// `Evict` of a session that `to` resumes: takes it out of this shard with its shared
-    /// subscriptions, keeping the others (forwarding what they match, when `to` is another
-    /// shard, until every shard routes to `to`).
+    /// `Evict` of a session that `to` resumes: takes it out of this shard, keeping its
+    /// subscriptions (forwarding what they match, when `to` is another shard, until every shard
+    /// routes to `to`).
     pub(super) fn move_out(&mut self, client_id: &ByteString, to: ShardId) -> Option<Session> {
         let session = *self.sessions.remove(client_id)?;
-        for filter in session.state.subscriptions.keys().filter(|f| f.shared().is_some()) {
-            self.remove_local_subscriber(client_id, filter);
-        }
         let filters = moving_filters(&session.state);
         if to != self.id && !filters.is_empty() {
             let out = MoveOut { to, filters, seen: ShardSet::default() };
@@ -209,17 +210,15 @@ impl Shard {
     /// The move messages (see the module), as `handle_shard_msg` receives them.
     pub(super) fn handle_move_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Forward { client_id, message, routing, durable } => {
+            ShardMsg::Forward { client_id, message, routing, durable, shared } => {
                 let routing = routing.map(|r| *r);
                 let arriving = self.moves_in.get_mut(&client_id);
                 match arriving {
                     Some(arriving) if !arriving.installed => {
-                        arriving.held.push(Held { routed_by: None, message, routing, durable });
+                        let held = Held { routed_by: None, message, routing, durable, shared };
+                        arriving.held.push(held);
                     }
-                    _ => {
-                        self.deliver_to(&client_id, &message, routing.as_ref());
-                        self.confirm_durable(durable);
-                    }
+                    _ => self.deliver_held(&client_id, &message, routing.as_ref(), shared, durable),
                 }
             }
             ShardMsg::MoveStarted { client_id, from, to } => {
@@ -283,8 +282,8 @@ impl Shard {
         ready.sort_by_key(|held| held.routed_by.is_some());
         let over = arriving.is_over();
         for held in ready {
-            self.deliver_to(client_id, &held.message, held.routing.as_ref());
-            self.confirm_durable(held.durable);
+            let Held { message, routing, durable, shared, .. } = held;
+            self.deliver_held(client_id, &message, routing.as_ref(), shared, durable);
         }
         if !over {
             return;
@@ -321,6 +320,7 @@ impl Shard {
                     message: message.clone(),
                     routing: routing.map(Box::new),
                     durable,
+                    shared: None,
                 };
                 self.outbound.push(out.to, msg);
             } else if let Some(arriving) = self.moves_in.get_mut(&client_id) {
@@ -328,13 +328,51 @@ impl Shard {
                     continue;
                 }
                 let message = message.clone();
-                arriving.held.push(Held { routed_by: Some(by), message, routing, durable });
+                let held = Held { routed_by: Some(by), message, routing, durable, shared: None };
+                arriving.held.push(held);
             } else {
                 continue;
             }
             waits += usize::from(durable.is_some());
         }
         waits
+    }
+
+    /// A shared message whose picked member is moving out of this shard (forwarded) or into it
+    /// (held until installed). `durable` is confirmed where it is delivered.
+    pub(super) fn divert_shared(
+        &mut self,
+        client_id: ByteString,
+        message: &Arc<Message>,
+        pick: SharedPick,
+        durable: Option<(ShardId, u64)>,
+    ) {
+        let message = message.clone();
+        let shared = Some(Box::new(pick));
+        if let Some(out) = self.moves_out.get(&client_id) {
+            let msg = ShardMsg::Forward { client_id, message, routing: None, durable, shared };
+            self.outbound.push(out.to, msg);
+        } else if let Some(arriving) = self.moves_in.get_mut(&client_id) {
+            arriving.held.push(Held { routed_by: None, message, routing: None, durable, shared });
+        } else {
+            self.confirm_durable(durable);
+        }
+    }
+
+    /// A forwarded or held delivery reaches the session, and is confirmed stored.
+    fn deliver_held(
+        &mut self,
+        client_id: &ByteString,
+        message: &Arc<Message>,
+        routing: Option<&Routing>,
+        shared: Option<Box<SharedPick>>,
+        durable: Option<(ShardId, u64)>,
+    ) {
+        match shared {
+            Some(pick) => self.deliver_to_member(client_id, message, &pick),
+            None => self.deliver_to(client_id, message, routing),
+        }
+        self.confirm_durable(durable);
     }
 
     /// A message another shard (`by`) routed here, to this shard's subscribers. `durable`: who

@@ -151,7 +151,10 @@ impl Shard {
         if !self.shared.is_empty() {
             for pick in self.shared.pick_shards(&message.topic, self.id) {
                 if pick.shard == self.id {
-                    self.deliver_shared(&message, &pick.filter, &pick.group, 0, None);
+                    // Confirmed like another shard's delivery: it may go on to a member's
+                    // new shard (`moves`).
+                    confirmations += usize::from(durable.is_some());
+                    self.deliver_shared(&message, &pick.filter, &pick.group, 0, origin);
                 } else {
                     confirmations += usize::from(durable.is_some());
                     let msg = ShardMsg::SharedPublish {
@@ -309,22 +312,14 @@ impl Shard {
         durable: Option<(ShardId, u64)>,
     ) {
         if let Some((client_id, subscription)) = self.shared.pick_member(filter, group) {
-            let upgrade = self.config.upgrade_outgoing_qos;
-            let Shard { sessions, limits, counters, congested, checks_reads, .. } = self;
-            if let Some(session) = sessions.get_mut(&client_id) {
-                let outgoing = Outgoing {
-                    message: message.clone(),
-                    qos: delivery_qos(message.qos, subscription.options.qos, upgrade),
-                    retain: subscription.options.retain_as_published && message.retain,
-                    subscription_ids: subscription.id.into_iter().collect(),
-                    shared: Some(Box::new((filter.clone(), group.clone()))),
-                    seq: None,
-                };
-                let checks_reads = *checks_reads;
-                Deliveries { limits, counters, congested, checks_reads, routing: None }
-                    .deliver(&client_id, session, outgoing);
+            let pick = SharedPick { filter: filter.clone(), group: group.clone(), subscription };
+            if self.sessions.contains_key(&client_id) {
+                self.deliver_to_member(&client_id, message, &pick);
+                self.confirm_durable(durable);
+            } else {
+                // A member moving between shards (`moves`): it confirms once delivered.
+                self.divert_shared(client_id, message, pick, durable);
             }
-            self.confirm_durable(durable);
             return;
         }
         let others = self.shared.remote_shards(filter, group).without(self.id);
@@ -341,5 +336,29 @@ impl Shard {
             durable,
         };
         self.outbound.push(to, msg);
+    }
+
+    /// One shared message to the member picked for it, on this shard.
+    pub(super) fn deliver_to_member(
+        &mut self,
+        client_id: &ByteString,
+        message: &Arc<Message>,
+        pick: &SharedPick,
+    ) {
+        let upgrade = self.config.upgrade_outgoing_qos;
+        let Shard { sessions, limits, counters, congested, checks_reads, .. } = self;
+        let Some(session) = sessions.get_mut(client_id) else { return };
+        let options = pick.subscription.options;
+        let outgoing = Outgoing {
+            message: message.clone(),
+            qos: delivery_qos(message.qos, options.qos, upgrade),
+            retain: options.retain_as_published && message.retain,
+            subscription_ids: pick.subscription.id.into_iter().collect(),
+            shared: Some(Box::new((pick.filter.clone(), pick.group.clone()))),
+            seq: None,
+        };
+        let checks_reads = *checks_reads;
+        Deliveries { limits, counters, congested, checks_reads, routing: None }
+            .deliver(client_id, session, outgoing);
     }
 }

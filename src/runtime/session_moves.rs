@@ -99,7 +99,7 @@ impl Cluster {
         cluster.connect(0, SUBSCRIBER, false);
         cluster.settle();
         let conn = cluster.subscriber[0].conn.clone();
-        for filter in ["moving/#", "moving/+"] {
+        for filter in ["moving/#", "moving/+", "$share/pool/pooled/#"] {
             let subscribe = Subscribe {
                 packet_id: PacketId::MIN,
                 properties: Properties::default(),
@@ -203,7 +203,7 @@ impl Cluster {
             dup: false,
             qos,
             retain: false,
-            topic: TopicName::new(format!("moving/{publisher}")).unwrap(),
+            topic: TopicName::new(format!("{}/{publisher}", topic_of(sequence))).unwrap(),
             packet_id: PacketId::new(sequence % 60_000 + 1),
             properties: Properties::default(),
             payload: Bytes::from(format!("{publisher}:{sequence}")),
@@ -298,6 +298,16 @@ impl Cluster {
     }
 }
 
+/// Every third message goes to the subscriber's shared subscription, the rest to its two
+/// overlapping ones.
+fn topic_of(sequence: u16) -> &'static str {
+    if sequence % 3 == 2 {
+        "pooled"
+    } else {
+        "moving"
+    }
+}
+
 fn packets(conn: &ConnHandle) -> Vec<Packet> {
     let mut out: BytesMut = conn.take_outbox();
     std::iter::from_fn(|| Packet::decode(&mut out, conn.version, u32::MAX).unwrap()).collect()
@@ -328,7 +338,8 @@ fn run(mut config: Config, seed: u64) {
     for publisher in 0..SHARDS {
         let copies = cluster.received.iter().filter(|(p, _, _)| *p == publisher);
         // A resumed session sends again, as DUP, what the client had not acknowledged, which
-        // it may have got; each message comes first once, without DUP at most once.
+        // it may have got; each message comes first once, without DUP at most once; in its
+        // publisher's order but for the shared subscription's, which promises no order.
         let mut first = Vec::new();
         let mut fresh = std::collections::HashSet::new();
         for (_, sequence, dup) in copies {
@@ -340,8 +351,14 @@ fn run(mut config: Config, seed: u64) {
                 "seed {seed}: {publisher}:{sequence} twice without DUP"
             );
         }
-        let sent: Vec<u16> = (0..cluster.published[publisher]).collect();
-        assert_eq!(first, sent, "seed {seed}: publisher {publisher}'s messages, in order");
+        let (mut pooled, ordered): (Vec<u16>, Vec<u16>) =
+            first.into_iter().partition(|sequence| topic_of(*sequence) == "pooled");
+        let (mut sent_pooled, sent): (Vec<u16>, Vec<u16>) =
+            (0..cluster.published[publisher]).partition(|sequence| topic_of(*sequence) == "pooled");
+        assert_eq!(ordered, sent, "seed {seed}: publisher {publisher}'s messages, in order");
+        pooled.sort_unstable();
+        sent_pooled.sort_unstable();
+        assert_eq!(pooled, sent_pooled, "seed {seed}: publisher {publisher}'s shared messages");
     }
     for shard in &cluster.shards {
         assert_eq!(shard.borrow().counters.publish_dropped.get(), 0, "seed {seed}: dropped");

@@ -247,7 +247,7 @@ impl RawClient {
     /// Sends CONNECT; `None` when the broker closes the connection without a CONNACK.
     pub fn try_handshake(&mut self, client_id: &str, options: ConnectOptions) -> Option<Packet> {
         self.version = options.version;
-        self.send(&Packet::Connect(Box::new(Connect {
+        self.try_send(&Packet::Connect(Box::new(Connect {
             protocol: options.version,
             bridge: false,
             clean_start: options.clean_start,
@@ -257,7 +257,8 @@ impl RawClient {
             will: options.will,
             username: options.login.map(|(username, _)| username.into()),
             password: options.login.map(|(_, password)| Bytes::from_static(password.as_bytes())),
-        })));
+        })))
+        .ok()?;
         self.recv()
     }
 
