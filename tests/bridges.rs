@@ -205,11 +205,14 @@ three_node_tests! {
 // ---- Streams through a link cut and a restart -------------------------------------------------
 
 /// A TCP forwarder between a bridge and its peer that the test cuts and restores: a failed
-/// link with both brokers still running. While cut, connections are accepted and closed.
+/// link with both brokers still running. While cut, connections are accepted and closed. It
+/// can also stall: nothing passes, nothing is closed, as when a link drops packets silently;
+/// the connections go on after it unless an end gave up on its keep alive meanwhile.
 struct Proxy {
     host: &'static str,
     port: u16,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -219,9 +222,16 @@ impl Proxy {
         let listener = TcpListener::bind((host, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxy =
-            Proxy { host, port, cut: Arc::default(), stop: Arc::default(), live: Arc::default() };
+        let proxy = Proxy {
+            host,
+            port,
+            cut: Arc::default(),
+            stalled: Arc::default(),
+            stop: Arc::default(),
+            live: Arc::default(),
+        };
         let (cut, stop, live) = (proxy.cut.clone(), proxy.stop.clone(), proxy.live.clone());
+        let stalled = proxy.stalled.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let Ok((client, _)) = listener.accept() else {
@@ -236,9 +246,14 @@ impl Proxy {
                 let mut live = live.lock().unwrap();
                 for (from, to) in [(&client, &server), (&server, &client)] {
                     let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    let (stalled, stop) = (stalled.clone(), stop.clone());
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 << 10];
                         while let Ok(n @ 1..) = from.read(&mut buf) {
+                            // Stalled: held here, and nothing more is read (TCP pushes back).
+                            while stalled.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
                             if to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -264,8 +279,13 @@ impl Proxy {
         }
     }
 
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
+    }
+
     fn restore(&self) {
         self.cut.store(false, Ordering::Relaxed);
+        self.stalled.store(false, Ordering::Relaxed);
     }
 }
 
@@ -641,9 +661,10 @@ fn leaf_kill_9_culex_master_culex_leaf() {
 
 /// The chaos soak through bridges: the tutorial's three servers, Culex in every role, two
 /// shards each, with persistence. QoS 1 and QoS 2 streams go down from the master to both
-/// leaves and up from one leaf, while, at random, that leaf's link is cut, the other leaf is
-/// killed with SIGKILL, or the master is (its publisher and collector wait for it and resume
-/// their sessions), and each is restored; a subscriber on the master to everything never
+/// leaves and up from one leaf, while, at random, that leaf's link is cut or stalls (silently,
+/// at times past the bridge's keep alive), the other leaf is killed with SIGKILL, or the master
+/// is (its publisher and collector wait for it and resume their sessions), and each is
+/// restored; a subscriber on the master to everything never
 /// reads. At the end nothing the brokers acknowledged is lost, QoS 2 arrives exactly once and
 /// in order, and the master's memory is back near where it started. `CULEX_SOAK_SECONDS` long
 /// (120 under CI, 20 otherwise); the seed of its schedule is printed, and taken from
@@ -709,8 +730,8 @@ fn chaos_soak_through_bridges() {
     };
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
-    // Each disruption lasts 0.5-2.5 s, with 0.5-3 s of calm after it.
-    let (mut restarts, mut cuts, mut master_restarts) = (0, 0, 0);
+    // Each disruption lasts 0.5-2.5 s (a stall up to 10 s), with 0.5-3 s of calm after it.
+    let (mut restarts, mut cuts, mut stalls, mut master_restarts) = (0, 0, 0, 0);
     let mut next_change = start + Duration::from_millis(500 + next_random(2500));
     let (mut leaf_down, mut link_down, mut master_down) = (false, false, false);
     while Instant::now() < end || leaf_down || link_down || master_down {
@@ -739,16 +760,25 @@ fn chaos_soak_through_bridges() {
                     restarted.kill();
                     (leaf_down, restarts) = (true, restarts + 1);
                 }
+                let mut lasts = 500 + next_random(2000);
                 if what == 1 || what == 2 {
-                    proxy.cut();
-                    (link_down, cuts) = (true, cuts + 1);
+                    if next_random(2) == 0 {
+                        proxy.cut();
+                        cuts += 1;
+                    } else {
+                        // Silent: up to 10 s, past the bridge's keep alive (1.5 x 5 s) at times.
+                        proxy.stall();
+                        stalls += 1;
+                        lasts = 500 + next_random(9500);
+                    }
+                    link_down = true;
                 }
                 if what == 3 {
                     on_master.client = None;
                     master.kill();
                     (master_down, master_restarts) = (true, master_restarts + 1);
                 }
-                next_change = Instant::now() + Duration::from_millis(500 + next_random(2000));
+                next_change = Instant::now() + Duration::from_millis(lasts);
             }
         }
         on_restarted.poll();
@@ -786,12 +816,13 @@ fn chaos_soak_through_bridges() {
     let rss_end = rss_kib(master.child.as_ref().unwrap().id());
     eprintln!(
         "chaos soak through bridges: {restarts} leaf kills, {master_restarts} master kills, \
-         {cuts} link cuts, {sent_down} messages down and {sent_up} up at QoS 1 and at QoS 2, all \
-         delivered; the master's memory {} MiB at the start, {} MiB at the end",
+         {cuts} link cuts, {stalls} link stalls, {sent_down} messages down and {sent_up} up at \
+         QoS 1 and at QoS 2, all delivered; the master's memory {} MiB at the start, {} MiB at \
+         the end",
         rss_start >> 10,
         rss_end >> 10
     );
-    assert!(cuts > 0 && restarts > 0, "{seconds} s is too short to disrupt");
+    assert!(cuts + stalls > 0 && restarts > 0, "{seconds} s is too short to disrupt");
     assert!(rss_end < rss_start + (32 << 10), "{rss_start} KiB -> {rss_end} KiB");
 }
 
