@@ -406,14 +406,44 @@ impl Collector {
                 logs.iter().map(|n| format!("{:?}:\n{}", n.kind, n.log())).collect();
             logs.join("\n")
         };
+        // The verdict goes after the logs too: CI keeps only the tail of a long message.
         let q1 = self.stream(&format!("{prefix}/q1"));
         let mut seen = std::collections::HashSet::new();
         let firsts: Vec<u32> = q1.iter().copied().filter(|n| seen.insert(*n)).collect();
         let all: Vec<u32> = (0..len).collect();
-        assert!(firsts == all, "QoS 1 on {prefix}: {q1:?}\n{}", logs());
+        let verdict = |stream: &[u32]| stream_faults(stream, len);
+        assert!(
+            firsts == all,
+            "QoS 1 on {prefix}: {q1:?}\n{}\nQoS 1 on {prefix}: {}",
+            logs(),
+            verdict(&firsts)
+        );
         let q2 = self.stream(&format!("{prefix}/q2"));
-        assert!(q2 == all, "QoS 2 on {prefix}: {q2:?}\n{}", logs());
+        assert!(
+            q2 == all,
+            "QoS 2 on {prefix}: {q2:?}\n{}\nQoS 2 on {prefix}: {}",
+            logs(),
+            verdict(&q2)
+        );
     }
+}
+
+/// How `stream` differs from `0..len`: the numbers repeated, missing, and each place where one
+/// arrived before a smaller one, with what came around it.
+fn stream_faults(stream: &[u32], len: u32) -> String {
+    let mut counts = vec![0u32; len as usize];
+    for n in stream.iter().filter(|n| **n < len) {
+        counts[*n as usize] += 1;
+    }
+    let repeated: Vec<u32> = (0..len).filter(|n| counts[*n as usize] > 1).collect();
+    let missing: Vec<u32> = (0..len).filter(|n| counts[*n as usize] == 0).collect();
+    let disorder: Vec<String> = stream
+        .windows(2)
+        .enumerate()
+        .filter(|(_, pair)| pair[1] <= pair[0])
+        .map(|(i, _)| format!("{:?}", &stream[i.saturating_sub(3)..(i + 5).min(stream.len())]))
+        .collect();
+    format!("repeated {repeated:?}, missing {missing:?}, out of order at {disorder:?}")
 }
 
 /// Publishes `STREAM_LEN` QoS 1 and QoS 2 messages, interleaved and paced, on its own thread.

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use ahash::AHashMap;
 use bytestring::ByteString;
 
-use super::messages::ShardId;
+use super::messages::{Routing, ShardId};
 use super::outbox::ConnHandle;
 use super::session::{Message, Outgoing, Source};
 use super::signal::Signal;
@@ -34,6 +34,9 @@ pub enum Waiter {
     /// A packet to a stored session's client that must not leave before the change it
     /// reflects (`Session::transmit`).
     Send { conn: Rc<ConnHandle>, packet: Box<Packet> },
+    /// A QoS 2 message from a stored session, routed (under acknowledgement `token`) once its
+    /// packet id is durable (`Shard::acknowledge`).
+    Route { token: u64, message: Arc<Message>, routing: Box<Routing> },
 }
 
 #[derive(Default)]

@@ -28,6 +28,14 @@ impl<T> Latches<T> {
         None
     }
 
+    /// `token` waits for `more` confirmations besides those it waited for. A token that holds
+    /// nothing is left alone.
+    pub fn add(&mut self, token: u64, more: usize) {
+        if let Some((missing, _)) = self.waiting.get_mut(&token) {
+            *missing += more;
+        }
+    }
+
     /// One confirmation for `token` came: the value, if that was the last one missing. A token
     /// that holds nothing (already released) is ignored.
     pub fn confirm(&mut self, token: u64) -> Option<T> {

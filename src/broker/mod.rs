@@ -490,6 +490,9 @@ impl Shard {
                     }
                     other => conn.send(&other),
                 },
+                Waiter::Route { token, message, routing } => {
+                    self.route_durable(token, message, *routing)
+                }
             }
         }
     }

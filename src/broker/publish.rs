@@ -256,13 +256,35 @@ impl Shard {
         };
         let token = self.next_token;
         self.next_token += 1;
+        conn.hold_ack(token, ack);
+        if let Some((message, Some(routing))) = message {
+            // A QoS 2 message from a stored session leaves once its packet id is durable, not
+            // before: another shard that stored it first would, after a crash in between, store
+            // the publisher's retransmission (new to the restarted session) a second time.
+            // Routed at the commit, it is as if published then; what this publisher sends
+            // meanwhile at QoS 0 or 1 may go first (MQTT orders messages of one QoS).
+            let held = self.durable.hold(token, 1, DurableWaiter::Publisher(conn.clone()));
+            debug_assert!(held.is_none());
+            journal.borrow_mut().wait(Waiter::Route { token, message, routing: Box::new(routing) });
+            return;
+        }
         let remote =
             message.map_or(0, |(message, routing)| self.route(message, Some(token), routing));
-        conn.hold_ack(token, ack);
         // Its own shard's commit, and each other shard's it went to.
         let held = self.durable.hold(token, remote + 1, DurableWaiter::Publisher(conn.clone()));
         debug_assert!(held.is_none());
         journal.borrow_mut().wait(Waiter::Local(token));
+    }
+
+    /// The packet id of a QoS 2 message held back by `acknowledge` is durable: it is routed,
+    /// and its acknowledgement now waits for the copies' commits, here and on each shard it
+    /// went to, in place of the commit that came.
+    pub(super) fn route_durable(&mut self, token: u64, message: Arc<Message>, routing: Routing) {
+        let remote = self.route(message, Some(token), Some(routing));
+        self.durable.add(token, remote);
+        if let Some(journal) = &self.journal {
+            journal.borrow_mut().wait(Waiter::Local(token));
+        }
     }
 
     /// One of the shards storing the message behind acknowledgement `token` made it durable.
