@@ -825,12 +825,17 @@ fn chaos_soak_through_bridges() {
     {
         assert!(
             Instant::now() < deadline,
-            "streams incomplete after the soak: restarted leaf {}; cut leaf {}; master {}\n{}",
+            "streams incomplete after the soak: restarted leaf {}; cut leaf {}; master {}\n{}\n\
+             incomplete: master's QoS 2 {}; restarted leaf's {}; cut leaf's {}",
             on_restarted.missing(down, sent_down),
             on_cut.missing(down, sent_down),
             on_master.missing(up, sent_up),
             logs.map(|node| format!("{:?} {}:\n{}", node.kind, node.address(), node.log()))
-                .join("\n")
+                .join("\n"),
+            // Again after the logs: CI keeps only the tail of a long message.
+            stream_faults(&on_master.stream(&format!("{up}/q2")), sent_up),
+            stream_faults(&on_restarted.stream(&format!("{down}/q2")), sent_down),
+            stream_faults(&on_cut.stream(&format!("{down}/q2")), sent_down),
         );
         for _ in 0..25 {
             on_restarted.poll();
