@@ -167,12 +167,19 @@ pub fn serve(
         open(socket, peer, layers, reader).await
     });
     async move {
-        // Awaited by value: the box is freed here.
-        let Some(accepted) = opening.await else { return };
-        let Accepted { mut stream, peer, certificate_name, connect, mut reader } = accepted;
-        let certificate_name = certificate_name.as_deref();
-        let origin = Origin::Network { peer: &peer, listener: &listener, certificate_name };
-        let begun = shard.borrow_mut().begin_connect(&connect, origin);
+        // Awaited by value: the box is freed here. Taken apart where it is matched: bound whole
+        // first, its 240 bytes stayed in every connection's task beside its fields (the task's
+        // future: 968 -> 720 bytes).
+        let Some(Accepted { mut stream, peer, certificate_name, connect, mut reader }) =
+            opening.await
+        else {
+            return;
+        };
+        let begun = {
+            let certificate_name = certificate_name.as_deref();
+            let origin = Origin::Network { peer: &peer, listener: &listener, certificate_name };
+            shard.borrow_mut().begin_connect(&connect, origin)
+        };
         let (conn, claim) = match begun {
             Ok(pending) => pending,
             Err(refusal) => {
@@ -383,12 +390,14 @@ async fn run(
         if std::mem::take(&mut read) {
             stream.acknowledge_now();
         }
-        let readable = async { Some(reader.fill(stream).await) };
-        let woken = async {
+        // The read made inside the call, not bound first: bound, it kept room of its own in
+        // every connection's task beside the copy moved into `or` (`size_of_val` of the task's
+        // future: 720 -> 600 bytes).
+        let waited = futures_lite::future::or(async { Some(reader.fill(stream).await) }, async {
             conn.wake().wait().await;
             None
-        };
-        match futures_lite::future::or(readable, woken).await {
+        });
+        match waited.await {
             Some(Ok(true)) => read = true,
             None => {}
             Some(Ok(false)) | Some(Err(_)) => return Close::ConnectionLost,
