@@ -379,7 +379,7 @@ mod tests {
 
     /// Which shards' commits were durable when the broker crashed (the publisher never had
     /// PUBREC in any case).
-    #[derive(PartialEq)]
+    #[derive(Clone, Copy, PartialEq)]
     enum Committed {
         /// The publisher's shard (the QoS 2 packet id), not the subscriber's.
         Publisher,
@@ -446,38 +446,28 @@ mod tests {
         assert_eq!(cluster.stored_payloads("subscriber"), ["reading", "next"]);
     }
 
+    /// `crash_between_commits` with the clients coming back as each of `returns` says:
+    /// (the subscriber's shard, if it comes back; the publisher's).
+    fn crash_then_return(name: &str, committed: Committed, returns: &[(Option<usize>, usize)]) {
+        for (index, &(subscriber_back_on, publisher_back_on)) in returns.iter().enumerate() {
+            let crash = Crash { committed, subscriber_back_on, publisher_back_on };
+            crash_between_commits(&format!("{name}-{index}"), crash);
+        }
+    }
+
     /// The publisher's shard committed the QoS 2 id, the subscriber's shard never stored the
     /// message. Before route tags the retransmission was taken for a repeat and the message
     /// lost (`leaf_kill_9` in tests/bridges.rs lost one in ten runs on a loaded machine).
     #[test]
     fn a_crash_before_the_subscribers_shard_stored_a_qos2_message_loses_nothing() {
-        let crash = Crash {
-            committed: Committed::Publisher,
-            subscriber_back_on: None,
-            publisher_back_on: 0,
-        };
-        crash_between_commits("lost", crash);
-        let crash = Crash {
-            committed: Committed::Publisher,
-            subscriber_back_on: Some(0),
-            publisher_back_on: 1,
-        };
-        crash_between_commits("lost-moved", crash);
+        crash_then_return("lost", Committed::Publisher, &[(None, 0), (Some(0), 1)]);
     }
 
     /// Both shards committed: the retransmission is acknowledged and not stored twice, also
     /// when the sessions moved to other shards after the restart.
     #[test]
     fn a_crash_after_the_subscribers_shard_stored_a_qos2_message_stores_it_once() {
-        let crash =
-            Crash { committed: Committed::Both, subscriber_back_on: None, publisher_back_on: 0 };
-        crash_between_commits("twice", crash);
-        let crash =
-            Crash { committed: Committed::Both, subscriber_back_on: Some(0), publisher_back_on: 1 };
-        crash_between_commits("twice-moved", crash);
-        let crash =
-            Crash { committed: Committed::Both, subscriber_back_on: Some(0), publisher_back_on: 0 };
-        crash_between_commits("twice-together", crash);
+        crash_then_return("twice", Committed::Both, &[(None, 0), (Some(0), 1), (Some(0), 0)]);
     }
 
     /// The subscriber's shard could commit the message before the publisher's shard had
@@ -487,18 +477,7 @@ mod tests {
     /// shard has nothing of it, and takes the retransmission once.
     #[test]
     fn a_crash_before_the_publishers_shard_stored_the_qos2_id_stores_it_once() {
-        let crash = Crash {
-            committed: Committed::Subscriber,
-            subscriber_back_on: None,
-            publisher_back_on: 0,
-        };
-        crash_between_commits("early", crash);
-        let crash = Crash {
-            committed: Committed::Subscriber,
-            subscriber_back_on: Some(0),
-            publisher_back_on: 1,
-        };
-        crash_between_commits("early-moved", crash);
+        crash_then_return("early", Committed::Subscriber, &[(None, 0), (Some(0), 1)]);
     }
 
     /// A store that does not commit: a publisher's acknowledgements wait, up to
