@@ -422,6 +422,16 @@ pub fn heap_usage() -> HeapUsage {
     (current as u64, peak as u64)
 }
 
+/// Gives the pages this thread's heap has emptied back to the system. mimalloc gives back a
+/// page only after a delay, and checks for expired delays only when the thread allocates or
+/// frees again: a shard that goes quiet after a burst (a storm of connections, a backlog
+/// drained) kept the pages its openings and buffers had used, 0.8 KiB per idle connection.
+/// Called by each shard's sweep.
+pub fn give_back_free_pages() {
+    // SAFETY: no arguments; collects the calling thread's heap only.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
 /// Set while the heap is above `memory_limit` (checked on every shard's sweep): new clients
 /// and new messages are refused until it falls back.
 static OVER_MEMORY_LIMIT: AtomicBool = AtomicBool::new(false);

@@ -980,6 +980,7 @@ async fn sweep(
         if levels_read || shard.config().sys_interval > 0 {
             shard.sample_levels();
         }
+        counters::give_back_free_pages();
         if let Some(limit) = shard.config().memory_limit {
             counters::check_memory_limit(limit);
         }
