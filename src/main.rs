@@ -9,6 +9,19 @@ use culex::config::{Config, Listener};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for this process. mimalloc asks for them on its arenas
+/// (`MADV_HUGEPAGE`), so where THP is `madvise` or `always` (most distributions) a 2 MiB page
+/// became resident where a few of its 4 KiB pages were in use: measured on two shards, 3.07
+/// against 2.44 KiB per idle connection, and a 5,000-device fleet's peak 66-76 against 37 MB,
+/// with flat-out throughput and CPU per message unchanged. Set before the heap grows: the
+/// kernel checks it when it faults a page in.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        eprintln!("warning: transparent huge pages left on: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// An MQTT broker, drop-in for Mosquitto 2.x, one shard per core.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "culex", version)]
@@ -31,6 +44,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let args = Args::parse();
     let (config, warnings) = match configure(&args) {
         Ok(configured) => configured,
