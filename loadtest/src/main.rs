@@ -486,117 +486,146 @@ fn report(outcomes: &[Outcome], json: bool) {
         println!("{}", serde_json::to_string_pretty(outcomes).unwrap_or_default());
         return;
     }
-    let optional = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     let (fleets, others): (Vec<&Outcome>, Vec<&Outcome>) =
         outcomes.iter().partition(|o| o.fleet.is_some());
     let (traffic, lifecycle): (Vec<&Outcome>, Vec<&Outcome>) =
         others.into_iter().partition(|o| o.scenario.is_traffic());
-    if !traffic.is_empty() {
-        println!(
-            "{:<10} {:<8} {:>5} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
-            "broker", "scenario", "mqtt", "qos", "bytes", "pub", "sub", "sent", "received", "lost", "dup",
-            "reord", "msgs/s", "MB/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "cpu s/M",
-            "rss MB", "lt s/M"
-        );
+    print_table(&traffic, &traffic_columns());
+    print_table(&lifecycle, &lifecycle_columns());
+    print_table(&fleets, &fleet_columns());
+}
+
+/// One column of a printed table: its header, its width and side, and a row's value in it.
+struct Column {
+    header: String,
+    width: usize,
+    left: bool,
+    value: fn(&Outcome) -> String,
+}
+
+fn right(header: &str, width: usize, value: fn(&Outcome) -> String) -> Column {
+    Column { header: header.to_string(), width, left: false, value }
+}
+
+fn left(header: &str, width: usize, value: fn(&Outcome) -> String) -> Column {
+    Column { left: true, ..right(header, width, value) }
+}
+
+/// The header and one line per outcome, columns a space apart; nothing without outcomes.
+fn print_table(rows: &[&Outcome], columns: &[Column]) {
+    if rows.is_empty() {
+        return;
     }
-    for o in traffic {
-        println!(
-            "{:<10} {:<8} {:>5} {:>3} {:>6} {:>4}/{:<4} {:>10} {:>10} {:>6} {:>4} {:>5} {:>11.0} {:>7.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7} {:>7}",
-            o.broker,
-            o.scenario.name(),
-            o.mqtt,
-            o.qos,
-            o.payload_bytes,
-            o.publishers,
-            o.subscribers,
-            o.sent,
-            o.received,
-            o.lost,
-            o.duplicates,
-            o.out_of_order,
-            o.msgs_per_sec,
-            o.mb_per_sec,
-            o.latency_us.p50,
-            o.latency_us.p90,
-            o.latency_us.p99,
-            o.latency_us.p999,
-            o.latency_us.max,
-            optional(o.broker_cpu_s_per_million),
-            optional(o.broker_peak_rss_mb),
-            optional(o.loadtest_cpu_s_per_million),
-        );
+    let line = |cell: &dyn Fn(&Column) -> String| {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| match c.left {
+                true => format!("{:<w$}", cell(c), w = c.width),
+                false => format!("{:>w$}", cell(c), w = c.width),
+            })
+            .collect();
+        cells.join(" ")
+    };
+    println!("{}", line(&|c| c.header.clone()));
+    for row in rows {
+        println!("{}", line(&|c| (c.value)(row)));
     }
-    if !lifecycle.is_empty() {
-        println!(
-            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>10}",
-            "broker",
-            "scenario",
-            "mqtt",
-            "tried",
-            "done",
-            "failed",
-            "per s",
-            "p50 us",
-            "p99 us",
-            "p99.9 us",
-            "max us",
-            "cpu s/M",
-            "rss MB",
-            "KiB/conn",
-            "by p99 us"
-        );
+}
+
+fn optional(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
+}
+
+/// The latency columns every table has, from `p50` on.
+fn latency_columns(with_p90: bool) -> Vec<Column> {
+    let mut columns = vec![right("p50 us", 8, |o| format!("{:.0}", o.latency_us.p50))];
+    if with_p90 {
+        columns.push(right("p90 us", 8, |o| format!("{:.0}", o.latency_us.p90)));
     }
-    for o in lifecycle {
-        println!(
-            "{:<10} {:<11} {:>5} {:>8} {:>8} {:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>7} {:>9} {:>10}",
-            o.broker,
-            o.scenario.name(),
-            o.mqtt,
-            o.sent,
-            o.received,
-            o.lost,
-            o.msgs_per_sec,
-            o.latency_us.p50,
-            o.latency_us.p99,
-            o.latency_us.p999,
-            o.latency_us.max,
-            optional(o.broker_cpu_s_per_million),
-            optional(o.broker_peak_rss_mb),
-            optional(o.broker_rss_per_connection_kb),
-            optional(o.bystander_latency_us.as_ref().map(|p| p.p99)),
-        );
-    }
-    if !fleets.is_empty() {
-        println!(
-            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7} {:>9}",
-            "broker", "devices", "qos", "tele sent", "tele got", "cmd sent", "cmd got", "dup",
-            "msgs/s", "p50 us", "p99 us", "p99.9 us", "max us", "cpu us/m", "rss MB", "KiB/conn",
-            "connect s", "lt us/m", "by p99 us"
-        );
-    }
-    for o in fleets {
-        let Some(fleet) = &o.fleet else { continue };
-        println!(
-            "{:<10} {:>7} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>7} {:>9} {:>9.2} {:>7} {:>9}",
-            o.broker,
-            fleet.devices_connected,
-            o.qos,
-            fleet.telemetry_sent,
-            fleet.telemetry_received,
-            fleet.commands_sent,
-            fleet.commands_received,
-            o.duplicates,
-            o.msgs_per_sec,
-            o.latency_us.p50,
-            o.latency_us.p99,
-            o.latency_us.p999,
-            o.latency_us.max,
-            optional(o.broker_cpu_s_per_million),
-            optional(o.broker_peak_rss_mb),
-            optional(o.broker_rss_per_connection_kb),
-            fleet.connect_seconds,
-            optional(o.loadtest_cpu_s_per_million),
-            optional(o.bystander_latency_us.as_ref().map(|p| p.p99)),
-        );
-    }
+    columns.extend([
+        right("p99 us", 8, |o| format!("{:.0}", o.latency_us.p99)),
+        right("p99.9 us", 8, |o| format!("{:.0}", o.latency_us.p999)),
+        right("max us", 8, |o| format!("{:.0}", o.latency_us.max)),
+    ]);
+    columns
+}
+
+fn traffic_columns() -> Vec<Column> {
+    let mut columns = vec![
+        left("broker", 10, |o| o.broker.clone()),
+        left("scenario", 8, |o| o.scenario.name().to_string()),
+        right("mqtt", 5, |o| o.mqtt.to_string()),
+        right("qos", 3, |o| o.qos.to_string()),
+        right("bytes", 6, |o| o.payload_bytes.to_string()),
+        Column {
+            header: format!("{:>4}/{:<4}", "pub", "sub"),
+            width: 9,
+            left: false,
+            value: |o| format!("{:>4}/{:<4}", o.publishers, o.subscribers),
+        },
+        right("sent", 10, |o| o.sent.to_string()),
+        right("received", 10, |o| o.received.to_string()),
+        right("lost", 6, |o| o.lost.to_string()),
+        right("dup", 4, |o| o.duplicates.to_string()),
+        right("reord", 5, |o| o.out_of_order.to_string()),
+        right("msgs/s", 11, |o| format!("{:.0}", o.msgs_per_sec)),
+        right("MB/s", 7, |o| format!("{:.2}", o.mb_per_sec)),
+    ];
+    columns.extend(latency_columns(true));
+    columns.extend([
+        right("cpu s/M", 7, |o| optional(o.broker_cpu_s_per_million)),
+        right("rss MB", 7, |o| optional(o.broker_peak_rss_mb)),
+        right("lt s/M", 7, |o| optional(o.loadtest_cpu_s_per_million)),
+    ]);
+    columns
+}
+
+/// Connections, churn and handshakes: `sent` counts the attempts, `received` those done.
+fn lifecycle_columns() -> Vec<Column> {
+    let mut columns = vec![
+        left("broker", 10, |o| o.broker.clone()),
+        left("scenario", 11, |o| o.scenario.name().to_string()),
+        right("mqtt", 5, |o| o.mqtt.to_string()),
+        right("tried", 8, |o| o.sent.to_string()),
+        right("done", 8, |o| o.received.to_string()),
+        right("failed", 6, |o| o.lost.to_string()),
+        right("per s", 9, |o| format!("{:.0}", o.msgs_per_sec)),
+    ];
+    columns.extend(latency_columns(false));
+    columns.extend([
+        right("cpu s/M", 7, |o| optional(o.broker_cpu_s_per_million)),
+        right("rss MB", 7, |o| optional(o.broker_peak_rss_mb)),
+        right("KiB/conn", 9, |o| optional(o.broker_rss_per_connection_kb)),
+        right("by p99 us", 10, |o| optional(o.bystander_latency_us.as_ref().map(|p| p.p99))),
+    ]);
+    columns
+}
+
+/// A fleet outcome's own figures (the fleet table has no other rows).
+fn figures(outcome: &Outcome) -> &fleet::FleetFigures {
+    outcome.fleet.as_ref().expect("only fleet outcomes go into the fleet table")
+}
+
+fn fleet_columns() -> Vec<Column> {
+    let mut columns = vec![
+        left("broker", 10, |o| o.broker.clone()),
+        right("devices", 7, |o| figures(o).devices_connected.to_string()),
+        right("qos", 3, |o| o.qos.to_string()),
+        right("tele sent", 9, |o| figures(o).telemetry_sent.to_string()),
+        right("tele got", 9, |o| figures(o).telemetry_received.to_string()),
+        right("cmd sent", 9, |o| figures(o).commands_sent.to_string()),
+        right("cmd got", 9, |o| figures(o).commands_received.to_string()),
+        right("dup", 5, |o| o.duplicates.to_string()),
+        right("msgs/s", 9, |o| format!("{:.0}", o.msgs_per_sec)),
+    ];
+    columns.extend(latency_columns(false));
+    columns.extend([
+        right("cpu us/m", 8, |o| optional(o.broker_cpu_s_per_million)),
+        right("rss MB", 7, |o| optional(o.broker_peak_rss_mb)),
+        right("KiB/conn", 9, |o| optional(o.broker_rss_per_connection_kb)),
+        right("connect s", 9, |o| format!("{:.2}", figures(o).connect_seconds)),
+        right("lt us/m", 7, |o| optional(o.loadtest_cpu_s_per_million)),
+        right("by p99 us", 9, |o| optional(o.bystander_latency_us.as_ref().map(|p| p.p99))),
+    ]);
+    columns
 }
