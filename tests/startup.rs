@@ -85,6 +85,22 @@ fn sighup_does_not_stop_the_broker() {
     assert!(broker.log_text().contains("SIGHUP"), "{}", broker.log_text());
 }
 
+/// The broker runs without transparent huge pages: mimalloc asks for them on its arenas, and
+/// a huge page is resident whole where a few of its small pages hold anything (an idle
+/// connection cost 3.1 KiB with them, 2.4 without; docs/ARCHITECTURE.md, "Capacity").
+#[test]
+fn the_broker_runs_without_transparent_huge_pages() {
+    let broker = Broker::start("");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"));
+    let Some(line) = line else {
+        // A kernel that does not report it; the prctl is made all the same.
+        eprintln!("SKIPPED: this kernel's /proc/PID/status has no THP_enabled line");
+        return;
+    };
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{status}");
+}
+
 /// A password file that cannot be read stops the broker with its path and the reason.
 #[test]
 fn an_unreadable_password_file_is_refused() {
