@@ -301,7 +301,7 @@ impl Shard {
             SessionExpiry::Never
         };
         let mut state = previous.map(|s| *s).unwrap_or_default();
-        let stored_before = state.stored_at.take();
+        let stored_before = state.stored_at.take().map(|at| *at);
         // Its subscriptions are routed here since `Handoff` (`moves`).
         let routes_changed = !state.subscriptions.is_empty();
         let client_id = conn.client_id.clone();
@@ -421,7 +421,7 @@ impl Shard {
             let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
             if persistent && delay_secs > 0 {
                 let due = now + std::time::Duration::from_secs(u64::from(delay_secs));
-                session.delayed_will = Some((will, due));
+                session.delayed_will = Some(Box::new((*will, due)));
                 session.store_record();
             } else {
                 self.publish_will(&conn.client_id, will);
@@ -473,11 +473,11 @@ impl Shard {
         let due_wills: Vec<(ByteString, Box<crate::protocol::LastWill>)> = self
             .sessions
             .iter_mut()
-            .filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|(_, due)| *due <= now))
+            .filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|delayed| delayed.1 <= now))
             .filter_map(|(client_id, s)| {
-                let (will, _) = s.delayed_will.take()?;
+                let (will, _) = *s.delayed_will.take()?;
                 s.store_record();
-                Some((client_id.clone(), will))
+                Some((client_id.clone(), Box::new(will)))
             })
             .collect();
         for (client_id, will) in due_wills {
@@ -495,8 +495,8 @@ impl Shard {
             self.counters.sessions_expired.add(1);
             if let Some(session) = self.end_session(&client_id) {
                 forget_stored(&session);
-                if let Some((will, _)) = session.delayed_will {
-                    self.publish_will(&client_id, will);
+                if let Some(delayed) = session.delayed_will {
+                    self.publish_will(&client_id, Box::new(delayed.0));
                 }
                 self.redeliver_shared(session.state);
             }
@@ -560,7 +560,7 @@ impl Shard {
         }
         if resumes {
             let mut state = session.state;
-            state.stored_at = session.stored.map(|stored| (self.id, stored.epoch));
+            state.stored_at = session.stored.map(|stored| Box::new((self.id, stored.epoch)));
             Some(Box::new(state))
         } else {
             forget_stored(&session);
