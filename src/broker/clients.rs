@@ -522,10 +522,12 @@ impl Shard {
         for session in self.sessions.values() {
             let Some(conn) = &session.conn else { continue };
             conn.release_idle_outbox();
-            if conn.keep_alive.is_zero() || conn.is_closing() {
+            if conn.keep_alive_secs == 0 || conn.is_closing() {
                 continue;
             }
-            if now.duration_since(conn.last_seen.get()) > conn.keep_alive.mul_f32(1.5) {
+            let allowed =
+                std::time::Duration::from_secs(u64::from(conn.keep_alive_secs)).mul_f32(1.5);
+            if now.duration_since(conn.last_seen.get()) > allowed {
                 tracing::info!(client_id = %conn.client_id, "keep alive timed out");
                 conn.close(Close::KeepAliveTimeout);
             }

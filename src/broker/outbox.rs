@@ -7,7 +7,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ahash::AHashMap;
 use bytes::BytesMut;
@@ -118,8 +118,8 @@ pub struct ConnHandle {
     /// One of this broker's own bridges (`crate::bridge`), not a network client: it is
     /// not authenticated by password and the remote broker's window applies, not ours.
     pub internal: bool,
-    /// 0: the client asked for no keep alive.
-    pub keep_alive: Duration,
+    /// In seconds; 0: the client asked for no keep alive.
+    pub keep_alive_secs: u16,
     /// The keep alive the broker imposed on a 5.0 client (`max_keepalive`), sent in CONNACK.
     pub server_keep_alive: Option<u16>,
     /// The client's Maximum Packet Size (5.0); larger packets are not sent [MQTT-3.1.2-24].
@@ -161,8 +161,13 @@ pub struct ConnHandle {
     /// Its shard's `$SYS` counters: packets and bytes sent, messages dropped.
     counters: Arc<ShardCounters>,
     /// Acknowledgements waiting for their messages to be durable (`persistence true`), in the
-    /// order the PUBLISHes came. They leave in that order [MQTT-4.6.0-2].
-    held_acks: RefCell<VecDeque<HeldAck>>,
+    /// order the PUBLISHes came. They leave in that order [MQTT-4.6.0-2]. Made at the first:
+    /// without persistence there is none, and inline the queue took 32 bytes of every handle.
+    #[expect(
+        clippy::box_collection,
+        reason = "boxed, `None` takes 8 bytes where a VecDeque takes 32"
+    )]
+    held_acks: RefCell<Option<Box<VecDeque<HeldAck>>>>,
 }
 
 /// An acknowledgement held for durability, encoded (40 bytes held): a `Packet` takes 456 bytes,
@@ -192,7 +197,7 @@ impl ConnHandle {
             assigned_client_id: false,
             is_bridge: false,
             internal: false,
-            keep_alive: Duration::from_secs(u64::from(keep_alive_secs)),
+            keep_alive_secs,
             server_keep_alive: None,
             max_packet_size,
             receive_maximum: usize::from(u16::MAX),
@@ -211,7 +216,7 @@ impl ConnHandle {
             written_bytes: Cell::new(0),
             last_seen: Cell::new(Instant::now()),
             counters,
-            held_acks: RefCell::new(VecDeque::new()),
+            held_acks: RefCell::new(None),
         }
     }
 
@@ -220,13 +225,14 @@ impl ConnHandle {
         let mut encoded = BytesMut::with_capacity(ack.encoded_len(self.version));
         ack.encode(self.version, &mut encoded);
         let held = HeldAck { token, encoded: SmallVec::from_slice(&encoded), durable: false };
-        self.held_acks.borrow_mut().push_back(held);
+        self.held_acks.borrow_mut().get_or_insert_with(Box::default).push_back(held);
     }
 
     /// The message behind `token` is durable: its acknowledgement leaves, with those held
     /// behind it that are durable too.
     pub fn release_ack(&self, token: u64) {
         let mut held = self.held_acks.borrow_mut();
+        let Some(held) = held.as_mut() else { return };
         if let Some(entry) = held.iter_mut().find(|held| held.token == token) {
             entry.durable = true;
         }
@@ -451,7 +457,7 @@ impl ConnHandle {
 
     /// Whether it holds `HELD_ACKS_MAX` acknowledgements or more: its task reads no more.
     pub fn holds_too_many_acks(&self) -> bool {
-        self.held_acks.borrow().len() >= HELD_ACKS_MAX
+        self.held_acks.borrow().as_ref().is_some_and(|held| held.len() >= HELD_ACKS_MAX)
     }
 
     pub fn has_outbox(&self) -> bool {
