@@ -503,6 +503,10 @@ fn retained_on_subscribe(t: &mut Table) {
                     let topic = s.topic("t");
                     s.connect(0, V::V5);
                     s.publish(0, V::V5, &topic, retained_qos, true, &[]);
+                    // A QoS 0 PUBLISH has no answer: the PINGRESP behind it says the broker
+                    // has routed it, so it is retained before the SUBSCRIBE, not delivered
+                    // live because it was read after it (two clients are two queues).
+                    s.probe(0);
                     let options = 2 | u8::from(as_published) << 3 | retain_handling << 4;
                     s.connect(1, V::V5);
                     s.send(1, subscribe(V::V5, 1, &[], &[(&topic, options)]));
