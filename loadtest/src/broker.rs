@@ -10,7 +10,8 @@ use anyhow::{bail, Context};
 
 pub struct BrokerProcess {
     child: Child,
-    _config: tempfile::NamedTempFile,
+    /// The configuration file given with `-c`, removed with the process.
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 /// CPU time and peak resident memory of a process so far.
@@ -29,34 +30,51 @@ impl BrokerProcess {
         addr: SocketAddr,
         cpus: Option<&str>,
     ) -> anyhow::Result<BrokerProcess> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        std::io::Write::write_all(&mut file, config.as_bytes())?;
+        let mut cmd = under_taskset(command.as_os_str(), cpus);
+        cmd.arg("-c").arg(file.path());
+        Self::launch(cmd, &command.display().to_string(), addr, Some(file))
+    }
+
+    /// Starts a broker from a whole command line, run by `sh` (so it may quote its
+    /// arguments), with `{port}` in it replaced by `addr`'s port, and waits until `addr`
+    /// accepts connections. The broker configures itself: it is given nothing else.
+    pub fn start_command_line(
+        command_line: &str,
+        addr: SocketAddr,
+        cpus: Option<&str>,
+    ) -> anyhow::Result<BrokerProcess> {
+        let line = command_line.replace("{port}", &addr.port().to_string());
+        // `exec`: the broker replaces the shell, so its pid is the one watched and killed.
+        let mut cmd = under_taskset("sh".as_ref(), cpus);
+        cmd.arg("-c").arg(format!("exec {line}"));
+        Self::launch(cmd, &line, addr, None)
+    }
+
+    /// Spawns `cmd` (its output discarded) and waits up to 10 s for `addr` to accept.
+    fn launch(
+        mut cmd: Command,
+        name: &str,
+        addr: SocketAddr,
+        config: Option<tempfile::NamedTempFile>,
+    ) -> anyhow::Result<BrokerProcess> {
         if TcpStream::connect(addr).is_ok() {
             bail!("{addr} is already in use: stop the broker there first");
         }
-        let mut file = tempfile::NamedTempFile::new()?;
-        std::io::Write::write_all(&mut file, config.as_bytes())?;
-        let mut cmd = match cpus {
-            Some(cpus) => {
-                let mut cmd = Command::new("taskset");
-                cmd.args(["-c", cpus]).arg(command);
-                cmd
-            }
-            None => Command::new(command),
-        };
         let child = cmd
-            .arg("-c")
-            .arg(file.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {}", command.display()))?;
-        let mut broker = BrokerProcess { child, _config: file };
+            .with_context(|| format!("starting {name}"))?;
+        let mut broker = BrokerProcess { child, _config: config };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).is_err() {
             if let Some(status) = broker.child.try_wait()? {
-                bail!("{} exited at start ({status})", command.display());
+                bail!("{name} exited at start ({status})");
             }
             if Instant::now() > deadline {
-                bail!("{} did not listen on {addr}", command.display());
+                bail!("{name} did not listen on {addr}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -89,6 +107,18 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `program`, under `taskset -c cpus` when given.
+fn under_taskset(program: &std::ffi::OsStr, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cpus]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `loadtest`: drives any MQTT broker with a scenario and reports delivered messages per second,
 //! latency percentiles and losses; `compare` runs the same scenario against Culex and Mosquitto
-//! started with the same configuration, and prints the ratio.
+//! started with the same configuration (and any other broker from its command line), and prints
+//! the ratio.
 
 mod accounting;
 mod broker;
@@ -52,8 +53,8 @@ enum Command {
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
-    /// Start Culex, then Mosquitto, on the same port with the same config; run the scenario
-    /// against each; print both and the ratio.
+    /// Start Culex, then Mosquitto, on the same port with the same config, then each --other
+    /// broker; run the scenario against each; print them all and Culex's ratio to Mosquitto.
     Compare {
         #[arg(long, default_value_t = 18830)]
         port: u16,
@@ -86,6 +87,11 @@ enum Command {
         /// "set_tcp_nodelay true".
         #[arg(long = "config-line", value_name = "LINE")]
         config_lines: Vec<String>,
+        /// Another broker, run after those two with its own configuration, from a command
+        /// line (run by `sh`; `{port}` in it becomes --port), e.g.
+        /// "rumqttd=rumqttd --config loadtest/rumqttd.toml" (repeatable; plain TCP only).
+        #[arg(long = "other", value_name = "NAME=COMMAND", value_parser = other_broker)]
+        others: Vec<(String, String)>,
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
@@ -234,6 +240,7 @@ fn main() -> anyhow::Result<()> {
             tls,
             tls_key,
             config_lines,
+            others,
             scenario,
         } => {
             anyhow::ensure!(
@@ -248,6 +255,11 @@ fn main() -> anyhow::Result<()> {
                 !(bridged && (tls || scenario.websockets)),
                 "--tls and --websockets do not apply to --bridged runs yet"
             );
+            anyhow::ensure!(
+                others.is_empty() || !(bridged || persistence || tls || scenario.websockets),
+                "--other brokers configure themselves: run them without --bridged, \
+                 --persistence, --tls or --websockets"
+            );
             let certificates = tls.then(|| tls::Certificates::generate(tls_key)).transpose()?;
             let mut extra: String = config_lines.iter().map(|line| format!("{line}\n")).collect();
             if scenario.websockets {
@@ -261,13 +273,7 @@ fn main() -> anyhow::Result<()> {
                 ("mosquitto", mosquitto.unwrap_or_else(broker::default_mosquitto)),
             ];
             let mut outcomes = Vec::new();
-            for (name, command) in brokers {
-                let nodes = if bridged {
-                    Nodes::bridged(&command, port, cpus.as_deref(), persistence, &extra)?
-                } else {
-                    let tls = certificates.as_ref();
-                    Nodes::single(&command, port, cpus.as_deref(), persistence, tls, &extra)?
-                };
+            let mut run_on = |name: &str, nodes: Nodes| -> anyhow::Result<()> {
                 let publisher_node = nodes.processes.first().map(|(p, _)| p.pid());
                 let cafile = certificates.as_ref().map(|c| c.ca.as_path());
                 let (publish, subscribe) = (nodes.publish_addr, nodes.subscribe_addr);
@@ -275,6 +281,19 @@ fn main() -> anyhow::Result<()> {
                 let outcome = measure(&params, name, Some(&Watched::Nodes(&nodes)));
                 nodes.stop();
                 outcomes.push(outcome?);
+                Ok(())
+            };
+            for (name, command) in brokers {
+                let nodes = if bridged {
+                    Nodes::bridged(&command, port, cpus.as_deref(), persistence, &extra)?
+                } else {
+                    let tls = certificates.as_ref();
+                    Nodes::single(&command, port, cpus.as_deref(), persistence, tls, &extra)?
+                };
+                run_on(name, nodes)?;
+            }
+            for (name, command_line) in &others {
+                run_on(name, Nodes::command_line(command_line, port, cpus.as_deref())?)?;
             }
             if relay {
                 outcomes.push(run_on_relay(&scenario)?);
@@ -424,6 +443,18 @@ impl Nodes {
         })
     }
 
+    /// One broker started from its own command line (`--other`).
+    fn command_line(command_line: &str, port: u16, cpus: Option<&str>) -> anyhow::Result<Nodes> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let process = BrokerProcess::start_command_line(command_line, addr, cpus)?;
+        Ok(Nodes {
+            processes: vec![(process, addr)],
+            _stores: Vec::new(),
+            publish_addr: addr,
+            subscribe_addr: addr,
+        })
+    }
+
     /// The subscribers' node first, then the publishers' node bridged to it; returns once a
     /// message crosses the bridge.
     fn bridged(
@@ -472,6 +503,16 @@ impl Nodes {
         for (process, addr) in self.processes {
             process.stop(addr);
         }
+    }
+}
+
+/// `--other NAME=COMMAND`: a row's name and the command line that starts the broker.
+fn other_broker(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, command)) if !name.trim().is_empty() && !command.trim().is_empty() => {
+            Ok((name.trim().to_string(), command.trim().to_string()))
+        }
+        _ => Err(format!("expected NAME=COMMAND, got {value:?}")),
     }
 }
 

@@ -219,3 +219,24 @@ fn fleet_delivers_telemetry_and_commands_and_reports_its_figures() {
         assert!(o["loadtest_cpu_s_per_million"].is_number(), "{o}");
     }
 }
+
+#[test]
+fn another_broker_from_its_command_line_gets_a_row_of_its_own() {
+    let Some(mosquitto) = mosquitto() else { return };
+    // Mosquitto again, configured by its own command line alone, as a third row.
+    let other = format!("mosquitto -p={} -p {{port}}", mosquitto.display());
+    let fan_in = ["--other", &other, "--scenario", "fan-in", "--qos", "1", "--window", "16"];
+    let Some(outcomes) = compare(&[&fan_in[..], &SHORT].concat()) else { return };
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes[2]["broker"], "mosquitto -p");
+    assert_delivered_all(&outcomes, 1500.0);
+
+    // It configures itself, so the options that configure the brokers do not apply to it.
+    let refused = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["compare", "--tls", "--other", &other])
+        .output()
+        .expect("loadtest runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--other brokers configure themselves"), "{stderr}");
+}
